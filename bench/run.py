@@ -1,0 +1,145 @@
+"""Run every benchmark case in one process, write a CSV and print the table.
+
+    python bench/run.py --out bench/results.csv
+
+Cases come from ``CASES`` in each ``bench/bench_<op>.py`` (the same registry pytest-benchmark
+runs). For every case the fusedops output is checked against the reference first (a mismatch
+stops the run with exit status 1), then ``fusedops``, ``eager`` (the reference) and ``compile``
+(``torch.compile`` of the reference, warmed first) are timed with
+:func:`fusedops.benchmarking.measure`. Rows give median/p20/p80 ms, GB/s of the minimum bytes,
+the fraction of the device's measured copy bandwidth, and speedups against eager and compile.
+
+The first run builds the ``torch.compile`` graphs (20-45 s each on 2 CPU cores); they are cached
+in ``$TORCHINDUCTOR_CACHE_DIR`` (default: under ``sys.prefix``), so later runs are much faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(sys.prefix, "var", "inductor-cache"))
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(sys.prefix, "var", "triton-cache"))
+
+try:
+    import fusedops.benchmarking  # noqa: F401
+except ImportError:  # not installed: use the source tree (pure-Python parts only)
+    sys.path.insert(0, str(ROOT / "python"))
+
+import torch  # noqa: E402
+
+from fusedops import benchmarking as bm  # noqa: E402
+
+
+def discover_cases(ops: list[str] | None) -> list[bm.Case]:
+    """``CASES`` of every ``bench/bench_<op>.py`` (all ops, or those named in ``ops``)."""
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    cases: list[bm.Case] = []
+    for path in sorted(BENCH_DIR.glob("bench_*.py")):
+        module = importlib.import_module(path.stem)
+        cases.extend(getattr(module, "CASES", []))
+    if ops:
+        cases = [case for case in cases if case.op in ops]
+    return cases
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results.csv", help="CSV path")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device to run on (default: cuda if available, else cpu)",
+    )
+    parser.add_argument("--op", action="append", help="only this op (repeatable)")
+    parser.add_argument("-k", "--filter", default="", help="only cases whose id contains this")
+    parser.add_argument(
+        "--min-time", type=float, default=1.0, help="seconds of timed calls per implementation"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile baselines")
+    parser.add_argument(
+        "--reference-only",
+        action="store_true",
+        help="time only the baselines (when fusedops' kernels are not built yet)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads (torch.set_num_threads; default: torch's choice). On a shared "
+        "machine, fewer threads than cores avoids parallel regions stalled by preemption",
+    )
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cases = [c for c in discover_cases(args.op) if args.filter in c.id]
+    if args.list:
+        print("\n".join(case.id for case in cases))
+        return 0
+    if not cases:
+        print("bench/run.py: no cases selected", file=sys.stderr)
+        return 2
+    skip = set()
+    if args.no_compile:
+        skip.add(bm.COMPILE)
+    if args.reference_only:
+        skip.add(bm.FUSED)
+
+    start = time.perf_counter()
+    ceiling = bm.copy_bandwidth_gbs(device)
+    title = (
+        f"device {bm.device_label(device)}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; copy ceiling {ceiling:.1f} GB/s; "
+        f"fusedops = {'Triton' if device.type == 'cuda' else 'C++ (fusedops._C)'} kernels"
+    )
+    print(title, flush=True)
+    rows: list[bm.Row] = []
+    for case in cases:
+        try:
+            rows.extend(
+                bm.run_case(
+                    case,
+                    device,
+                    min_time=args.min_time,
+                    rounds=args.rounds,
+                    skip=skip,
+                    log=lambda line: print(line, flush=True),
+                )
+            )
+        except bm.Mismatch as exc:
+            print(
+                f"\nbench/run.py: FAILED CHECK, nothing timed for {case.id}:\n{exc}",
+                file=sys.stderr,
+            )
+            return 1
+        except bm.Unavailable as exc:
+            print(
+                f"\nbench/run.py: {case.id}: {exc}\n"
+                "Build and install fusedops (pip install --no-build-isolation -e .), or pass "
+                "--reference-only to time only the baselines.",
+                file=sys.stderr,
+            )
+            return 1
+    bm.write_csv(rows, args.out)
+    print()
+    print(bm.format_table(rows, title=title))
+    print(f"\nwrote {args.out} ({len(rows)} rows) in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+// Raw-pointer CPU kernels of the fused embedding (no at::Tensor here; bindings.cpp wraps them).
+//
+// Element types T: float, c10::Half, c10::BFloat16 (arithmetic in fp32, one round-to-nearest-
+// even conversion per output element). Index types I: int32_t, int64_t.
+// The callers validate indices first (find_first_outside); the kernels still never read or
+// write outside the tables: out-of-range rows are skipped (forward) or ignored (backward).
+#pragma once
+
+#include <cstdint>
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+namespace fusedops {
+namespace cpu {
+
+enum class PosMode : int { kNone = 0, kLearned = 1, kSinusoid = 2 };
+
+template <typename T, typename I>
+struct EmbeddingFwdArgs {
+  const I* ids = nullptr;          // [num_tokens], flat row n has s = n % seq_len
+  int64_t num_tokens = 0;          // N
+  int64_t seq_len = 1;             // S (N % S == 0)
+  const T* weight = nullptr;       // [num_rows, dim], element (r, d) at r * weight_row_stride + d
+  int64_t num_rows = 0;            // V
+  int64_t weight_row_stride = 0;
+  int64_t dim = 0;                 // D
+  float scale = 1.0f;
+  PosMode pos_mode = PosMode::kNone;
+  const T* pos_weight = nullptr;   // [pos_rows, dim] (kLearned)
+  int64_t pos_rows = 0;            // P
+  int64_t pos_row_stride = 0;
+  const I* positions = nullptr;    // [num_tokens] or nullptr: pos = position_offset + s
+  int64_t position_offset = 0;
+  float sinusoid_coef = 0.0f;      // fp32(ln(base) / D), see fusedops_math.h
+  T* out = nullptr;                // [num_tokens, dim], contiguous
+};
+
+template <typename T, typename I>
+void embedding_fwd(const EmbeddingFwdArgs<T, I>& args);
+
+template <typename T, typename I>
+struct EmbeddingBwdArgs {
+  const T* grad_out = nullptr;  // [num_tokens, dim], contiguous
+  const I* indices = nullptr;   // [num_tokens]
+  int64_t num_tokens = 0;
+  int64_t dim = 0;
+  int64_t num_rows = 0;         // rows of grad_table
+  float scale = 1.0f;
+  int64_t padding_idx = -1;     // row left at zero; -1: none
+  T* grad_table = nullptr;      // [num_rows, dim], contiguous; fully written
+};
+
+// grad_table[r] = scale * sum_{n : indices[n] == r} grad_out[n], summed in fp32 in token order.
+// Each row is produced by a single thread, so the result is bit-identical for any thread count.
+template <typename T, typename I>
+void embedding_bwd(const EmbeddingBwdArgs<T, I>& args);
+
+// Index of the first v[k] outside [0, hi), or -1 when all are inside (hi >= 0).
+template <typename I>
+int64_t find_first_outside(const I* v, int64_t n, int64_t hi);
+
+// Index of the first v[k] < 0, or -1.
+template <typename I>
+int64_t find_first_negative(const I* v, int64_t n);
+
+// True when positions[b * seq_len + s] == positions[s] for every b (positions shared across the
+// batch, e.g. arange(S) broadcast): the forward then computes each positional row once.
+template <typename I>
+bool rows_repeat(const I* positions, int64_t num_tokens, int64_t seq_len);
+
+}  // namespace cpu
+}  // namespace fusedops

@@ -1,0 +1,374 @@
+"""Triton kernels for the fused embedding and their launchers (no autograd here).
+
+Forward: ``out[n, :] = weight[ids[n]] * scale + P[pos(n)]`` over a 2-D grid of
+(row block, feature block) tiles. Backward: the gradient of a table ``[V, D]`` from upstream
+rows, either deterministic (ids sorted, one program per run of equal ids sums its rows in
+token order in fp32) or with fp32 atomics (faster when ids rarely repeat, not bit-stable).
+
+Launchers take flattened, validated tensors: ``ids`` [N] int32/int64 (contiguous), tables with
+``stride(-1) == 1`` (any row stride), outputs allocated by the caller. They validate nothing
+beyond what the kernel needs to stay in bounds: the ops layer checks user input.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRET
+
+POS_NONE, POS_LEARNED, POS_SINUSOID = 0, 1, 2
+# Sinusoid positions must lie in [0, SINUSOID_MAX_POSITION): the angle reduction is exact there.
+SINUSOID_MAX_POSITION = 1 << 16
+
+# Feature tiles never exceed this many columns; wider rows use more programs along axis 1.
+MAX_BLOCK_D = 1024
+MIN_BLOCK_D = 16
+# (elements per tile, warps) candidates of the forward autotuner; kept if every thread holds
+# 8..64 elements, i.e. at least two 16-byte vectors of fp32 and few enough registers.
+_FWD_TILES = (2048, 4096, 8192)
+_FWD_WARPS = (4, 8)
+
+
+def block_d_for(dim: int) -> int:
+    """Feature-tile width for rows of ``dim`` elements: a power of two in [16, 1024]."""
+    return max(MIN_BLOCK_D, min(triton.next_power_of_2(dim), MAX_BLOCK_D))
+
+
+def rows_bucket(n_rows: int) -> int:
+    """Autotune key for the row count: the next power of two, capped at 2**16."""
+    return min(triton.next_power_of_2(max(n_rows, 1)), 1 << 16)
+
+
+def forward_candidates(block_d: int) -> list[tuple[int, int]]:
+    """All (BLOCK_M, num_warps) pairs the forward autotuner may try for a feature tile."""
+    out = []
+    for tile in _FWD_TILES:
+        for warps in _FWD_WARPS:
+            block_m = max(1, tile // block_d)
+            per_thread = block_m * block_d // (32 * warps)
+            if 8 <= per_thread <= 64:
+                out.append((block_m, warps))
+    return out
+
+
+def forward_config_space() -> list[tuple[int, int, int]]:
+    """Every (BLOCK_M, BLOCK_D, num_warps) the forward launcher can run: for compile checks."""
+    space = []
+    block_d = MIN_BLOCK_D
+    while block_d <= MAX_BLOCK_D:
+        space += [(m, block_d, w) for m, w in forward_candidates(block_d)]
+        block_d *= 2
+    return space
+
+
+def _prune_forward(configs, named_args, **kwargs):
+    """Keep the configs whose tile fits this call's feature block and row count."""
+    block_d = kwargs["BLOCK_D"]
+    bucket = named_args["n_rows_bucket"]
+    allowed = forward_candidates(block_d)
+    fitting = [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps) in allowed]
+    # Tiles taller than the whole input only add masked rows; keep the shortest at least.
+    short = [c for c in fitting if c.kwargs["BLOCK_M"] <= bucket]
+    fitting = short or [min(fitting, key=lambda c: (c.kwargs["BLOCK_M"], c.num_warps))]
+    if INTERPRET:
+        # The interpreter cannot benchmark (no driver) and costs time per program instance:
+        # run the single tallest tile.
+        return [max(fitting, key=lambda c: (c.kwargs["BLOCK_M"], -c.num_warps))]
+    return fitting
+
+
+def _forward_configs() -> list[triton.Config]:
+    pairs = sorted({(m, w) for m, _, w in forward_config_space()})
+    return [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=1) for m, w in pairs]
+
+
+# Cody-Waite split of pi/2 in 8-bit pieces (+ the fp32 rest): k * piece is exact for
+# k < 2**16, i.e. angles below ~1e5, which the launcher guarantees (positions < 65536).
+_PIO2_A = tl.constexpr(1.5703125)
+_PIO2_B = tl.constexpr(0.000484466552734375)
+_PIO2_C = tl.constexpr(-6.407499313354492e-07)
+_PIO2_D = tl.constexpr(9.92093629470503e-10)
+# Minimax polynomials of sin and cos on [-pi/4, pi/4] (Cephes single precision).
+_S1 = tl.constexpr(-1.6666654611e-1)
+_S2 = tl.constexpr(8.3321608736e-3)
+_S3 = tl.constexpr(-1.9515295891e-4)
+_C1 = tl.constexpr(4.166664568298827e-2)
+_C2 = tl.constexpr(-1.388731625493765e-3)
+_C3 = tl.constexpr(2.443315711809948e-5)
+
+
+@triton.jit
+def _sin_or_cos(angle, odd):
+    """sin(angle) where ``odd`` is 0 and cos(angle) where it is 1, in fp32.
+
+    Reduces ``angle = k * pi/2 + r`` (|r| <= pi/4) and evaluates one polynomial per element;
+    cos(x) = sin(x + pi/2) is the same reduction one quadrant on. Unlike libdevice sinf it has
+    no slow path for huge arguments, hence no local-memory stack frame. Matches csrc's
+    fusedops_sin_or_cos to the last bit up to FMA contraction; max error ~1.1e-7.
+    """
+    k = tl.floor(angle * 0.636619772367581343 + 0.5)
+    r = angle - k * _PIO2_A
+    r = r - k * _PIO2_B
+    r = r - k * _PIO2_C
+    r = r - k * _PIO2_D
+    quadrant = k.to(tl.int32) + odd
+    r2 = r * r
+    s = r + r * r2 * (_S1 + r2 * (_S2 + r2 * _S3))
+    c = 1.0 - 0.5 * r2 + r2 * r2 * (_C1 + r2 * (_C2 + r2 * _C3))
+    v = tl.where((quadrant & 1) != 0, c, s)
+    return tl.where((quadrant & 2) != 0, -v, v)
+
+
+@triton.autotune(
+    configs=_forward_configs(),
+    key=["dim", "n_rows_bucket"],
+    prune_configs_by={"early_config_prune": _prune_forward},
+)
+@triton.jit
+def embedding_fwd_kernel(
+    ids_ptr,  # [N] int32/int64 flattened token ids
+    weight_ptr,  # [V, D] token table
+    pos_weight_ptr,  # [P, D] learned positional table (read only when POS_MODE == 1)
+    positions_ptr,  # [N] int32/int64 positions (read only when HAS_POSITIONS)
+    out_ptr,  # [N, D] output, weight dtype
+    n_rows,
+    n_rows_bucket,  # autotune key only: rows_bucket(n_rows)
+    seq_len,
+    dim,
+    num_embeddings,
+    num_positions,
+    stride_w,
+    stride_p,
+    stride_o,
+    scale,
+    position_offset,
+    sin_coef,  # fp32(ln(base) / D), sinusoid mode only
+    POS_MODE: tl.constexpr,  # 0 none / 1 learned / 2 sinusoid: dead branches compile away
+    HAS_POSITIONS: tl.constexpr,  # explicit positions tensor vs position_offset + s
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] int64
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    row_ok = rows < n_rows
+    col_ok = cols < dim
+
+    ids = tl.load(ids_ptr + rows, mask=row_ok, other=0).to(tl.int64)  # [BM]
+    # Ids are range-checked on the host by default; the mask keeps the kernel inside the
+    # table when that check is switched off (such rows get only the positional term).
+    id_ok = row_ok & (ids >= 0) & (ids < num_embeddings)
+    w_ptrs = weight_ptr + ids[:, None] * stride_w + cols[None, :]  # [BM, BD]
+    w = tl.load(w_ptrs, mask=id_ok[:, None] & col_ok[None, :], other=0.0)
+    acc = w.to(tl.float32) * scale  # [BM, BD] fp32
+
+    if POS_MODE != 0:
+        if HAS_POSITIONS:
+            pos = tl.load(positions_ptr + rows, mask=row_ok, other=0).to(tl.int64)  # [BM]
+        else:
+            # s = row % seq_len in int32: rows < 2**31 (checked by the launcher), and a 64-bit
+            # remainder is a slow subroutine that made ptxas spill.
+            local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] int32
+            pos = position_offset + (local % seq_len).to(tl.int64)  # [BM]
+        if POS_MODE == 1:
+            pos_ok = row_ok & (pos >= 0) & (pos < num_positions)
+            p_ptrs = pos_weight_ptr + pos[:, None] * stride_p + cols[None, :]
+            p = tl.load(p_ptrs, mask=pos_ok[:, None] & col_ok[None, :], other=0.0)
+            acc += p.to(tl.float32)
+        else:
+            # inv_freq = fp32(exp_fp64(-2i * c)): fp64 keeps it correctly rounded on every
+            # backend (fp32 tl.exp is ex2.approx on GPUs); it is computed once per column.
+            pair = (cols // 2).to(tl.float64)  # [BD]
+            inv_freq = tl.exp(pair * (-2.0 * sin_coef)).to(tl.float32)  # [BD]
+            angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]  # [BM, BD] fp32
+            acc += _sin_or_cos(angle, (cols % 2)[None, :])
+
+    o_ptrs = out_ptr + rows[:, None] * stride_o + cols[None, :]
+    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+def backward_block_d(dim: int) -> tuple[int, int]:
+    """(BLOCK_D, num_warps) of the backward kernels: one row slice of <= 1024 features."""
+    block_d = block_d_for(dim)
+    return block_d, max(1, min(4, block_d // 256))
+
+
+ATOMIC_BLOCK_M = 4  # rows per program of the atomic backward
+
+
+def backward_config_space() -> list[tuple[int, int]]:
+    """Every (BLOCK_D, num_warps) the backward launchers can run: for compile checks."""
+    space, block_d = [], MIN_BLOCK_D
+    while block_d <= MAX_BLOCK_D:
+        space.append(backward_block_d(block_d))
+        block_d *= 2
+    return space
+
+
+@triton.jit
+def embedding_bwd_sorted_kernel(
+    grad_ptr,  # [N, D] upstream gradient rows
+    sorted_ids_ptr,  # [N] int64 ids, stably sorted ascending
+    order_ptr,  # [N] int64 token index of each sorted id
+    out_ptr,  # [V, D] gradient table, zero-filled by the caller
+    n_rows,
+    dim,
+    num_embeddings,
+    stride_g,
+    stride_o,
+    scale,
+    padding_idx,  # -1 for none
+    BLOCK_D: tl.constexpr,
+):
+    start = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    col_ok = cols < dim
+    row_id = tl.load(sorted_ids_ptr + start)
+    prev = tl.load(sorted_ids_ptr + start - 1, mask=start > 0, other=-1)
+    # Each run of equal ids is summed by the program at its first position, in token order
+    # (the sort is stable), so the result is bit-identical run to run with no atomics.
+    leader = (start == 0) | (prev != row_id)
+    owns = leader & (row_id >= 0) & (row_id < num_embeddings) & (row_id != padding_idx)
+    if owns:
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        j = start
+        nxt = row_id
+        while nxt == row_id:
+            tok = tl.load(order_ptr + j)
+            g = tl.load(grad_ptr + tok * stride_g + cols, mask=col_ok, other=0.0)
+            acc += g.to(tl.float32)
+            j += 1
+            nxt = tl.load(sorted_ids_ptr + j, mask=j < n_rows, other=-1)
+        o_ptrs = out_ptr + row_id * stride_o + cols
+        tl.store(o_ptrs, (acc * scale).to(out_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def embedding_bwd_atomic_kernel(
+    grad_ptr,  # [N, D] upstream gradient rows
+    ids_ptr,  # [N] int32/int64 ids
+    out_ptr,  # [V, D] fp32 accumulator, zero-filled by the caller
+    n_rows,
+    dim,
+    num_embeddings,
+    stride_g,
+    stride_o,
+    scale,
+    padding_idx,  # -1 for none
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    row_ok = rows < n_rows
+    col_ok = cols < dim
+    ids = tl.load(ids_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    ok = row_ok & (ids >= 0) & (ids < num_embeddings) & (ids != padding_idx)
+    mask = ok[:, None] & col_ok[None, :]
+    g = tl.load(grad_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0)
+    tl.atomic_add(out_ptr + ids[:, None] * stride_o + cols[None, :], g.to(tl.float32) * scale, mask=mask)
+
+
+# ---------------------------------------------------------------------------- launchers
+
+
+@functools.lru_cache(maxsize=None)
+def _sin_coef(dim: int, base: float) -> float:
+    from fusedops.reference import sinusoid_coefficient
+
+    return sinusoid_coefficient(dim, base)
+
+
+def embedding_forward(
+    ids: torch.Tensor,  # [N] int32/int64, contiguous
+    weight: torch.Tensor,  # [V, D], stride(-1) == 1
+    out: torch.Tensor,  # [N, D] weight dtype, stride(-1) == 1
+    *,
+    seq_len: int,
+    scale: float,
+    pos_mode: int,
+    pos_weight: torch.Tensor | None,  # [P, D] when pos_mode == POS_LEARNED
+    positions: torch.Tensor | None,  # [N] int, contiguous; None -> position_offset + n % seq_len
+    position_offset: int,
+    sinusoid_base: float,
+) -> torch.Tensor:
+    """Launch the forward kernel; writes and returns ``out``."""
+    n_rows, dim = out.shape
+    if n_rows == 0 or dim == 0:
+        return out
+    if n_rows >= 2**31:
+        raise ValueError(f"fused_embedding: {n_rows} tokens in one call; the limit is 2**31 - 1")
+    block_d = block_d_for(dim)
+    has_pos_table = pos_mode == POS_LEARNED
+    pos_table = pos_weight if has_pos_table else weight
+    pos_ids = positions if positions is not None else ids
+
+    def grid(meta):
+        return (triton.cdiv(n_rows, meta["BLOCK_M"]), triton.cdiv(dim, meta["BLOCK_D"]))
+
+    embedding_fwd_kernel[grid](
+        ids,
+        weight,
+        pos_table,
+        pos_ids,
+        out,
+        n_rows,
+        rows_bucket(n_rows),
+        seq_len,
+        dim,
+        weight.shape[0],
+        pos_table.shape[0],
+        weight.stride(0),
+        pos_table.stride(0),
+        out.stride(0),
+        float(scale),
+        int(position_offset),
+        _sin_coef(dim, float(sinusoid_base)) if pos_mode == POS_SINUSOID else 0.0,
+        POS_MODE=pos_mode,
+        HAS_POSITIONS=positions is not None,
+        BLOCK_D=block_d,
+    )
+    return out
+
+
+def embedding_backward(
+    grad: torch.Tensor,  # [N, D], stride(-1) == 1
+    ids: torch.Tensor,  # [N] int32/int64, contiguous
+    out: torch.Tensor,  # [V, D] contiguous, any float dtype; overwritten
+    *,
+    scale: float,
+    padding_idx: int,
+    deterministic: bool,
+) -> torch.Tensor:
+    """Gradient of a ``[V, D]`` table: ``out[v] = scale * sum(grad[n] for ids[n] == v)``.
+
+    Rows never referenced (and ``padding_idx``) are zero. Deterministic mode sums each row in
+    token order in fp32 (bit-identical across runs); otherwise fp32 atomics are used.
+    """
+    n_rows, dim = grad.shape
+    out.zero_()
+    if n_rows == 0 or dim == 0:
+        return out
+    block_d, warps = backward_block_d(dim)
+    if deterministic:
+        sorted_ids, order = torch.sort(ids.to(torch.int64), stable=True)
+        grid = (n_rows, triton.cdiv(dim, block_d))
+        embedding_bwd_sorted_kernel[grid](
+            grad, sorted_ids, order, out, n_rows, dim, out.shape[0], grad.stride(0),
+            out.stride(0), float(scale), int(padding_idx), BLOCK_D=block_d, num_warps=warps,
+        )  # fmt: skip
+        return out
+    acc = out if out.dtype == torch.float32 else torch.zeros(out.shape, device=out.device)
+    grid = (triton.cdiv(n_rows, ATOMIC_BLOCK_M), triton.cdiv(dim, block_d))
+    embedding_bwd_atomic_kernel[grid](
+        grad, ids, acc, n_rows, dim, out.shape[0], grad.stride(0), acc.stride(0), float(scale),
+        int(padding_idx), BLOCK_M=ATOMIC_BLOCK_M, BLOCK_D=block_d, num_warps=warps,
+    )  # fmt: skip
+    if acc is not out:
+        out.copy_(acc)
+    return out

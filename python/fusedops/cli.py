@@ -1,0 +1,148 @@
+"""``fusedops demo``: run the fused ops on this machine, check them, and time them.
+
+    python -m fusedops.cli demo [--quick]
+
+Each row runs one op through one backend, checks it against the fp64 reference (max abs
+error) and times it against eager PyTorch and ``torch.compile`` of the same reference. On a
+machine without a GPU the Triton kernels run through Triton's interpreter on a small case (it
+is switched on here, before the kernels are imported); their time says nothing about GPU speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+_HAS_CUDA = torch.cuda.is_available()
+if not _HAS_CUDA:  # must precede the first import of fusedops.kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+for _var, _sub in (("TRITON_CACHE_DIR", "triton-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+    os.environ.setdefault(_var, os.path.join(sys.prefix, "fusedops-cache", _sub))
+
+import fusedops  # noqa: E402
+from fusedops import benchmarking as bm  # noqa: E402
+from fusedops import reference  # noqa: E402
+
+
+@dataclass
+class DemoRow:
+    op: str
+    backend: str
+    device: str
+    dtype: str
+    shape: str
+    max_err: float
+    ref_max: float
+    fused_ms: float
+    eager_ms: float
+    compile_ms: float | None
+
+
+def _time(fn: Callable[[], object], device: str, min_time: float) -> float:
+    fn()
+    return bm.measure(fn, device=device, warmup=1, min_time=min_time, min_reps=3).median_ms
+
+
+def _embedding_row(backend, device, dtype, batch, seq, dim, vocab, mode, *, compile_ref, min_time):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+    weight = torch.randn(vocab, dim, generator=gen).to(dtype).to(device)
+    kwargs: dict = {"scale": math.sqrt(dim)}
+    if mode == "learned":
+        kwargs["pos_weight"] = torch.randn(2048, dim, generator=gen).to(dtype).to(device)
+    elif mode == "sinusoid":
+        kwargs["sinusoidal"] = True
+
+    def fused():
+        with fusedops.use_backend(backend):
+            return fusedops.fused_embedding(ids, weight, **kwargs)
+
+    def eager():
+        return reference.fused_embedding(ids, weight, **kwargs)
+
+    pw = kwargs.get("pos_weight")
+    ref_kwargs = {**kwargs, "pos_weight": None if pw is None else pw.double()}
+    expected = reference.fused_embedding(ids, weight.double(), **ref_kwargs)
+    max_err = (fused().double() - expected).abs().max().item()
+    compiled_ms = None
+    if compile_ref:
+        compiled = torch.compile(reference.fused_embedding)
+        compiled_ms = _time(lambda: compiled(ids, weight, **kwargs), device, min_time)
+    return DemoRow(
+        op=f"embedding ({mode})",
+        backend=backend if backend != "triton" or _HAS_CUDA else "triton (interpreter)",
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        shape=f"B={batch} S={seq} D={dim} V={vocab}",
+        max_err=max_err,
+        ref_max=expected.abs().max().item(),
+        fused_ms=_time(fused, device, min_time),
+        eager_ms=_time(eager, device, min_time),
+        compile_ms=compiled_ms,
+    )
+
+
+def _format(rows: list[DemoRow]) -> str:
+    head = ["op", "backend", "device", "dtype", "shape", "max err", "fusedops ms", "eager ms",
+            "compile ms", "vs eager", "vs compile"]  # fmt: skip
+    lines = []
+    for r in rows:
+        vs_compile = f"{r.compile_ms / r.fused_ms:.2f}x" if r.compile_ms else "-"
+        lines.append([r.op, r.backend, r.device, r.dtype, r.shape, f"{r.max_err:.2e}",
+                      f"{r.fused_ms:.3f}", f"{r.eager_ms:.3f}",
+                      f"{r.compile_ms:.3f}" if r.compile_ms else "-",
+                      f"{r.eager_ms / r.fused_ms:.2f}x", vs_compile])  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    return "\n".join(out + [fmt.format(*line) for line in lines])
+
+
+def demo(quick: bool = False) -> int:
+    device = "cuda" if _HAS_CUDA else "cpu"
+    main_backend = "triton" if _HAS_CUDA else "cpp"
+    min_time = 0.3 if quick else 1.0
+    print(f"fusedops {fusedops.__version__} demo on {bm.device_label(device)}, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    rows = []
+    cases = [("learned", torch.float32), ("sinusoid", torch.float32), ("learned", torch.bfloat16)]
+    for mode, dtype in cases[:1] if quick else cases:
+        print(f"  running embedding ({mode}, {dtype}) on {main_backend} ...", flush=True)
+        rows.append(_embedding_row(main_backend, device, dtype, 8, 1024, 768, 50257, mode,
+                                   compile_ref=True, min_time=min_time))  # fmt: skip
+    if not _HAS_CUDA:
+        print("  running embedding through Triton's interpreter (small case) ...", flush=True)
+        for mode in ("learned", "sinusoid"):
+            rows.append(_embedding_row("triton", "cpu", torch.float32, 2, 64, 128, 1000, mode,
+                                       compile_ref=False, min_time=0.1))  # fmt: skip
+    print()
+    print(_format(rows))
+    # Max error relative to the largest reference value: ~ulps of the output dtype.
+    tolerance = {"float32": 1e-6, "float16": 2e-3, "bfloat16": 1.6e-2}
+    bad = [r for r in rows if not r.max_err <= tolerance[r.dtype] * max(r.ref_max, 1.0)]
+    if bad:
+        print(f"\nFAILED: {len(bad)} row(s) disagree with the reference", file=sys.stderr)
+        return 1
+    print("\nall rows match the fp64 reference")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fusedops", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo_p = sub.add_parser("demo", help="run, check and time the fused ops on this machine")
+    demo_p.add_argument("--quick", action="store_true", help="one case, shorter timing")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo(quick=args.quick)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

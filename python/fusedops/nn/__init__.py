@@ -1,0 +1,5 @@
+"""``nn.Module`` drop-ins built on the fused ops."""
+
+from fusedops.nn.embedding import FusedEmbedding
+
+__all__ = ["FusedEmbedding"]

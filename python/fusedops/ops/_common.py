@@ -1,0 +1,50 @@
+"""Helpers shared by the op wrappers: output allocation and argument checks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+POISON_ENV = "FUSEDOPS_POISON_OUTPUTS"
+
+
+def empty_output(shape: tuple[int, ...] | list[int], dtype: torch.dtype, device: torch.device):
+    """An uninitialised output; NaN-filled when ``$FUSEDOPS_POISON_OUTPUTS=1`` (tests set it,
+    so an element a kernel forgets to write fails the comparison instead of passing by luck)."""
+    if os.environ.get(POISON_ENV) == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def check_tensor(op: str, name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_dtype(op: str, name: str, t: torch.Tensor, allowed: tuple[torch.dtype, ...]) -> None:
+    if t.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{op}: {name} must have dtype in ({names}), got {t.dtype}")
+
+
+def check_same_device(op: str, name: str, t: torch.Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{op}: {name} is on {t.device} but the other inputs are on {device}")
+
+
+def check_index_range(op: str, what: str, t: torch.Tensor, low: int, high: int | None) -> None:
+    """Raise IndexError naming the first element of ``t`` outside ``[low, high)``.
+
+    ``high=None`` checks only the lower bound. Forces a device sync on CUDA tensors.
+    """
+    if t.numel() == 0:
+        return
+    bad = t < low if high is None else (t < low) | (t >= high)
+    if bool(bad.any()):
+        value = int(t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]])
+        bound = f"[{low}, {high})" if high is not None else f"[{low}, inf)"
+        raise IndexError(f"{op}: {what} {value} outside {bound}")

@@ -1,0 +1,316 @@
+"""The fused embedding as ``torch.library`` custom ops: validation, dispatch and autograd.
+
+``fused_embedding`` computes ``out[..., s, :] = weight[input_ids[..., s]] * scale + P[pos(s)]``
+where ``P`` is a learned table, an in-kernel sinusoid, or absent. The custom ops
+``fusedops::fused_embedding`` and ``fusedops::fused_embedding_backward`` run the Triton kernels
+(CUDA, or CPU through Triton's interpreter) or the C++ kernels of ``fusedops._C`` (CPU); the
+``reference`` backend runs plain PyTorch and never reaches these ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fusedops import reference
+from fusedops._backend import resolve_backend
+from fusedops.ops._common import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    check_dtype,
+    check_index_range,
+    check_same_device,
+    check_tensor,
+    empty_output,
+)
+
+OP = "fused_embedding"
+POS_NONE, POS_LEARNED, POS_SINUSOID = 0, 1, 2  # same codes as kernels/ and csrc/
+# Sinusoid positions lie in [0, 2**16): there the kernels' angle reduction is exact (~1e-7).
+SINUSOID_MAX_POSITION = 1 << 16  # = kernels.embedding.SINUSOID_MAX_POSITION, csrc's limit
+
+
+def _launch_triton_forward(ids, weight, pos_weight, positions, scale, offset, mode, base, out):
+    from fusedops.kernels.embedding import embedding_forward
+
+    embedding_forward(
+        ids.reshape(-1),
+        weight,
+        out.view(-1, weight.shape[1]),
+        seq_len=ids.shape[-1],
+        scale=scale,
+        pos_mode=mode,
+        pos_weight=pos_weight,
+        positions=None if positions is None else positions.reshape(-1),
+        position_offset=offset,
+        sinusoid_base=base,
+    )
+    return out
+
+
+def _check_ranges(ids, weight, pos_weight, positions, offset, mode):
+    """Host-side index checks for the Triton path (a device sync on CUDA)."""
+    check_index_range(OP, "input_ids contains id", ids, 0, weight.shape[0])
+    if mode == POS_NONE:
+        return
+    high = pos_weight.shape[0] if mode == POS_LEARNED else SINUSOID_MAX_POSITION
+    if positions is not None:
+        check_index_range(OP, "positions contains position", positions, 0, high)
+    elif ids.numel() and offset + ids.shape[-1] > high:
+        raise IndexError(
+            f"{OP}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
+            f"length {ids.shape[-1]} - 1) outside [0, {high})"
+        )
+
+
+@torch.library.custom_op("fusedops::fused_embedding", mutates_args=())
+def fused_embedding_op(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    pos_weight: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    scale: float,
+    position_offset: int,
+    pos_mode: int,
+    sinusoid_base: float,
+    padding_idx: int,
+    deterministic: bool,
+    check_indices: bool,
+    backend: str,
+) -> torch.Tensor:
+    """Forward of the fused embedding on validated inputs.
+
+    ``input_ids`` [..., S] contiguous int32/int64; ``weight`` [V, D] (stride(-1) == 1);
+    ``pos_weight`` [P, D] or None; ``positions`` contiguous, shaped like ``input_ids``, or None;
+    ``backend`` is ``"triton"`` or ``"cpp"``. Returns [..., S, D] in ``weight.dtype``.
+    ``padding_idx`` (-1: none) and ``deterministic`` only shape the backward.
+    """
+    if backend == "cpp":
+        return torch.ops.fusedops.cpp_embedding_fwd(
+            input_ids, weight, scale, pos_weight, positions, position_offset, pos_mode,
+            sinusoid_base,
+        )  # fmt: skip
+    if backend != "triton":
+        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
+    if check_indices:
+        _check_ranges(input_ids, weight, pos_weight, positions, position_offset, pos_mode)
+    out = empty_output((*input_ids.shape, weight.shape[1]), weight.dtype, weight.device)
+    return _launch_triton_forward(
+        input_ids, weight, pos_weight, positions, scale, position_offset, pos_mode,
+        sinusoid_base, out,
+    )  # fmt: skip
+
+
+@fused_embedding_op.register_fake
+def _(input_ids, weight, pos_weight, positions, scale, position_offset, pos_mode, sinusoid_base,
+      padding_idx, deterministic, check_indices, backend):  # fmt: skip
+    return weight.new_empty((*input_ids.shape, weight.shape[1]))
+
+
+@torch.library.custom_op("fusedops::fused_embedding_backward", mutates_args=())
+def fused_embedding_backward_op(
+    grad_out: torch.Tensor,
+    indices: torch.Tensor,
+    num_rows: int,
+    scale: float,
+    padding_idx: int,
+    deterministic: bool,
+    backend: str,
+) -> torch.Tensor:
+    """Gradient of a ``[num_rows, D]`` table gathered by ``indices``.
+
+    ``grad_out`` [..., D] (fp32/fp16/bf16), ``indices`` int [...] with one index per row of
+    ``grad_out``; returns ``scale * sum`` of the rows of each index, in ``grad_out.dtype``,
+    with row ``padding_idx`` (``-1``: none) left zero. Deterministic sums each row in token
+    order in fp32; the C++ kernel is always deterministic.
+    """
+    dim = grad_out.shape[-1]
+    if backend == "cpp":
+        return torch.ops.fusedops.cpp_embedding_bwd(
+            grad_out.contiguous(), indices.contiguous(), num_rows, scale, padding_idx
+        )
+    if backend != "triton":
+        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
+    from fusedops.kernels.embedding import embedding_backward
+
+    out = empty_output((num_rows, dim), grad_out.dtype, grad_out.device)
+    grad_rows = grad_out.reshape(-1, dim)  # [N, D]
+    if grad_rows.numel() and grad_rows.stride(-1) != 1:
+        grad_rows = grad_rows.contiguous()
+    return embedding_backward(
+        grad_rows,
+        indices.reshape(-1).contiguous(),
+        out,
+        scale=scale,
+        padding_idx=padding_idx,
+        deterministic=deterministic,
+    )
+
+
+@fused_embedding_backward_op.register_fake
+def _(grad_out, indices, num_rows, scale, padding_idx, deterministic, backend):
+    return grad_out.new_empty((num_rows, grad_out.shape[-1]))
+
+
+def _setup_context(ctx, inputs, output):
+    ids, weight, pos_weight, positions, scale, offset, mode, _base, padding_idx, det, _check, be = (
+        inputs
+    )
+    ctx.save_for_backward(ids, positions)
+    ctx.num_rows = weight.shape[0]
+    ctx.num_positions = pos_weight.shape[0] if pos_weight is not None else 0
+    ctx.scale, ctx.offset, ctx.mode = scale, offset, mode
+    ctx.padding_idx, ctx.deterministic, ctx.backend = padding_idx, det, be
+
+
+def _backward(ctx, grad):
+    # grad: [..., S, D] in weight dtype
+    ids, positions = ctx.saved_tensors
+    grad_weight = grad_pos = None
+    if ctx.needs_input_grad[1]:
+        grad_weight = fused_embedding_backward_op(
+            grad, ids, ctx.num_rows, ctx.scale, ctx.padding_idx, ctx.deterministic, ctx.backend
+        )
+    if ctx.mode == POS_LEARNED and ctx.needs_input_grad[2]:
+        if positions is None:  # pos(s) = offset + s for every batch row
+            seq = ids.shape[-1]
+            positions = torch.arange(ctx.offset, ctx.offset + seq, device=ids.device)
+            positions = positions.expand(ids.shape)
+        grad_pos = fused_embedding_backward_op(
+            grad, positions, ctx.num_positions, 1.0, -1, ctx.deterministic, ctx.backend
+        )
+    return None, grad_weight, grad_pos, *([None] * 9)
+
+
+fused_embedding_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _validate(input_ids, weight, scale, pos_weight, positions, position_offset, sinusoidal,
+              sinusoid_base, padding_idx):  # fmt: skip
+    """Check user arguments; return (input_ids, weight, positions, padding_idx) normalised."""
+    check_tensor(OP, "input_ids", input_ids)
+    check_tensor(OP, "weight", weight)
+    check_dtype(OP, "input_ids", input_ids, INDEX_DTYPES)
+    check_dtype(OP, "weight", weight, FLOAT_DTYPES)
+    if input_ids.dim() < 1:
+        raise ValueError(f"{OP}: input_ids must be [..., S] with the sequence last, got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"{OP}: weight must be [V, D], got shape {tuple(weight.shape)}")
+    device = weight.device
+    check_same_device(OP, "input_ids", input_ids, device)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{OP}: scale must be a finite number, got {scale!r}")
+    if isinstance(position_offset, bool) or not isinstance(position_offset, int):
+        raise TypeError(f"{OP}: position_offset must be an int, got {position_offset!r}")
+    if position_offset < 0:
+        raise ValueError(f"{OP}: position_offset must be >= 0, got {position_offset}")
+    if pos_weight is not None:
+        check_tensor(OP, "pos_weight", pos_weight)
+        if sinusoidal:
+            raise ValueError(f"{OP}: pass either pos_weight or sinusoidal=True, not both")
+        if pos_weight.dim() != 2 or pos_weight.shape[1] != weight.shape[1]:
+            raise ValueError(
+                f"{OP}: pos_weight must be [P, {weight.shape[1]}] to match weight, "
+                f"got shape {tuple(pos_weight.shape)}"
+            )
+        if pos_weight.dtype != weight.dtype:
+            raise TypeError(
+                f"{OP}: pos_weight dtype {pos_weight.dtype} differs from weight dtype {weight.dtype}"
+            )
+        check_same_device(OP, "pos_weight", pos_weight, device)
+    if sinusoidal and not (isinstance(sinusoid_base, (int, float)) and sinusoid_base > 0):
+        raise ValueError(f"{OP}: sinusoid_base must be a positive number, got {sinusoid_base!r}")
+    if positions is not None:
+        check_tensor(OP, "positions", positions)
+        if pos_weight is None and not sinusoidal:
+            raise ValueError(f"{OP}: positions given but there is no positional term "
+                             "(pass pos_weight or sinusoidal=True)")  # fmt: skip
+        check_dtype(OP, "positions", positions, INDEX_DTYPES)
+        check_same_device(OP, "positions", positions, device)
+        try:
+            positions = positions.expand(input_ids.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{OP}: positions of shape {tuple(positions.shape)} do not broadcast to "
+                f"input_ids of shape {tuple(input_ids.shape)}"
+            ) from None
+        positions = positions.contiguous()
+    if padding_idx is not None:
+        num = weight.shape[0]
+        if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
+            raise TypeError(f"{OP}: padding_idx must be an int or None, got {padding_idx!r}")
+        if not -num <= padding_idx < num:
+            raise ValueError(f"{OP}: padding_idx {padding_idx} outside [-{num}, {num})")
+        padding_idx = padding_idx % num
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    if pos_weight is not None and pos_weight.stride(-1) != 1:
+        pos_weight = pos_weight.contiguous()
+    return input_ids.contiguous(), weight, pos_weight, positions, padding_idx
+
+
+def fused_embedding(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    pos_weight: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    position_offset: int = 0,
+    sinusoidal: bool = False,
+    sinusoid_base: float = 10000.0,
+    padding_idx: int | None = None,
+    deterministic: bool = True,
+    check_indices: bool = True,
+) -> torch.Tensor:
+    """Token gather, scale and positional add in one pass.
+
+    ``out[..., s, :] = weight[input_ids[..., s]] * scale + P[pos(s)]`` where ``P`` is
+    ``pos_weight`` (a learned table), the sinusoid of Vaswani et al. computed inside the kernel
+    (``sinusoidal=True``: sin on even, cos on odd features, see
+    :func:`fusedops.reference.sinusoid_table`), or absent; ``pos(s) = positions[..., s]`` when
+    given, else ``position_offset + s``.
+
+    Args:
+        input_ids: int32/int64 ``[..., S]``, any leading shape, sequence last.
+        weight: ``[V, D]`` fp32/fp16/bf16 token table.
+        scale: multiplier of the token rows (e.g. ``sqrt(D)``).
+        pos_weight: optional ``[P, D]`` learned positional table, same dtype as ``weight``.
+        positions: optional int ``[..., S]`` (broadcastable to ``input_ids``) positions.
+        position_offset: first position when ``positions`` is None (e.g. KV-cache length).
+        sinusoidal: add the in-kernel sinusoid instead of a learned table.
+        sinusoid_base: sinusoid frequency base.
+        padding_idx: table row that receives no gradient (``nn.Embedding`` semantics).
+        deterministic: backward sums duplicates in a fixed order (bit-identical run to run);
+            ``False`` uses fp32 atomics on the Triton path (the C++ path is always
+            deterministic).
+        check_indices: range-check ids and positions (raises ``IndexError``). On CUDA this
+            syncs the device; with ``False`` out-of-range rows are masked (the token term
+            reads as zero) instead of read out of bounds. The C++ kernel always checks.
+    Returns:
+        ``[..., S, D]`` in ``weight.dtype`` (arithmetic in fp32).
+    Raises:
+        TypeError / ValueError for bad dtypes, shapes, devices or options; IndexError for ids
+        or positions out of range; RuntimeError if the requested backend cannot run.
+    """
+    input_ids, weight, pos_weight, positions, padding_idx = _validate(
+        input_ids, weight, scale, pos_weight, positions, position_offset, sinusoidal,
+        sinusoid_base, padding_idx,
+    )  # fmt: skip
+    backend = resolve_backend(OP, weight.device)
+    if backend == "reference":
+        if check_indices:
+            mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else 0
+            _check_ranges(input_ids, weight, pos_weight, positions, position_offset, mode)
+        return reference.fused_embedding(
+            input_ids, weight, scale=scale, pos_weight=pos_weight, positions=positions,
+            position_offset=position_offset, sinusoidal=sinusoidal, sinusoid_base=sinusoid_base,
+            padding_idx=padding_idx,
+        )  # fmt: skip
+    mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
+    return fused_embedding_op(
+        input_ids, weight, pos_weight, positions, float(scale), position_offset, mode,
+        float(sinusoid_base), -1 if padding_idx is None else padding_idx, deterministic,
+        check_indices, backend,
+    )  # fmt: skip

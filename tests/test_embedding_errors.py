@@ -1,0 +1,120 @@
+"""fused_embedding: bad input raises errors that name the op and the value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import backend_cases
+
+import fusedops
+
+
+def _call(backend, *args, **kwargs):
+    with fusedops.use_backend(backend):
+        return fusedops.fused_embedding(*args, **kwargs)
+
+
+@pytest.fixture
+def tables():
+    return torch.randint(0, 10, (2, 5)), torch.randn(10, 8), torch.randn(6, 8)
+
+
+@pytest.mark.parametrize("backend,device", backend_cases())
+@pytest.mark.parametrize("bad_id", [10, 12345, -1])
+def test_id_out_of_range(backend, device, tables, bad_id):
+    ids, weight, _ = tables
+    ids[1, 3] = bad_id
+    with pytest.raises(IndexError, match=rf"fused_embedding: .*{bad_id}.*\[0, 10\)"):
+        _call(backend, ids.to(device), weight.to(device))
+
+
+@pytest.mark.parametrize("backend,device", backend_cases())
+def test_position_out_of_table(backend, device, tables):
+    ids, weight, pos_weight = tables
+    ids, weight, pos_weight = ids.to(device), weight.to(device), pos_weight.to(device)
+    positions = torch.tensor([[0, 1, 2, 6, 3], [0, 0, 0, 0, 0]], device=device)
+    with pytest.raises(IndexError, match=r"fused_embedding: .*6.*\[0, 6\)"):
+        _call(backend, ids, weight, pos_weight=pos_weight, positions=positions)
+    with pytest.raises(IndexError, match=r"fused_embedding: .*position.*\[0, 6\)"):
+        _call(backend, ids, weight, pos_weight=pos_weight, position_offset=2)
+    with pytest.raises(IndexError, match=r"fused_embedding: .*-3"):
+        _call(backend, ids, weight, sinusoidal=True, positions=positions - 3)
+
+
+def test_unchecked_ids_are_masked_not_read():
+    # check_indices=False on the Triton path: out-of-range rows read as zero, never OOB.
+    if not torch.cuda.is_available():
+        from fusedops import kernels
+
+        if not kernels.INTERPRET:
+            pytest.skip("needs the Triton interpreter or a GPU")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ids = torch.tensor([[1, 10_000_000, -5, 2]], device=device)
+    weight = torch.randn(4, 16, device=device)
+    with fusedops.use_backend("triton"):
+        out = fusedops.fused_embedding(ids, weight, check_indices=False)
+    assert torch.equal(out[0, 1], torch.zeros(16, device=device))
+    assert torch.equal(out[0, 2], torch.zeros(16, device=device))
+    assert torch.equal(out[0, 0], weight[1])
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        ({"input_ids": torch.zeros(3)}, TypeError, "input_ids must have dtype"),
+        ({"input_ids": torch.zeros((), dtype=torch.long)}, ValueError, "0-d"),
+        ({"input_ids": [1, 2]}, TypeError, "input_ids must be a torch.Tensor"),
+        ({"weight": torch.randn(10, 8).double()}, TypeError, "weight must have dtype"),
+        ({"weight": torch.randn(10)}, ValueError, r"weight must be \[V, D\]"),
+        ({"weight": torch.randint(0, 3, (10, 8))}, TypeError, "weight must have dtype"),
+        ({"scale": float("nan")}, ValueError, "scale must be a finite number"),
+        ({"scale": "2"}, ValueError, "scale"),
+        ({"pos_weight": torch.randn(6, 7)}, ValueError, r"pos_weight must be \[P, 8\]"),
+        ({"pos_weight": torch.randn(6, 8).half()}, TypeError, "pos_weight dtype"),
+        ({"pos_weight": torch.randn(6, 8), "sinusoidal": True}, ValueError, "not both"),
+        ({"positions": torch.zeros(2, 5, dtype=torch.long)}, ValueError, "no positional term"),
+        ({"sinusoidal": True, "positions": torch.zeros(2, 5)}, TypeError, "positions must"),
+        ({"sinusoidal": True, "positions": torch.zeros(3, 5, dtype=torch.long)}, ValueError,
+         "do not broadcast"),
+        ({"position_offset": -1}, ValueError, "position_offset must be >= 0"),
+        ({"position_offset": 1.5}, TypeError, "position_offset must be an int"),
+        ({"padding_idx": 10}, ValueError, r"padding_idx 10 outside \[-10, 10\)"),
+        ({"sinusoidal": True, "sinusoid_base": 0.0}, ValueError, "sinusoid_base"),
+    ],
+)  # fmt: skip
+def test_bad_arguments(tables, kwargs, exc, pattern):
+    ids, weight, _ = tables
+    args = {"input_ids": ids, "weight": weight, **kwargs}
+    ids_arg, weight_arg = args.pop("input_ids"), args.pop("weight")
+    for backend in ("auto", "reference"):
+        with pytest.raises(exc, match=f"fused_embedding: .*{pattern}"):
+            _call(backend, ids_arg, weight_arg, **args)
+
+
+def test_mixed_devices_rejected(tables):
+    ids, weight, _ = tables
+    meta_ids = ids.to("meta")
+    with pytest.raises(ValueError, match="fused_embedding: input_ids is on meta"):
+        fusedops.fused_embedding(meta_ids, weight)
+
+
+@pytest.mark.parametrize("backend,device", backend_cases())
+def test_sinusoid_position_limit(backend, device, tables):
+    # Sinusoid positions must be < 2**16 on every backend (exact angle reduction there).
+    ids, weight, _ = tables
+    ids, weight = ids.to(device), weight.to(device)
+    limit = 1 << 16
+    ok = torch.full((2, 5), limit - 1, device=device)
+    out = _call(backend, ids, weight, sinusoidal=True, positions=ok)
+    assert out.shape == (2, 5, 8)
+    with pytest.raises(IndexError, match=rf"fused_embedding: .*{limit}.*\[0, {limit}\)"):
+        _call(backend, ids, weight, sinusoidal=True, positions=ok + 1)
+    with pytest.raises(IndexError, match=rf"fused_embedding: .*\[0, {limit}\)"):
+        _call(backend, ids, weight, sinusoidal=True, position_offset=limit - 2)
+
+
+def test_sinusoid_limit_is_one_constant():
+    from fusedops.kernels.embedding import SINUSOID_MAX_POSITION as kernel_limit
+    from fusedops.ops.embedding import SINUSOID_MAX_POSITION as op_limit
+
+    assert kernel_limit == op_limit == 1 << 16
