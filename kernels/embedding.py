@@ -271,13 +271,15 @@ def embedding_bwd_atomic_kernel(
     ok = row_ok & (ids >= 0) & (ids < num_embeddings) & (ids != padding_idx)
     mask = ok[:, None] & col_ok[None, :]
     g = tl.load(grad_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0)
-    tl.atomic_add(out_ptr + ids[:, None] * stride_o + cols[None, :], g.to(tl.float32) * scale, mask=mask)
+    tl.atomic_add(
+        out_ptr + ids[:, None] * stride_o + cols[None, :], g.to(tl.float32) * scale, mask=mask
+    )
 
 
 # ---------------------------------------------------------------------------- launchers
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sin_coef(dim: int, base: float) -> float:
     from fusedops.reference import sinusoid_coefficient
 
@@ -359,16 +361,38 @@ def embedding_backward(
         sorted_ids, order = torch.sort(ids.to(torch.int64), stable=True)
         grid = (n_rows, triton.cdiv(dim, block_d))
         embedding_bwd_sorted_kernel[grid](
-            grad, sorted_ids, order, out, n_rows, dim, out.shape[0], grad.stride(0),
-            out.stride(0), float(scale), int(padding_idx), BLOCK_D=block_d, num_warps=warps,
-        )  # fmt: skip
+            grad,
+            sorted_ids,
+            order,
+            out,
+            n_rows,
+            dim,
+            out.shape[0],
+            grad.stride(0),
+            out.stride(0),
+            float(scale),
+            int(padding_idx),
+            BLOCK_D=block_d,
+            num_warps=warps,
+        )
         return out
     acc = out if out.dtype == torch.float32 else torch.zeros(out.shape, device=out.device)
     grid = (triton.cdiv(n_rows, ATOMIC_BLOCK_M), triton.cdiv(dim, block_d))
     embedding_bwd_atomic_kernel[grid](
-        grad, ids, acc, n_rows, dim, out.shape[0], grad.stride(0), acc.stride(0), float(scale),
-        int(padding_idx), BLOCK_M=ATOMIC_BLOCK_M, BLOCK_D=block_d, num_warps=warps,
-    )  # fmt: skip
+        grad,
+        ids,
+        acc,
+        n_rows,
+        dim,
+        out.shape[0],
+        grad.stride(0),
+        acc.stride(0),
+        float(scale),
+        int(padding_idx),
+        BLOCK_M=ATOMIC_BLOCK_M,
+        BLOCK_D=block_d,
+        num_warps=warps,
+    )
     if acc is not out:
         out.copy_(acc)
     return out

@@ -68,8 +68,9 @@ def test_triton_on_cpu_without_interpreter_raises_clearly():
         "        print('ERR', e)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr
     assert "ERR fused_embedding: backend 'triton' on CPU tensors" in res.stdout
     assert "TRITON_INTERPRET=1" in res.stdout

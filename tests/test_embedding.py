@@ -88,8 +88,9 @@ def test_positions_broadcast_over_batch(backend, device):
     # Hugging Face passes position_ids of shape [1, S].
     ids, weight, pos_weight = _inputs((4,), 5, 24, 9, torch.float32, device)
     positions = torch.tensor([[7, 3, 0, 9, 1]], device=device)
-    out = _run(backend, fusedops.fused_embedding, ids, weight, pos_weight=pos_weight,
-               positions=positions)  # fmt: skip
+    out = _run(
+        backend, fusedops.fused_embedding, ids, weight, pos_weight=pos_weight, positions=positions
+    )
     expected = _reference64(ids, weight, pos_weight, positions=positions)
     assert_close(out, expected)
 
@@ -129,16 +130,17 @@ def test_backward_matches_reference(backend, device, dtype, lead, seq, dim, voca
     low_precision_sum = backend == "reference" and dtype != torch.float32
     rtol_scale = n_terms if low_precision_sum else max(1.0, math.sqrt(n_terms))
     atol_extra = n_terms * 1e-3 if low_precision_sum else 0.0  # cancellation in fp16 sums
-    for got, want, name in zip(grads, expected, ("weight", "pos_weight")[: len(grads)], strict=True):
+    for got, want, name in zip(
+        grads, expected, ("weight", "pos_weight")[: len(grads)], strict=True
+    ):
         assert got.dtype == dtype, name
-        assert_close(got, want, dtype=dtype, rtol_scale=rtol_scale, atol_extra=atol_extra,
-                     msg=name)  # fmt: skip
+        assert_close(got, want, dtype=dtype, rtol_scale=rtol_scale, atol_extra=atol_extra, msg=name)
 
 
 @pytest.mark.parametrize("backend,device", backend_cases())
 @pytest.mark.parametrize("padding_idx", [0, 4, -1])
 def test_padding_idx_gets_zero_grad(backend, device, padding_idx):
-    ids, weight, pos_weight = _inputs((2,), 8, 16, 6, torch.float32, device)
+    ids, weight, _ = _inputs((2,), 8, 16, 6, torch.float32, device)
     ids[0, :3] = padding_idx % 6
     upstream = torch.randn(2, 8, 16, device=device)
     (grad,) = _grads(backend, ids, weight, None, upstream, padding_idx=padding_idx, scale=2.0)

@@ -74,14 +74,17 @@ def test_unchecked_ids_are_masked_not_read():
         ({"pos_weight": torch.randn(6, 8), "sinusoidal": True}, ValueError, "not both"),
         ({"positions": torch.zeros(2, 5, dtype=torch.long)}, ValueError, "no positional term"),
         ({"sinusoidal": True, "positions": torch.zeros(2, 5)}, TypeError, "positions must"),
-        ({"sinusoidal": True, "positions": torch.zeros(3, 5, dtype=torch.long)}, ValueError,
-         "do not broadcast"),
+        (
+            {"sinusoidal": True, "positions": torch.zeros(3, 5, dtype=torch.long)},
+            ValueError,
+            "do not broadcast",
+        ),
         ({"position_offset": -1}, ValueError, "position_offset must be >= 0"),
         ({"position_offset": 1.5}, TypeError, "position_offset must be an int"),
         ({"padding_idx": 10}, ValueError, r"padding_idx 10 outside \[-10, 10\)"),
         ({"sinusoidal": True, "sinusoid_base": 0.0}, ValueError, "sinusoid_base"),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments(tables, kwargs, exc, pattern):
     ids, weight, _ = tables
     args = {"input_ids": ids, "weight": weight, **kwargs}

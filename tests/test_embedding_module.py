@@ -61,11 +61,11 @@ def test_module_constructor_and_state_dict():
 
 
 def test_from_embedding_rejects_unsupported_options():
-    with pytest.raises(ValueError, match="unsupported options.*max_norm"):
+    with pytest.raises(ValueError, match=r"unsupported options.*max_norm"):
         FusedEmbedding.from_embedding(nn.Embedding(5, 4, max_norm=1.0))
-    with pytest.raises(ValueError, match="unsupported options.*sparse"):
+    with pytest.raises(ValueError, match=r"unsupported options.*sparse"):
         FusedEmbedding.from_embedding(nn.Embedding(5, 4, sparse=True))
-    with pytest.raises(TypeError, match="embedding must be nn.Embedding"):
+    with pytest.raises(TypeError, match=r"embedding must be nn\.Embedding"):
         FusedEmbedding.from_embedding(nn.Linear(5, 4))
 
 
@@ -81,7 +81,9 @@ def _op_args(backend, device, mode):
 @pytest.mark.parametrize("backend,device", KERNEL_CASES)
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_opcheck_forward(backend, device, mode):
-    torch.library.opcheck(torch.ops.fusedops.fused_embedding.default, _op_args(backend, device, mode))
+    torch.library.opcheck(
+        torch.ops.fusedops.fused_embedding.default, _op_args(backend, device, mode)
+    )
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_CASES)

@@ -41,9 +41,16 @@ def _fwd_signature(dtype: str, ids: str = "i64", positions: str = "i64") -> dict
 # What the JIT specialises for 16-aligned tables and widths (D % 16 == 0): the case the vector
 # loads are for. Unaligned D compiles to scalar loads by design.
 FWD_DIVISIBLE = (
-    "ids_ptr", "weight_ptr", "pos_weight_ptr", "positions_ptr", "out_ptr", "dim",
-    "stride_w", "stride_p", "stride_o",
-)  # fmt: skip
+    "ids_ptr",
+    "weight_ptr",
+    "pos_weight_ptr",
+    "positions_ptr",
+    "out_ptr",
+    "dim",
+    "stride_w",
+    "stride_p",
+    "stride_o",
+)
 
 
 def _forward_jobs() -> list[tuple[CompileJob, int]]:
@@ -55,8 +62,15 @@ def _forward_jobs() -> list[tuple[CompileJob, int]]:
             for arch in ARCHS:
                 constexprs = {"POS_MODE": 1, "HAS_POSITIONS": False}
                 constexprs |= {"BLOCK_M": block_m, "BLOCK_D": block_d}
-                job = CompileJob(k.embedding_fwd_kernel, _fwd_signature(dtype), constexprs,
-                                 arch, num_warps=warps, num_stages=1, divisible=FWD_DIVISIBLE)  # fmt: skip
+                job = CompileJob(
+                    k.embedding_fwd_kernel,
+                    _fwd_signature(dtype),
+                    constexprs,
+                    arch,
+                    num_warps=warps,
+                    num_stages=1,
+                    divisible=FWD_DIVISIBLE,
+                )
                 jobs.append((job, block_m * block_d * size // (32 * warps)))
     # Every positional variant and index dtype, at the config B*S rows of D=768 pick.
     block_m, warps = k.forward_candidates(1024)[0]
@@ -66,9 +80,15 @@ def _forward_jobs() -> list[tuple[CompileJob, int]]:
                 for arch in ARCHS:
                     constexprs = {"POS_MODE": mode, "HAS_POSITIONS": has_pos}
                     constexprs |= {"BLOCK_M": block_m, "BLOCK_D": 1024}
-                    job = CompileJob(k.embedding_fwd_kernel, _fwd_signature(dtype, ids, ids),
-                                     constexprs, arch, num_warps=warps, num_stages=1,
-                                     divisible=FWD_DIVISIBLE)  # fmt: skip
+                    job = CompileJob(
+                        k.embedding_fwd_kernel,
+                        _fwd_signature(dtype, ids, ids),
+                        constexprs,
+                        arch,
+                        num_warps=warps,
+                        num_stages=1,
+                        divisible=FWD_DIVISIBLE,
+                    )
                     jobs.append((job, 16))
     return jobs
 
@@ -77,23 +97,42 @@ def _backward_jobs() -> list[tuple[CompileJob, int]]:
     jobs = []
     sorted_sig = {"grad_ptr": "", "sorted_ids_ptr": "*i64", "order_ptr": "*i64", "out_ptr": ""}
     atomic_sig = {"grad_ptr": "", "ids_ptr": "*i64", "out_ptr": "*fp32"}
-    common = {"n_rows": "i32", "dim": "i32", "num_embeddings": "i32", "stride_g": "i32",
-              "stride_o": "i32", "scale": "fp32", "padding_idx": "i32"}  # fmt: skip
+    common = {
+        "n_rows": "i32",
+        "dim": "i32",
+        "num_embeddings": "i32",
+        "stride_g": "i32",
+        "stride_o": "i32",
+        "scale": "fp32",
+        "padding_idx": "i32",
+    }
     for block_d, warps in k.backward_config_space():
         for dtype, size in DTYPES.items():
             for arch in ARCHS:
                 sig = sorted_sig | {"grad_ptr": f"*{dtype}", "out_ptr": f"*{dtype}"} | common
                 sig |= {"BLOCK_D": "constexpr"}
-                job = CompileJob(k.embedding_bwd_sorted_kernel, sig, {"BLOCK_D": block_d}, arch,
-                                 num_warps=warps, num_stages=1,
-                                 divisible=("grad_ptr", "out_ptr", "dim", "stride_g", "stride_o"))  # fmt: skip
+                job = CompileJob(
+                    k.embedding_bwd_sorted_kernel,
+                    sig,
+                    {"BLOCK_D": block_d},
+                    arch,
+                    num_warps=warps,
+                    num_stages=1,
+                    divisible=("grad_ptr", "out_ptr", "dim", "stride_g", "stride_o"),
+                )
                 jobs.append((job, block_d * size // (32 * warps)))
                 sig = atomic_sig | {"grad_ptr": f"*{dtype}"} | common
                 sig |= {"BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
                 constexprs = {"BLOCK_M": k.ATOMIC_BLOCK_M, "BLOCK_D": block_d}
-                job = CompileJob(k.embedding_bwd_atomic_kernel, sig, constexprs, arch,
-                                 num_warps=warps, num_stages=1,
-                                 divisible=("grad_ptr", "out_ptr", "dim", "stride_g", "stride_o"))  # fmt: skip
+                job = CompileJob(
+                    k.embedding_bwd_atomic_kernel,
+                    sig,
+                    constexprs,
+                    arch,
+                    num_warps=warps,
+                    num_stages=1,
+                    divisible=("grad_ptr", "out_ptr", "dim", "stride_g", "stride_o"),
+                )
                 jobs.append((job, k.ATOMIC_BLOCK_M * block_d * size // (32 * warps)))
     return jobs
 

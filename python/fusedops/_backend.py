@@ -25,7 +25,9 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 def _check_name(name: str, where: str) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"fusedops: unknown backend {name!r} from {where}; expected one of {BACKENDS}")
+        raise ValueError(
+            f"fusedops: unknown backend {name!r} from {where}; expected one of {BACKENDS}"
+        )
     return name
 
 
@@ -108,7 +110,7 @@ def check_triton_usable(op: str, device: torch.device) -> None:
 def check_cpp_usable(op: str) -> None:
     """Raise unless the compiled extension ``fusedops._C`` is importable."""
     try:
-        import fusedops._C  # noqa: F401  (registers the torch.ops.fusedops.cpp_* ops)
+        import fusedops._C
         import fusedops.ops.cpp_fakes  # noqa: F401  (their fake impls)
     except ImportError as exc:
         raise RuntimeError(

@@ -15,12 +15,18 @@ import torch.nn.functional as F
 __all__ = ["fused_embedding", "sinusoid_coefficient", "sinusoid_table"]
 
 
+@torch.compiler.assume_constant_result
 def sinusoid_coefficient(dim: int, base: float = 10000.0) -> float:
     """``ln(base) / dim`` rounded once to fp32: the only scalar the sinusoid kernels receive."""
     return float(torch.tensor(math.log(base) / dim, dtype=torch.float32))
 
 
-def sinusoid_table(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+def sinusoid_table(
+    positions: torch.Tensor,
+    dim: int,
+    base: float = 10000.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """Sinusoidal position encodings of Vaswani et al. for arbitrary integer positions.
 
     ``P[..., 2i] = sin(pos * base^(-2i/dim))`` and ``P[..., 2i+1] = cos(pos * base^(-2i/dim))``.
@@ -30,23 +36,25 @@ def sinusoid_table(positions: torch.Tensor, dim: int, base: float = 10000.0) -> 
     - ``inv_freq = fp32(exp(-2i * c))`` with the exponential taken in fp64
     - ``angle = fp32(pos) * inv_freq`` (one fp32 multiply)
 
-    This reference then evaluates sin/cos of that fp32 angle in fp64.
+    sin/cos of that fp32 angle are then evaluated in ``dtype`` (fp64 gives the oracle the tests
+    use; fp32 is what an eager model would run).
 
     Args:
         positions: integer tensor of any shape ``[...]``.
         dim: feature dimension ``D`` (any positive int, odd allowed).
         base: frequency base.
+        dtype: float dtype of the result and of the sin/cos evaluation.
     Returns:
-        fp32 tensor ``[..., D]``.
+        ``[..., D]`` in ``dtype``.
     """
     device = positions.device
     feature = torch.arange(dim, device=device)  # [D]
     pair = (feature // 2).to(torch.float64)  # [D]: i of feature 2i / 2i+1
     inv_freq = torch.exp(-2.0 * pair * sinusoid_coefficient(dim, base)).to(torch.float32)  # [D]
     angle = positions.to(torch.float32).unsqueeze(-1) * inv_freq  # [..., D] fp32
-    angle = angle.to(torch.float64)
+    angle = angle.to(dtype)
     even = (feature % 2) == 0  # [D]
-    return torch.where(even, torch.sin(angle), torch.cos(angle)).to(torch.float32)
+    return torch.where(even, torch.sin(angle), torch.cos(angle))
 
 
 def fused_embedding(
@@ -75,17 +83,19 @@ def fused_embedding(
         sinusoid_base: frequency base of the sinusoid.
         padding_idx: row whose gradient is zero (``nn.Embedding`` semantics); forward unchanged.
     Returns:
-        ``[..., S, D]`` in ``weight.dtype``; the arithmetic is done in fp32.
+        ``[..., S, D]`` in ``weight.dtype``; the arithmetic is done in fp32 (fp64 if ``weight``
+        is fp64, which is how the tests build their oracle).
     """
+    compute = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 for an oracle
     tokens = F.embedding(input_ids.long(), weight, padding_idx=padding_idx)  # [..., S, D]
-    out = tokens.float() * scale
+    out = tokens.to(compute) * scale
     if pos_weight is not None or sinusoidal:
         if positions is None:
             seq = input_ids.shape[-1]
             positions = torch.arange(seq, device=input_ids.device) + position_offset  # [S]
         positions = torch.broadcast_to(positions.long(), input_ids.shape)  # [..., S]
         if sinusoidal:
-            out = out + sinusoid_table(positions, weight.shape[1], sinusoid_base)
+            out = out + sinusoid_table(positions, weight.shape[1], sinusoid_base, compute)
         else:
-            out = out + F.embedding(positions, pos_weight).float()
+            out = out + F.embedding(positions, pos_weight).to(compute)
     return out.to(weight.dtype)

@@ -132,8 +132,9 @@ class FusedEmbedding(nn.Module):
         module.weight = embedding.weight
         module.pos_weight = pos_embedding.weight if pos_embedding is not None else None
         if module.pos_weight is not None and sinusoidal:
-            raise ValueError("FusedEmbedding.from_embedding: pos_embedding and sinusoidal=True "
-                             "are exclusive")  # fmt: skip
+            raise ValueError(
+                "FusedEmbedding.from_embedding: pos_embedding and sinusoidal=True are exclusive"
+            )
         return module
 
     def forward(

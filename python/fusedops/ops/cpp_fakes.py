@@ -10,8 +10,9 @@ import torch
 
 
 @torch.library.register_fake("fusedops::cpp_embedding_fwd")
-def _embedding_fwd_fake(input_ids, weight, scale, pos_weight, positions, position_offset,
-                        pos_mode, sinusoid_base):  # fmt: skip
+def _embedding_fwd_fake(
+    input_ids, weight, scale, pos_weight, positions, position_offset, pos_mode, sinusoid_base
+):
     return weight.new_empty((*input_ids.shape, weight.shape[1]))
 
 

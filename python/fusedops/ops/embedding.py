@@ -88,23 +88,48 @@ def fused_embedding_op(
     """
     if backend == "cpp":
         return torch.ops.fusedops.cpp_embedding_fwd(
-            input_ids, weight, scale, pos_weight, positions, position_offset, pos_mode,
+            input_ids,
+            weight,
+            scale,
+            pos_weight,
+            positions,
+            position_offset,
+            pos_mode,
             sinusoid_base,
-        )  # fmt: skip
+        )
     if backend != "triton":
         raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
     if check_indices:
         _check_ranges(input_ids, weight, pos_weight, positions, position_offset, pos_mode)
     out = empty_output((*input_ids.shape, weight.shape[1]), weight.dtype, weight.device)
     return _launch_triton_forward(
-        input_ids, weight, pos_weight, positions, scale, position_offset, pos_mode,
-        sinusoid_base, out,
-    )  # fmt: skip
+        input_ids,
+        weight,
+        pos_weight,
+        positions,
+        scale,
+        position_offset,
+        pos_mode,
+        sinusoid_base,
+        out,
+    )
 
 
 @fused_embedding_op.register_fake
-def _(input_ids, weight, pos_weight, positions, scale, position_offset, pos_mode, sinusoid_base,
-      padding_idx, deterministic, check_indices, backend):  # fmt: skip
+def _(
+    input_ids,
+    weight,
+    pos_weight,
+    positions,
+    scale,
+    position_offset,
+    pos_mode,
+    sinusoid_base,
+    padding_idx,
+    deterministic,
+    check_indices,
+    backend,
+):
     return weight.new_empty((*input_ids.shape, weight.shape[1]))
 
 
@@ -186,15 +211,26 @@ def _backward(ctx, grad):
 fused_embedding_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _validate(input_ids, weight, scale, pos_weight, positions, position_offset, sinusoidal,
-              sinusoid_base, padding_idx):  # fmt: skip
+def _validate(
+    input_ids,
+    weight,
+    scale,
+    pos_weight,
+    positions,
+    position_offset,
+    sinusoidal,
+    sinusoid_base,
+    padding_idx,
+):
     """Check user arguments; return (input_ids, weight, positions, padding_idx) normalised."""
     check_tensor(OP, "input_ids", input_ids)
     check_tensor(OP, "weight", weight)
     check_dtype(OP, "input_ids", input_ids, INDEX_DTYPES)
     check_dtype(OP, "weight", weight, FLOAT_DTYPES)
     if input_ids.dim() < 1:
-        raise ValueError(f"{OP}: input_ids must be [..., S] with the sequence last, got a 0-d tensor")
+        raise ValueError(
+            f"{OP}: input_ids must be [..., S] with the sequence last, got a 0-d tensor"
+        )
     if weight.dim() != 2:
         raise ValueError(f"{OP}: weight must be [V, D], got shape {tuple(weight.shape)}")
     device = weight.device
@@ -216,7 +252,8 @@ def _validate(input_ids, weight, scale, pos_weight, positions, position_offset, 
             )
         if pos_weight.dtype != weight.dtype:
             raise TypeError(
-                f"{OP}: pos_weight dtype {pos_weight.dtype} differs from weight dtype {weight.dtype}"
+                f"{OP}: pos_weight dtype {pos_weight.dtype} differs from weight dtype "
+                f"{weight.dtype}"
             )
         check_same_device(OP, "pos_weight", pos_weight, device)
     if sinusoidal and not (isinstance(sinusoid_base, (int, float)) and sinusoid_base > 0):
@@ -224,8 +261,10 @@ def _validate(input_ids, weight, scale, pos_weight, positions, position_offset, 
     if positions is not None:
         check_tensor(OP, "positions", positions)
         if pos_weight is None and not sinusoidal:
-            raise ValueError(f"{OP}: positions given but there is no positional term "
-                             "(pass pos_weight or sinusoidal=True)")  # fmt: skip
+            raise ValueError(
+                f"{OP}: positions given but there is no positional term "
+                "(pass pos_weight or sinusoidal=True)"
+            )
         check_dtype(OP, "positions", positions, INDEX_DTYPES)
         check_same_device(OP, "positions", positions, device)
         try:
@@ -295,22 +334,44 @@ def fused_embedding(
         or positions out of range; RuntimeError if the requested backend cannot run.
     """
     input_ids, weight, pos_weight, positions, padding_idx = _validate(
-        input_ids, weight, scale, pos_weight, positions, position_offset, sinusoidal,
-        sinusoid_base, padding_idx,
-    )  # fmt: skip
+        input_ids,
+        weight,
+        scale,
+        pos_weight,
+        positions,
+        position_offset,
+        sinusoidal,
+        sinusoid_base,
+        padding_idx,
+    )
     backend = resolve_backend(OP, weight.device)
     if backend == "reference":
         if check_indices:
             mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else 0
             _check_ranges(input_ids, weight, pos_weight, positions, position_offset, mode)
         return reference.fused_embedding(
-            input_ids, weight, scale=scale, pos_weight=pos_weight, positions=positions,
-            position_offset=position_offset, sinusoidal=sinusoidal, sinusoid_base=sinusoid_base,
+            input_ids,
+            weight,
+            scale=scale,
+            pos_weight=pos_weight,
+            positions=positions,
+            position_offset=position_offset,
+            sinusoidal=sinusoidal,
+            sinusoid_base=sinusoid_base,
             padding_idx=padding_idx,
-        )  # fmt: skip
+        )
     mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
     return fused_embedding_op(
-        input_ids, weight, pos_weight, positions, float(scale), position_offset, mode,
-        float(sinusoid_base), -1 if padding_idx is None else padding_idx, deterministic,
-        check_indices, backend,
-    )  # fmt: skip
+        input_ids,
+        weight,
+        pos_weight,
+        positions,
+        float(scale),
+        position_offset,
+        mode,
+        float(sinusoid_base),
+        -1 if padding_idx is None else padding_idx,
+        deterministic,
+        check_indices,
+        backend,
+    )
