@@ -40,6 +40,9 @@ namespace {
 // Below this many output bytes the result likely stays in cache for its consumer, so regular
 // stores are kept; above it the output streams past the caches anyway.
 constexpr int64_t kStreamMinBytes = int64_t{4} << 20;
+// Software prefetch: how many tokens ahead a gathered row is requested, and the line size.
+constexpr int64_t kPrefetchTokens = 2;
+constexpr int64_t kCacheLine = 64;
 
 // Elements of work per parallel chunk: big enough to amortize the task, small enough to balance.
 constexpr int64_t kGrainElems = int64_t{1} << 15;
@@ -131,9 +134,51 @@ inline void fused_row(T* __restrict out, const T* __restrict w, float scale,
   }
 }
 
+#if defined(FUSEDOPS_HAVE_F16C_PATH)
+// The streaming row with 32-byte AVX vectors, for CPUs that have them (picked at run time).
+__attribute__((target("avx"))) void fused_row_stream_avx(float* __restrict out,
+                                                         const float* __restrict w, float scale,
+                                                         const float* __restrict p, int64_t dim) {
+  int64_t d = 0;
+  for (; d < dim && (reinterpret_cast<uintptr_t>(out + d) & 31) != 0; ++d) {
+    out[d] = p != nullptr ? fused_value(w[d], scale, p[d]) : fused_value(w[d], scale);
+  }
+  const __m256 vscale = _mm256_set1_ps(scale);
+  if (p != nullptr) {
+    for (; d + 16 <= dim; d += 16) {
+      const __m256 a =
+          _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(w + d), vscale), _mm256_loadu_ps(p + d));
+      const __m256 b = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(w + d + 8), vscale),
+                                     _mm256_loadu_ps(p + d + 8));
+      _mm256_stream_ps(out + d, a);
+      _mm256_stream_ps(out + d + 8, b);
+    }
+  } else {
+    for (; d + 16 <= dim; d += 16) {
+      _mm256_stream_ps(out + d, _mm256_mul_ps(_mm256_loadu_ps(w + d), vscale));
+      _mm256_stream_ps(out + d + 8, _mm256_mul_ps(_mm256_loadu_ps(w + d + 8), vscale));
+    }
+  }
+  for (; d < dim; ++d) {
+    out[d] = p != nullptr ? fused_value(w[d], scale, p[d]) : fused_value(w[d], scale);
+  }
+}
+
+bool cpu_has_avx() {
+  static const bool has = __builtin_cpu_supports("avx");
+  return has;
+}
+#endif
+
 // Same values as fused_row<float> (same mul then add), written with non-temporal stores.
 inline void fused_row_stream(float* __restrict out, const float* __restrict w, float scale,
                              const float* __restrict p, int64_t dim) {
+#if defined(FUSEDOPS_HAVE_F16C_PATH)
+  if (cpu_has_avx()) {
+    fused_row_stream_avx(out, w, scale, p, dim);
+    return;
+  }
+#endif
 #if defined(FUSEDOPS_HAVE_SSE2_STREAM)
   int64_t d = 0;
   // Peel to the 16-byte alignment _mm_stream_ps needs (rows are only 4-byte aligned when D%4).
@@ -309,6 +354,17 @@ struct FwdPlan {
     write_row(out, a.weight + id * a.weight_row_stride, a.scale, prow, a.dim, stream);
   }
 
+  // Pull token n's table row toward the cache ahead of use. Gathered rows are random in a
+  // table far larger than the caches, so the hardware prefetchers cannot predict them: without
+  // this each row costs a full DRAM round trip per thread.
+  void prefetch_token(int64_t n) const {
+    const int64_t id = static_cast<int64_t>(a.ids[n]);
+    if (id < 0 || id >= a.num_rows) return;
+    const char* row = reinterpret_cast<const char*>(a.weight + id * a.weight_row_stride);
+    const int64_t bytes = a.dim * static_cast<int64_t>(sizeof(T));
+    for (int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(row + off, 0, 3);
+  }
+
   int64_t position(int64_t n, int64_t s) const {
     return a.positions != nullptr ? static_cast<int64_t>(a.positions[n]) : a.position_offset + s;
   }
@@ -322,6 +378,7 @@ struct FwdPlan {
       const float* prow = nullptr;
       bool have_row = false;
       for (int64_t n = begin; n < end; ++n) {
+        if (n + kPrefetchTokens < end) prefetch_token(n + kPrefetchTokens);
         if (a.pos_mode != PosMode::kNone) {
           const int64_t pos = position(n, n % a.seq_len);
           if (!have_row || pos != last_pos) {
@@ -358,7 +415,20 @@ struct FwdPlan {
         }
         const int64_t b0 = c * batch / chunks;
         const int64_t b1 = (c + 1) * batch / chunks;
-        for (int64_t b = b0; b < b1; ++b) token(b * seq + s, prow);
+        for (int64_t b = b0; b < b1; ++b) {
+          // The token kPrefetchTokens ahead in this thread's order: same column, or the
+          // start of the next unit.
+          const int64_t ahead = b + kPrefetchTokens;
+          if (ahead < b1) {
+            prefetch_token(ahead * seq + s);
+          } else if (u + 1 < end) {
+            const int64_t s2 = (u + 1) / chunks;
+            const int64_t c2 = (u + 1) % chunks;
+            const int64_t b2 = c2 * batch / chunks + (ahead - b1);
+            if (b2 < (c2 + 1) * batch / chunks) prefetch_token(b2 * seq + s2);
+          }
+          token(b * seq + s, prow);
+        }
       }
       if (stream) stream_fence();
     });

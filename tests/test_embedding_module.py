@@ -132,3 +132,20 @@ def test_torch_compile_fullgraph(backend, device):
     want = torch.autograd.grad(expected.sum(), (w64, p64))
     for got, ref in zip(grads, want, strict=True):
         assert_close(got, ref)
+
+
+def test_torch_compile_inference_cpp():
+    # Without autograd the cpp backend calls the C++ op directly; it must trace as well.
+    ids = torch.randint(0, 9, (2, 5))
+    weight = torch.randn(9, 12)
+    pos_weight = torch.randn(8, 12)
+
+    def fn(ids, weight, pos_weight):
+        return fusedops.fused_embedding(ids, weight, scale=2.0, pos_weight=pos_weight)
+
+    with fusedops.use_backend("cpp"), torch.no_grad():
+        out = torch.compile(fn, fullgraph=True, dynamic=False)(ids, weight, pos_weight)
+    expected = reference.fused_embedding(
+        ids, weight.double(), scale=2.0, pos_weight=pos_weight.double()
+    )
+    assert_close(out, expected)
