@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 from helpers import KERNEL_CASES, assert_close, backend_cases
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fusedops
 from fusedops import reference
@@ -20,6 +22,7 @@ SHAPES = [
     ((2, 3), 4, 48, 50),
     ((), 13, 768, 97),
     ((1,), 3, 4096, 10),
+    ((1,), 2, 8192, 5),
 ]
 POS_MODES = ["none", "learned", "sinusoid"]
 
@@ -113,7 +116,7 @@ def _reference_grads(ids, weight, pos_weight, upstream, **kwargs):
 
 @pytest.mark.parametrize("backend,device", backend_cases())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("lead,seq,dim,vocab", SHAPES[:5])
+@pytest.mark.parametrize("lead,seq,dim,vocab", SHAPES[:5] + SHAPES[-1:])
 @pytest.mark.parametrize("mode", POS_MODES)
 def test_backward_matches_reference(backend, device, dtype, lead, seq, dim, vocab, mode):
     ids, weight, pos_weight = _inputs(lead, seq, dim, vocab, dtype, device)
@@ -192,3 +195,23 @@ def test_empty_input(backend, device):
     out = _run(backend, fusedops.fused_embedding, ids, w)
     (grad,) = torch.autograd.grad(out.sum(), w)
     assert torch.equal(grad, torch.zeros_like(w))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    seq=st.integers(1, 9),
+    dim=st.integers(1, 70),
+    vocab=st.integers(1, 40),
+    mode=st.sampled_from(POS_MODES),
+    dtype=st.sampled_from(DTYPES),
+    offset=st.integers(0, 20),
+    case=st.sampled_from([c.values for c in backend_cases()]),
+)
+def test_forward_property(batch, seq, dim, vocab, mode, dtype, offset, case):
+    backend, device = case
+    ids, weight, pos_weight = _inputs((batch,), seq, dim, vocab, dtype, device, seed=dim * seq)
+    kwargs = {"scale": 0.9, "position_offset": offset, **_pos_kwargs(mode, pos_weight)}
+    out = _run(backend, fusedops.fused_embedding, ids, weight, **kwargs)
+    expected = _reference64(ids, weight, kwargs.pop("pos_weight", None), **kwargs)
+    assert_close(out, expected, dtype=dtype, atol_extra=_sinusoid_atol(mode, seq + offset))

@@ -137,8 +137,15 @@ def _backward_jobs() -> list[tuple[CompileJob, int]]:
     return jobs
 
 
-def _report(name: str, reports) -> None:
-    lines = [r.summary() for r in reports]
+def _report(name: str, jobs, reports) -> None:
+    # The table dtype leads each line (the summary names only the constexprs).
+    dtypes = [
+        next(iter(job.signature.values()))
+        if "grad_ptr" in job.signature
+        else job.signature["weight_ptr"]
+        for job in jobs
+    ]
+    lines = [f"{dt[1:]:>4} {r.summary()}" for dt, r in zip(dtypes, reports, strict=True)]
     path = os.path.join(sys.prefix, "fusedops-reports", f"gpu_compile_{name}.txt")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
@@ -151,7 +158,7 @@ def _report(name: str, reports) -> None:
 def test_every_config_compiles_clean(family):
     jobs = _forward_jobs() if family == "forward" else _backward_jobs()
     reports = compile_many([job for job, _ in jobs])
-    _report(f"embedding_{family}", reports)
+    _report(f"embedding_{family}", [job for job, _ in jobs], reports)
     for (_job, bytes_per_thread), report in zip(jobs, reports, strict=True):
         # A thread can issue a 128-bit load only when it owns >= 16 contiguous bytes of a row.
         report.assert_clean(require_v4_loads=bytes_per_thread >= 16)

@@ -222,7 +222,9 @@ def _validate(
     sinusoid_base,
     padding_idx,
 ):
-    """Check user arguments; return (input_ids, weight, positions, padding_idx) normalised."""
+    """Check user arguments; return ``(input_ids, weight, pos_weight, positions, padding_idx)``
+    normalised: contiguous ids, tables with ``stride(-1) == 1``, positions expanded to the ids'
+    shape, ``padding_idx`` in ``[0, V)``."""
     check_tensor(OP, "input_ids", input_ids)
     check_tensor(OP, "weight", weight)
     check_dtype(OP, "input_ids", input_ids, INDEX_DTYPES)
@@ -345,9 +347,9 @@ def fused_embedding(
         padding_idx,
     )
     backend = resolve_backend(OP, weight.device)
+    mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
     if backend == "reference":
         if check_indices:
-            mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else 0
             _check_ranges(input_ids, weight, pos_weight, positions, position_offset, mode)
         return reference.fused_embedding(
             input_ids,
@@ -360,7 +362,6 @@ def fused_embedding(
             sinusoid_base=sinusoid_base,
             padding_idx=padding_idx,
         )
-    mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
     needs_grad = torch.is_grad_enabled() and (
         weight.requires_grad or (pos_weight is not None and pos_weight.requires_grad)
     )
