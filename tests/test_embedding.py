@@ -215,3 +215,32 @@ def test_forward_property(batch, seq, dim, vocab, mode, dtype, offset, case):
     out = _run(backend, fusedops.fused_embedding, ids, weight, **kwargs)
     expected = _reference64(ids, weight, kwargs.pop("pos_weight", None), **kwargs)
     assert_close(out, expected, dtype=dtype, atol_extra=_sinusoid_atol(mode, seq + offset))
+
+
+@pytest.mark.parametrize("backend,device", backend_cases())
+def test_strided_tables(backend, device):
+    # Row-strided views (stride(-1) == 1, padded rows) are read in place, forward and backward.
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(9, 40, generator=gen).to(device)
+    pos_base = torch.randn(12, 40, generator=gen).to(device)
+    weight, pos_weight = base[:, 3:35], pos_base[:, 3:35]  # [9, 32] / [12, 32], row stride 40
+    ids = torch.randint(0, 9, (2, 6), generator=gen).to(device)
+    upstream = torch.randn(2, 6, 32, generator=gen).to(device)
+    out = _run(backend, fusedops.fused_embedding, ids, weight, pos_weight=pos_weight, scale=2.0)
+    assert_close(out, _reference64(ids, weight, pos_weight, scale=2.0))
+    grads = _grads(backend, ids, weight, pos_weight, upstream, scale=2.0)
+    want = _reference_grads(ids, weight, pos_weight, upstream, scale=2.0)
+    for got, ref in zip(grads, want, strict=True):
+        assert_close(got, ref)
+
+
+@pytest.mark.parametrize("dim", [768, 771])
+@pytest.mark.parametrize("mode", POS_MODES)
+def test_cpp_large_output_streaming_path(dim, mode):
+    # Outputs >= 4 MB take the C++ streaming-store path (and rows of odd D are misaligned).
+    ids, weight, pos_weight = _inputs((2,), 700, dim, 300, torch.float32, "cpu", num_pos=700)
+    kwargs = {"scale": 1.25, **_pos_kwargs(mode, pos_weight)}
+    out = _run("cpp", fusedops.fused_embedding, ids, weight, **kwargs)
+    assert out.numel() * 4 >= 4 << 20
+    expected = _reference64(ids, weight, kwargs.pop("pos_weight", None), **kwargs)
+    assert_close(out, expected, atol_extra=_sinusoid_atol(mode, 700))
