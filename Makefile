@@ -11,7 +11,17 @@ export TRITON_CACHE_DIR ?= $(CURDIR)/$(VENV)/fusedops-cache/triton-cache
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/$(VENV)/fusedops-cache/inductor
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test bench lint format clean
+# The CUDA proof (issue 3): a second venv with a CUDA torch builds the full CUDA extension (no GPU
+# needed) from a copy of the sources, so the main venv's in-place _C.so is never touched.
+CUDA_VENV := .venv-cuda
+CUDA_VPY := $(CUDA_VENV)/bin/python
+CUDA_STAMP := $(CUDA_VENV)/.fusedops-cuda-stamp
+CUDA_SRC := $(CUDA_VENV)/src
+CUDA_TORCH ?= torch==2.14.1
+CUDA_ARCHS ?= 8.0;9.0
+HAVE_NVCC := $(shell command -v nvcc 2>/dev/null)
+
+.PHONY: setup demo test bench lint format clean cuda-build cuda-proof
 
 setup: $(STAMP)
 
@@ -31,7 +41,33 @@ demo: $(STAMP)
 	$(VPY) -m fusedops.cli demo
 
 test: $(STAMP)
+ifneq ($(HAVE_NVCC),)
+	$(MAKE) --no-print-directory cuda-build
+else
+	@echo "fusedops: CUDA extension build skipped: nvcc is not on PATH" \
+		"(tests/test_int8_cuda_*.py will skip)"
+endif
 	$(VPY) -m pytest tests -q
+
+$(CUDA_VPY):
+	$(PYTHON) -m venv $(CUDA_VENV)
+
+$(CUDA_STAMP): $(CUDA_VPY) $(SOURCES)
+	$(CUDA_VPY) -m pip install -q $(CUDA_TORCH) numpy setuptools wheel ninja
+	rm -rf $(CUDA_SRC)
+	mkdir -p $(CUDA_SRC)
+	cp -R setup.py pyproject.toml README.md csrc python kernels $(CUDA_SRC)/
+	rm -f $(CUDA_SRC)/python/fusedops/_C*.so
+	cd $(CUDA_SRC) && FUSEDOPS_CUDA=1 TORCH_CUDA_ARCH_LIST="$(CUDA_ARCHS)" \
+		$(CURDIR)/$(CUDA_VPY) -m pip install -q --no-build-isolation --no-deps .
+	@touch $(CUDA_STAMP)
+
+# Build the CUDA extension in .venv-cuda (reused while the sources are unchanged).
+cuda-build: $(CUDA_STAMP)
+
+# Build it, then run the two CUDA proofs (nvcc/ptxas/SASS of the kernel, dispatcher kernels).
+cuda-proof: $(STAMP) $(CUDA_STAMP)
+	$(VPY) -m pytest -q tests/test_int8_cuda_compile.py tests/test_int8_cuda_build.py
 
 bench: $(STAMP)
 	$(VPY) bench/run.py --out bench/results.csv
@@ -46,4 +82,4 @@ format: $(STAMP)
 	$(VPY) -m ruff format .
 
 clean:
-	rm -rf build *.egg-info python/*.egg-info python/fusedops/_C*.so
+	rm -rf build *.egg-info python/*.egg-info python/fusedops/_C*.so $(CUDA_SRC) $(CUDA_STAMP)

@@ -261,8 +261,22 @@ at::Tensor embedding_bwd(const at::Tensor& grad_out, const at::Tensor& indices, 
 
 pybind11::dict build_info() {
   pybind11::dict info;
+#if defined(FUSEDOPS_WITH_CUDA)
+  info["with_cuda"] = true;
+  {
+    // FUSEDOPS_CUDA_ARCHS: the compute capabilities the CUDA kernels were built for, as
+    // major * 10 + minor (setup.py, from TORCH_CUDA_ARCH_LIST); reported as "8.0", "9.0", ...
+    pybind11::list archs;
+    constexpr int kArchs[] = {FUSEDOPS_CUDA_ARCHS};
+    for (int cc : kArchs) {
+      if (cc > 0) archs.append(std::to_string(cc / 10) + "." + std::to_string(cc % 10));
+    }
+    info["cuda_arch_list"] = archs;
+  }
+#else
   info["with_cuda"] = false;
   info["cuda_arch_list"] = pybind11::list();
+#endif
 #if defined(_OPENMP)
   info["openmp"] = true;
   info["openmp_threads"] = omp_get_max_threads();
@@ -308,6 +322,12 @@ TORCH_LIBRARY(fusedops, m) {
   m.def(
       "cpp_embedding_bwd(Tensor grad_out, Tensor indices, int num_rows, float scale, "
       "int padding_idx) -> Tensor");
+  // INT8 embedding (inference): CPU impl in int8_bindings.cpp, CUDA impl in
+  // int8_bindings_cuda.cpp (CUDA builds only).
+  m.def(
+      "int8_embedding_fwd(Tensor input_ids, Tensor qweight, Tensor scales, float scale, "
+      "Tensor? pos_weight, Tensor? positions, int position_offset, int pos_mode, "
+      "float sinusoid_base, ScalarType out_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fusedops, CPU, m) {

@@ -1,0 +1,16 @@
+// Raw-pointer CPU kernel of the INT8 embedding lookup (no at::Tensor here; int8_bindings.cpp
+// validates the inputs and wraps it). Arguments and per-element arithmetic: int8_math.h.
+#pragma once
+
+#include "int8_math.h"
+
+namespace fusedops {
+namespace cpu {
+
+// out[n, :] = cast(dequant(qweight[ids[n], :]) * scale + P[pos(n), :]) for every token n.
+// The caller validates ids and positions first; the kernel still never reads outside the
+// tables (an out-of-range id gives a zero row, an out-of-range learned position no term).
+void int8_embedding_fwd(const Int8EmbeddingArgs& args);
+
+}  // namespace cpu
+}  // namespace fusedops

@@ -1,0 +1,299 @@
+"""INT8 embedding: validation and dispatch of the fused dequantizing lookup.
+
+``int8_embedding`` gathers int8 rows, dequantizes them with their per-row or per-group scales,
+multiplies by ``scale`` and adds the positional term: exactly ``fused_embedding`` applied to the
+dequantized table (see :func:`fusedops.reference.int8_embedding`).
+
+Backends (``fusedops.use_backend`` / ``$FUSEDOPS_BACKEND``):
+
+* ``auto`` / ``cpp``: the compiled extension's op ``fusedops::int8_embedding_fwd``, on CPU
+  *and CUDA* tensors. Unlike the other ops (``auto`` picks Triton on CUDA), this op has no
+  Triton kernel: its CUDA kernel is part of ``fusedops._C`` (built when CUDA is available), so
+  CUDA tensors go to the extension too. The extension checks ids and positions itself.
+* ``reference``: plain PyTorch (:func:`fusedops.reference.int8_embedding`), ids checked here.
+* ``triton``: a ``RuntimeError`` (there is no Triton kernel for this op).
+
+The op is inference-only: the int8 table has no gradient, and asking for one through
+``scales`` or ``pos_weight`` raises instead of silently returning a graph without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from fusedops import reference
+from fusedops._backend import check_cpp_usable, current_backend, resolve_backend
+from fusedops.ops._common import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    check_dtype,
+    check_index_range,
+    check_same_device,
+    check_tensor,
+)
+from fusedops.ops.embedding import POS_LEARNED, POS_NONE, POS_SINUSOID, SINUSOID_MAX_POSITION
+from fusedops.reference import quantize_embedding
+
+__all__ = ["int8_embedding", "quantize_embedding"]
+
+OP = "int8_embedding"
+CPP_OP = "fusedops::int8_embedding_fwd"
+
+
+@functools.cache  # only successes are cached: a failed check raises again next time
+def _check_extension_op(device_type: str) -> None:
+    """Raise unless ``fusedops._C`` is importable and has the int8 kernel for ``device_type``."""
+    check_cpp_usable(OP)
+    if not hasattr(torch.ops.fusedops, "int8_embedding_fwd"):
+        raise RuntimeError(
+            f"{OP}: the installed fusedops._C has no {CPP_OP} op (built before INT8 support); "
+            "rebuild with `pip install --no-build-isolation --no-deps -e .`"
+        )
+    if device_type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(CPP_OP, "CUDA"):
+        raise RuntimeError(
+            f"{OP}: fusedops._C was built without CUDA, so CUDA tensors cannot run the INT8 "
+            "lookup; rebuild with a CUDA torch and nvcc (FUSEDOPS_CUDA=1), or use "
+            "fusedops.use_backend('reference')"
+        )
+
+
+@torch.compiler.assume_constant_result
+def _resolve(device_type: str) -> str:
+    """``"cpp"`` (the extension op, CPU or CUDA kernel) or ``"reference"``."""
+    name = current_backend()
+    if name == "triton":
+        raise RuntimeError(
+            f"{OP}: there is no Triton kernel for int8_embedding; use the 'auto' or 'cpp' "
+            "backend (the C++/CUDA extension) or 'reference'"
+        )
+    if name == "reference":
+        return "reference"
+    if device_type == "cpu":
+        name = resolve_backend(OP, torch.device("cpu"))  # "cpp": extension importable
+        _check_extension_op(device_type)
+        return name
+    if device_type != "cuda":
+        raise RuntimeError(
+            f"{OP}: no kernel for device {device_type}; use fusedops.use_backend('reference') "
+            "to run the plain PyTorch version"
+        )
+    _check_extension_op(device_type)
+    return "cpp"
+
+
+def _check_ranges(ids, num_rows, pos_weight, positions, offset, mode) -> None:
+    """Index checks of the reference path (the extension op checks in C++)."""
+    check_index_range(OP, "input_ids contains id", ids, 0, num_rows)
+    if mode == POS_NONE:
+        return
+    high = pos_weight.shape[0] if mode == POS_LEARNED else SINUSOID_MAX_POSITION
+    if positions is not None:
+        check_index_range(OP, "positions contains position", positions, 0, high)
+    elif ids.numel() and offset + ids.shape[-1] > high:
+        raise IndexError(
+            f"{OP}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
+            f"length {ids.shape[-1]} - 1) outside [0, {high})"
+        )
+
+
+def _check_table(qweight, scales) -> None:
+    check_tensor(OP, "qweight", qweight)
+    check_tensor(OP, "scales", scales)
+    if qweight.dtype != torch.int8:
+        raise TypeError(
+            f"{OP}: qweight must be int8 (from fusedops.quantize_embedding), got {qweight.dtype}"
+        )
+    if qweight.dim() != 2:
+        raise ValueError(f"{OP}: qweight must be [V, D], got shape {tuple(qweight.shape)}")
+    check_dtype(OP, "scales", scales, FLOAT_DTYPES)
+    vocab, dim = qweight.shape
+    if scales.dim() != 2 or scales.shape[0] != vocab or scales.shape[1] < 1:
+        raise ValueError(
+            f"{OP}: scales must be [V, G] = [{vocab}, G] to match qweight [{vocab}, {dim}], got "
+            f"shape {tuple(scales.shape)}"
+        )
+    if dim % scales.shape[1] != 0:
+        raise ValueError(
+            f"{OP}: scales has {scales.shape[1]} groups per row, which does not divide D={dim}"
+        )
+    check_same_device(OP, "scales", scales, qweight.device)
+
+
+def _validate(
+    input_ids,
+    qweight,
+    scales,
+    out_dtype,
+    scale,
+    pos_weight,
+    positions,
+    position_offset,
+    sinusoidal,
+    sinusoid_base,
+    padding_idx,
+):
+    """Check user arguments; return ``(input_ids, qweight, scales, pos_weight, positions)``
+    normalised: contiguous tensors, positions expanded to the ids' shape."""
+    check_tensor(OP, "input_ids", input_ids)
+    check_dtype(OP, "input_ids", input_ids, INDEX_DTYPES)
+    if input_ids.dim() < 1:
+        raise ValueError(
+            f"{OP}: input_ids must be [..., S] with the sequence last, got a 0-d tensor"
+        )
+    _check_table(qweight, scales)
+    device = qweight.device
+    check_same_device(OP, "input_ids", input_ids, device)
+    dim = qweight.shape[1]
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{OP}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{OP}: scale must be a finite number, got {scale!r}")
+    if isinstance(position_offset, bool) or not isinstance(position_offset, int):
+        raise TypeError(f"{OP}: position_offset must be an int, got {position_offset!r}")
+    if position_offset < 0:
+        raise ValueError(f"{OP}: position_offset must be >= 0, got {position_offset}")
+    if pos_weight is not None:
+        check_tensor(OP, "pos_weight", pos_weight)
+        if sinusoidal:
+            raise ValueError(f"{OP}: pass either pos_weight or sinusoidal=True, not both")
+        check_dtype(OP, "pos_weight", pos_weight, FLOAT_DTYPES)
+        if pos_weight.dim() != 2 or pos_weight.shape[1] != dim:
+            raise ValueError(
+                f"{OP}: pos_weight must be [P, {dim}] to match qweight, "
+                f"got shape {tuple(pos_weight.shape)}"
+            )
+        check_same_device(OP, "pos_weight", pos_weight, device)
+    if sinusoidal and not (
+        isinstance(sinusoid_base, (int, float))
+        and not isinstance(sinusoid_base, bool)
+        and sinusoid_base > 0
+    ):
+        raise ValueError(f"{OP}: sinusoid_base must be a positive number, got {sinusoid_base!r}")
+    if positions is not None:
+        check_tensor(OP, "positions", positions)
+        if pos_weight is None and not sinusoidal:
+            raise ValueError(
+                f"{OP}: positions given but there is no positional term "
+                "(pass pos_weight or sinusoidal=True)"
+            )
+        check_dtype(OP, "positions", positions, INDEX_DTYPES)
+        check_same_device(OP, "positions", positions, device)
+        try:
+            positions = positions.expand(input_ids.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"{OP}: positions of shape {tuple(positions.shape)} do not broadcast to "
+                f"input_ids of shape {tuple(input_ids.shape)}"
+            ) from None
+        positions = positions.contiguous()
+    if padding_idx is not None:
+        num = qweight.shape[0]
+        if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
+            raise TypeError(f"{OP}: padding_idx must be an int or None, got {padding_idx!r}")
+        if not -num <= padding_idx < num:
+            raise ValueError(f"{OP}: padding_idx {padding_idx} outside [-{num}, {num})")
+    if torch.is_grad_enabled() and (
+        scales.requires_grad or (pos_weight is not None and pos_weight.requires_grad)
+    ):
+        which = "scales" if scales.requires_grad else "pos_weight"
+        raise RuntimeError(
+            f"{OP} is inference-only: {which} requires grad but the INT8 lookup has no "
+            "backward; call it under torch.no_grad() / torch.inference_mode(), detach the "
+            "tensor, or train a float table (fusedops.nn.FusedEmbedding) and quantize it after"
+        )
+    if pos_weight is not None:
+        pos_weight = pos_weight.contiguous()
+    return (
+        input_ids.contiguous(),
+        qweight.contiguous(),
+        scales.contiguous(),
+        pos_weight,
+        positions,
+    )
+
+
+def int8_embedding(
+    input_ids: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    *,
+    out_dtype: torch.dtype = torch.float32,
+    scale: float = 1.0,
+    pos_weight: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    position_offset: int = 0,
+    sinusoidal: bool = False,
+    sinusoid_base: float = 10000.0,
+    padding_idx: int | None = None,
+) -> torch.Tensor:
+    """Fused INT8 embedding lookup: gather int8 rows, dequantize, scale, add positions.
+
+    ``out[..., s, :] = (q[id] * scales[id]) * scale + P[pos(s)]`` computed in fp32 (the
+    dequantized value rounded once to fp32, then multiply and add as ``fused_embedding``) and
+    rounded once to ``out_dtype``. ``P`` is ``pos_weight`` (learned), the in-kernel sinusoid
+    (``sinusoidal=True``) or absent; ``pos(s) = positions[..., s]`` if given, else
+    ``position_offset + s``.
+
+    Args:
+        input_ids: int32/int64 ``[..., S]``, sequence last.
+        qweight: int8 ``[V, D]`` from :func:`quantize_embedding`.
+        scales: ``[V, G]`` fp32/fp16/bf16, ``G`` dividing ``D`` (``G = 1``: per-row).
+        out_dtype: float32, float16 or bfloat16.
+        scale: multiplier of the token rows (e.g. ``sqrt(D)``).
+        pos_weight: optional ``[P, D]`` fp32/fp16/bf16 learned positional table (read as fp32).
+        positions: optional int ``[..., S]`` positions, broadcastable to ``input_ids``.
+        position_offset: first position when ``positions`` is None.
+        sinusoidal: add the sinusoid of :func:`fusedops.reference.sinusoid_table`.
+        sinusoid_base: its frequency base.
+        padding_idx: accepted for ``nn.Embedding`` compatibility (forward unchanged).
+    Returns:
+        ``[..., S, D]`` in ``out_dtype`` on ``qweight``'s device.
+    Raises:
+        TypeError / ValueError for bad dtypes, shapes, devices or options; IndexError for ids
+        or positions out of range; RuntimeError for the ``triton`` backend, a missing kernel,
+        or a request for gradients (inference-only).
+    """
+    input_ids, qweight, scales, pos_weight, positions = _validate(
+        input_ids,
+        qweight,
+        scales,
+        out_dtype,
+        scale,
+        pos_weight,
+        positions,
+        position_offset,
+        sinusoidal,
+        sinusoid_base,
+        padding_idx,
+    )
+    mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
+    backend = _resolve(qweight.device.type)
+    if backend == "reference":
+        _check_ranges(input_ids, qweight.shape[0], pos_weight, positions, position_offset, mode)
+        return reference.int8_embedding(
+            input_ids,
+            qweight,
+            scales,
+            out_dtype=out_dtype,
+            scale=scale,
+            pos_weight=pos_weight,
+            positions=positions,
+            position_offset=position_offset,
+            sinusoidal=sinusoidal,
+            sinusoid_base=sinusoid_base,
+        )
+    return torch.ops.fusedops.int8_embedding_fwd(
+        input_ids,
+        qweight,
+        scales,
+        float(scale),
+        pos_weight,
+        positions,
+        position_offset,
+        mode,
+        float(sinusoid_base),
+        out_dtype,
+    )

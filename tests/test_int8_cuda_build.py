@@ -1,0 +1,129 @@
+"""Proof that the full CUDA extension builds and registers its kernels (issue 3, proof 2).
+
+``make cuda-build`` (run by ``make test`` wherever nvcc is on PATH) creates ``.venv-cuda`` at the
+repo root with a CUDA torch (torch==2.14.1, CUDA 13.0) and installs fusedops there with
+``FUSEDOPS_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0"`` from a copy of the sources. This test imports
+that build with the second venv's python (no GPU needed) and checks with the dispatcher that
+every op of the C++ library has CPU and Meta kernels (Meta: the Python fakes of
+``fusedops.ops.cpp_fakes``) and that int8_embedding_fwd has a CUDA kernel. Skipped, with the
+reason, when ``.venv-cuda`` was not built.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_VENV = os.path.join(ROOT, ".venv-cuda")
+STAMP = os.path.join(CUDA_VENV, ".fusedops-cuda-stamp")
+BIN = "Scripts" if sys.platform == "win32" else "bin"
+CUDA_PYTHON = os.path.join(CUDA_VENV, BIN, "python")
+
+# Ops the C++ library defines (TORCH_LIBRARY in csrc/bindings.cpp) -> the kernels they need.
+OPS = {
+    "cpp_embedding_fwd": ("CPU", "Meta"),  # the C++ embedding ops have no CUDA kernel: Triton
+    "cpp_embedding_bwd": ("CPU", "Meta"),  # serves CUDA tensors
+    "int8_embedding_fwd": ("CPU", "CUDA", "Meta"),
+}
+
+PROBE = r"""
+import json, sys
+import torch
+import fusedops
+import fusedops._C
+import fusedops.ops.cpp_fakes  # the module the schemas name for their fake impls
+
+ops = json.loads(sys.argv[1])
+dump = {op: torch._C._dispatch_dump("fusedops::" + op) for op in ops}
+keys = {op: sorted({line.split(":", 1)[0] for line in text.splitlines()
+                    if ": registered at" in line and not line.startswith("debug")})
+        for op, text in dump.items()}
+
+# The CPU kernel of the CUDA build still computes: a small lookup against the dequantized table.
+q = torch.randint(-127, 128, (50, 64), dtype=torch.int8)
+scales = torch.rand(50, 4)
+ids = torch.randint(0, 50, (3, 7))
+out = torch.ops.fusedops.int8_embedding_fwd(ids, q, scales, 2.0, None, None, 0, 0, 1e4,
+                                            torch.float32)
+ref = (q.float().view(50, 4, 16) * scales.view(50, 4, 1)).view(50, 64)[ids] * 2.0
+print(json.dumps({
+    "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+    "gpu": torch.cuda.is_available(), "fusedops_file": fusedops.__file__,
+    "build_info": fusedops._C.build_info(), "keys": keys,
+    "cpu_ok": bool(torch.equal(out, ref)),
+}))
+"""
+
+
+# The Makefile's SOURCES: the CUDA build is redone when one of them changes.
+SOURCE_GLOBS = (
+    "setup.py",
+    "pyproject.toml",
+    "requirements-dev.txt",
+    "requirements-triton.txt",
+    "csrc/*",
+    "python/fusedops/*.py",
+    "python/fusedops/*/*.py",
+    "kernels/*.py",
+)
+
+
+def _stale_sources() -> list[str]:
+    """Sources newer than the CUDA build stamp (make cuda-build would rebuild)."""
+    stamp = os.path.getmtime(STAMP)
+    paths = [p for pattern in SOURCE_GLOBS for p in glob.glob(os.path.join(ROOT, pattern))]
+    return [os.path.relpath(p, ROOT) for p in paths if os.path.getmtime(p) > stamp]
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    if not os.path.exists(STAMP) or not os.access(CUDA_PYTHON, os.X_OK):
+        why = "nvcc is not on PATH" if shutil.which("nvcc") is None else "not built yet"
+        pytest.skip(
+            f".venv-cuda with the CUDA build of fusedops is absent ({why}); "
+            "`make cuda-build` builds it (make test does where nvcc exists)"
+        )
+    stale = _stale_sources()
+    if stale:
+        pytest.skip(f".venv-cuda is older than {stale[:3]}...: run `make cuda-build` first")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    # Run outside the repo so `import fusedops` finds the .venv-cuda install, not python/.
+    cwd = tmp_path_factory.mktemp("cuda_probe")
+    res = subprocess.run(
+        [CUDA_PYTHON, "-c", PROBE, json.dumps(sorted(OPS))],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
+    assert res.returncode == 0, f"importing the CUDA build failed:\n{res.stdout}\n{res.stderr}"
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_cuda_build_is_the_installed_one(probe):
+    assert probe["torch_cuda"], f"torch {probe['torch']} in .venv-cuda is not a CUDA build"
+    assert probe["fusedops_file"].startswith(CUDA_VENV), probe["fusedops_file"]
+    info = probe["build_info"]
+    print(f"torch {probe['torch']} (CUDA {probe['torch_cuda']}, GPU: {probe['gpu']}), {info}")
+    assert info["with_cuda"] is True
+    assert {"8.0", "9.0"} <= set(info["cuda_arch_list"]), info["cuda_arch_list"]
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_dispatcher_kernels(probe, op):
+    keys = probe["keys"][op]
+    print(f"fusedops::{op}: {keys}")
+    for key in OPS[op]:
+        assert key in keys, f"fusedops::{op} has no {key} kernel in the CUDA build: {keys}"
+
+
+def test_cpu_kernel_of_cuda_build(probe):
+    assert probe["cpu_ok"]
