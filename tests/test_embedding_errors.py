@@ -118,6 +118,6 @@ def test_sinusoid_position_limit(backend, device, tables):
 
 def test_sinusoid_limit_is_one_constant():
     from fusedops.kernels.embedding import SINUSOID_MAX_POSITION as kernel_limit
-    from fusedops.ops.embedding import SINUSOID_MAX_POSITION as op_limit
+    from fusedops.ops._lookup_checks import SINUSOID_MAX_POSITION as op_limit
 
     assert kernel_limit == op_limit == 1 << 16

@@ -9,26 +9,22 @@ where ``P`` is a learned table, an in-kernel sinusoid, or absent. The custom ops
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fusedops import reference
 from fusedops._backend import resolve_backend
-from fusedops.ops._common import (
-    FLOAT_DTYPES,
-    INDEX_DTYPES,
-    check_dtype,
-    check_index_range,
-    check_same_device,
-    check_tensor,
-    empty_output,
+from fusedops.ops._common import FLOAT_DTYPES, check_dtype, check_tensor, empty_output
+from fusedops.ops._lookup_checks import (
+    POS_LEARNED,
+    check_input_ids,
+    check_padding_idx,
+    check_positional,
+    check_ranges,
+    check_scale_and_offset,
+    positional_mode,
 )
 
 OP = "fused_embedding"
-POS_NONE, POS_LEARNED, POS_SINUSOID = 0, 1, 2  # same codes as kernels/ and csrc/
-# Sinusoid positions lie in [0, 2**16): there the kernels' angle reduction is exact (~1e-7).
-SINUSOID_MAX_POSITION = 1 << 16  # = kernels.embedding.SINUSOID_MAX_POSITION, csrc's limit
 
 
 def _launch_triton_forward(ids, weight, pos_weight, positions, scale, offset, mode, base, out):
@@ -47,21 +43,6 @@ def _launch_triton_forward(ids, weight, pos_weight, positions, scale, offset, mo
         sinusoid_base=base,
     )
     return out
-
-
-def _check_ranges(ids, weight, pos_weight, positions, offset, mode):
-    """Host-side index checks for the Triton path (a device sync on CUDA)."""
-    check_index_range(OP, "input_ids contains id", ids, 0, weight.shape[0])
-    if mode == POS_NONE:
-        return
-    high = pos_weight.shape[0] if mode == POS_LEARNED else SINUSOID_MAX_POSITION
-    if positions is not None:
-        check_index_range(OP, "positions contains position", positions, 0, high)
-    elif ids.numel() and offset + ids.shape[-1] > high:
-        raise IndexError(
-            f"{OP}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
-            f"length {ids.shape[-1]} - 1) outside [0, {high})"
-        )
 
 
 @torch.library.custom_op("fusedops::fused_embedding", mutates_args=())
@@ -100,7 +81,9 @@ def fused_embedding_op(
     if backend != "triton":
         raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
     if check_indices:
-        _check_ranges(input_ids, weight, pos_weight, positions, position_offset, pos_mode)
+        check_ranges(
+            OP, input_ids, weight.shape[0], pos_weight, positions, position_offset, pos_mode
+        )
     out = empty_output((*input_ids.shape, weight.shape[1]), weight.dtype, weight.device)
     return _launch_triton_forward(
         input_ids,
@@ -225,65 +208,29 @@ def _validate(
     """Check user arguments; return ``(input_ids, weight, pos_weight, positions, padding_idx)``
     normalised: contiguous ids, tables with ``stride(-1) == 1``, positions expanded to the ids'
     shape, ``padding_idx`` in ``[0, V)``."""
-    check_tensor(OP, "input_ids", input_ids)
     check_tensor(OP, "weight", weight)
-    check_dtype(OP, "input_ids", input_ids, INDEX_DTYPES)
     check_dtype(OP, "weight", weight, FLOAT_DTYPES)
-    if input_ids.dim() < 1:
-        raise ValueError(
-            f"{OP}: input_ids must be [..., S] with the sequence last, got a 0-d tensor"
-        )
     if weight.dim() != 2:
         raise ValueError(f"{OP}: weight must be [V, D], got shape {tuple(weight.shape)}")
     device = weight.device
-    check_same_device(OP, "input_ids", input_ids, device)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"{OP}: scale must be a finite number, got {scale!r}")
-    if isinstance(position_offset, bool) or not isinstance(position_offset, int):
-        raise TypeError(f"{OP}: position_offset must be an int, got {position_offset!r}")
-    if position_offset < 0:
-        raise ValueError(f"{OP}: position_offset must be >= 0, got {position_offset}")
-    if pos_weight is not None:
-        check_tensor(OP, "pos_weight", pos_weight)
-        if sinusoidal:
-            raise ValueError(f"{OP}: pass either pos_weight or sinusoidal=True, not both")
-        if pos_weight.dim() != 2 or pos_weight.shape[1] != weight.shape[1]:
-            raise ValueError(
-                f"{OP}: pos_weight must be [P, {weight.shape[1]}] to match weight, "
-                f"got shape {tuple(pos_weight.shape)}"
-            )
-        if pos_weight.dtype != weight.dtype:
-            raise TypeError(
-                f"{OP}: pos_weight dtype {pos_weight.dtype} differs from weight dtype "
-                f"{weight.dtype}"
-            )
-        check_same_device(OP, "pos_weight", pos_weight, device)
-    if sinusoidal and not (isinstance(sinusoid_base, (int, float)) and sinusoid_base > 0):
-        raise ValueError(f"{OP}: sinusoid_base must be a positive number, got {sinusoid_base!r}")
-    if positions is not None:
-        check_tensor(OP, "positions", positions)
-        if pos_weight is None and not sinusoidal:
-            raise ValueError(
-                f"{OP}: positions given but there is no positional term "
-                "(pass pos_weight or sinusoidal=True)"
-            )
-        check_dtype(OP, "positions", positions, INDEX_DTYPES)
-        check_same_device(OP, "positions", positions, device)
-        try:
-            positions = positions.expand(input_ids.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"{OP}: positions of shape {tuple(positions.shape)} do not broadcast to "
-                f"input_ids of shape {tuple(input_ids.shape)}"
-            ) from None
-        positions = positions.contiguous()
-    if padding_idx is not None:
-        num = weight.shape[0]
-        if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
-            raise TypeError(f"{OP}: padding_idx must be an int or None, got {padding_idx!r}")
-        if not -num <= padding_idx < num:
-            raise ValueError(f"{OP}: padding_idx {padding_idx} outside [-{num}, {num})")
-        padding_idx = padding_idx % num
+    check_input_ids(OP, input_ids, device)
+    check_scale_and_offset(OP, scale, position_offset)
+    positions = check_positional(
+        OP,
+        input_ids,
+        "weight",
+        weight.shape[1],
+        device,
+        pos_weight,
+        positions,
+        sinusoidal,
+        sinusoid_base,
+    )
+    if pos_weight is not None and pos_weight.dtype != weight.dtype:
+        raise TypeError(
+            f"{OP}: pos_weight dtype {pos_weight.dtype} differs from weight dtype {weight.dtype}"
+        )
+    padding_idx = check_padding_idx(OP, padding_idx, weight.shape[0])
     if weight.stride(-1) != 1:
         weight = weight.contiguous()
     if pos_weight is not None and pos_weight.stride(-1) != 1:
@@ -347,10 +294,12 @@ def fused_embedding(
         padding_idx,
     )
     backend = resolve_backend(OP, weight.device)
-    mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
+    mode = positional_mode(pos_weight, sinusoidal)
     if backend == "reference":
         if check_indices:
-            _check_ranges(input_ids, weight, pos_weight, positions, position_offset, mode)
+            check_ranges(
+                OP, input_ids, weight.shape[0], pos_weight, positions, position_offset, mode
+            )
         return reference.fused_embedding(
             input_ids,
             weight,

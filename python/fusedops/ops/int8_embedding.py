@@ -20,7 +20,6 @@ The op is inference-only: the int8 table has no gradient, and asking for one thr
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -28,13 +27,18 @@ from fusedops import reference
 from fusedops._backend import check_cpp_usable, current_backend, resolve_backend
 from fusedops.ops._common import (
     FLOAT_DTYPES,
-    INDEX_DTYPES,
     check_dtype,
-    check_index_range,
     check_same_device,
     check_tensor,
 )
-from fusedops.ops.embedding import POS_LEARNED, POS_NONE, POS_SINUSOID, SINUSOID_MAX_POSITION
+from fusedops.ops._lookup_checks import (
+    check_input_ids,
+    check_padding_idx,
+    check_positional,
+    check_ranges,
+    check_scale_and_offset,
+    positional_mode,
+)
 from fusedops.reference import quantize_embedding
 
 __all__ = ["int8_embedding", "quantize_embedding"]
@@ -84,21 +88,6 @@ def _resolve(device_type: str) -> str:
     return "cpp"
 
 
-def _check_ranges(ids, num_rows, pos_weight, positions, offset, mode) -> None:
-    """Index checks of the reference path (the extension op checks in C++)."""
-    check_index_range(OP, "input_ids contains id", ids, 0, num_rows)
-    if mode == POS_NONE:
-        return
-    high = pos_weight.shape[0] if mode == POS_LEARNED else SINUSOID_MAX_POSITION
-    if positions is not None:
-        check_index_range(OP, "positions contains position", positions, 0, high)
-    elif ids.numel() and offset + ids.shape[-1] > high:
-        raise IndexError(
-            f"{OP}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
-            f"length {ids.shape[-1]} - 1) outside [0, {high})"
-        )
-
-
 def _check_table(qweight, scales) -> None:
     check_tensor(OP, "qweight", qweight)
     check_tensor(OP, "scales", scales)
@@ -137,64 +126,20 @@ def _validate(
 ):
     """Check user arguments; return ``(input_ids, qweight, scales, pos_weight, positions)``
     normalised: contiguous tensors, positions expanded to the ids' shape."""
-    check_tensor(OP, "input_ids", input_ids)
-    check_dtype(OP, "input_ids", input_ids, INDEX_DTYPES)
-    if input_ids.dim() < 1:
-        raise ValueError(
-            f"{OP}: input_ids must be [..., S] with the sequence last, got a 0-d tensor"
-        )
     _check_table(qweight, scales)
     device = qweight.device
-    check_same_device(OP, "input_ids", input_ids, device)
+    check_input_ids(OP, input_ids, device)
     dim = qweight.shape[1]
     if out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"{OP}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"{OP}: scale must be a finite number, got {scale!r}")
-    if isinstance(position_offset, bool) or not isinstance(position_offset, int):
-        raise TypeError(f"{OP}: position_offset must be an int, got {position_offset!r}")
-    if position_offset < 0:
-        raise ValueError(f"{OP}: position_offset must be >= 0, got {position_offset}")
+    check_scale_and_offset(OP, scale, position_offset)
     if pos_weight is not None:
         check_tensor(OP, "pos_weight", pos_weight)
-        if sinusoidal:
-            raise ValueError(f"{OP}: pass either pos_weight or sinusoidal=True, not both")
         check_dtype(OP, "pos_weight", pos_weight, FLOAT_DTYPES)
-        if pos_weight.dim() != 2 or pos_weight.shape[1] != dim:
-            raise ValueError(
-                f"{OP}: pos_weight must be [P, {dim}] to match qweight, "
-                f"got shape {tuple(pos_weight.shape)}"
-            )
-        check_same_device(OP, "pos_weight", pos_weight, device)
-    if sinusoidal and not (
-        isinstance(sinusoid_base, (int, float))
-        and not isinstance(sinusoid_base, bool)
-        and sinusoid_base > 0
-    ):
-        raise ValueError(f"{OP}: sinusoid_base must be a positive number, got {sinusoid_base!r}")
-    if positions is not None:
-        check_tensor(OP, "positions", positions)
-        if pos_weight is None and not sinusoidal:
-            raise ValueError(
-                f"{OP}: positions given but there is no positional term "
-                "(pass pos_weight or sinusoidal=True)"
-            )
-        check_dtype(OP, "positions", positions, INDEX_DTYPES)
-        check_same_device(OP, "positions", positions, device)
-        try:
-            positions = positions.expand(input_ids.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"{OP}: positions of shape {tuple(positions.shape)} do not broadcast to "
-                f"input_ids of shape {tuple(input_ids.shape)}"
-            ) from None
-        positions = positions.contiguous()
-    if padding_idx is not None:
-        num = qweight.shape[0]
-        if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
-            raise TypeError(f"{OP}: padding_idx must be an int or None, got {padding_idx!r}")
-        if not -num <= padding_idx < num:
-            raise ValueError(f"{OP}: padding_idx {padding_idx} outside [-{num}, {num})")
+    positions = check_positional(
+        OP, input_ids, "qweight", dim, device, pos_weight, positions, sinusoidal, sinusoid_base
+    )
+    check_padding_idx(OP, padding_idx, qweight.shape[0])
     if torch.is_grad_enabled() and (
         scales.requires_grad or (pos_weight is not None and pos_weight.requires_grad)
     ):
@@ -269,10 +214,10 @@ def int8_embedding(
         sinusoid_base,
         padding_idx,
     )
-    mode = POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
+    mode = positional_mode(pos_weight, sinusoidal)
     backend = _resolve(qweight.device.type)
     if backend == "reference":
-        _check_ranges(input_ids, qweight.shape[0], pos_weight, positions, position_offset, mode)
+        check_ranges(OP, input_ids, qweight.shape[0], pos_weight, positions, position_offset, mode)
         return reference.int8_embedding(
             input_ids,
             qweight,

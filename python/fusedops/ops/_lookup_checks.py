@@ -1,0 +1,133 @@
+"""Argument checks shared by the table-lookup ops (``fused_embedding``, ``int8_embedding``).
+
+Both take ``input_ids [..., S]``, a ``scale``, an optional positional term (learned table or
+sinusoid, positions given or ``position_offset + s``) and ``padding_idx``; these functions check
+those arguments the same way and raise errors that name the op and the offending value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fusedops.ops._common import (
+    INDEX_DTYPES,
+    check_dtype,
+    check_index_range,
+    check_same_device,
+    check_tensor,
+)
+
+POS_NONE, POS_LEARNED, POS_SINUSOID = 0, 1, 2  # same codes as kernels/ and csrc/
+# Sinusoid positions lie in [0, 2**16): there the kernels' angle reduction is exact (~1e-7).
+SINUSOID_MAX_POSITION = 1 << 16  # = kernels.embedding.SINUSOID_MAX_POSITION, csrc's limit
+
+
+def check_input_ids(op: str, input_ids: object, device: torch.device) -> None:
+    """``input_ids``: an int32/int64 tensor ``[..., S]`` on ``device``."""
+    check_tensor(op, "input_ids", input_ids)
+    check_dtype(op, "input_ids", input_ids, INDEX_DTYPES)
+    if input_ids.dim() < 1:
+        raise ValueError(
+            f"{op}: input_ids must be [..., S] with the sequence last, got a 0-d tensor"
+        )
+    check_same_device(op, "input_ids", input_ids, device)
+
+
+def check_scale_and_offset(op: str, scale: object, position_offset: object) -> None:
+    """``scale``: a finite number; ``position_offset``: an int >= 0."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
+    if isinstance(position_offset, bool) or not isinstance(position_offset, int):
+        raise TypeError(f"{op}: position_offset must be an int, got {position_offset!r}")
+    if position_offset < 0:
+        raise ValueError(f"{op}: position_offset must be >= 0, got {position_offset}")
+
+
+def check_positional(
+    op: str,
+    input_ids: torch.Tensor,
+    table: str,
+    dim: int,
+    device: torch.device,
+    pos_weight: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    sinusoidal: bool,
+    sinusoid_base: object,
+) -> torch.Tensor | None:
+    """Check the positional arguments; return ``positions`` expanded to the ids' shape and
+    contiguous (or None). ``table`` names the token table in messages (``weight``...)."""
+    if pos_weight is not None:
+        check_tensor(op, "pos_weight", pos_weight)
+        if sinusoidal:
+            raise ValueError(f"{op}: pass either pos_weight or sinusoidal=True, not both")
+        if pos_weight.dim() != 2 or pos_weight.shape[1] != dim:
+            raise ValueError(
+                f"{op}: pos_weight must be [P, {dim}] to match {table}, "
+                f"got shape {tuple(pos_weight.shape)}"
+            )
+        check_same_device(op, "pos_weight", pos_weight, device)
+    if sinusoidal and not (
+        isinstance(sinusoid_base, (int, float))
+        and not isinstance(sinusoid_base, bool)
+        and sinusoid_base > 0
+    ):
+        raise ValueError(f"{op}: sinusoid_base must be a positive number, got {sinusoid_base!r}")
+    if positions is None:
+        return None
+    check_tensor(op, "positions", positions)
+    if pos_weight is None and not sinusoidal:
+        raise ValueError(
+            f"{op}: positions given but there is no positional term "
+            "(pass pos_weight or sinusoidal=True)"
+        )
+    check_dtype(op, "positions", positions, INDEX_DTYPES)
+    check_same_device(op, "positions", positions, device)
+    try:
+        positions = positions.expand(input_ids.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{op}: positions of shape {tuple(positions.shape)} do not broadcast to "
+            f"input_ids of shape {tuple(input_ids.shape)}"
+        ) from None
+    return positions.contiguous()
+
+
+def check_padding_idx(op: str, padding_idx: object, num_rows: int) -> int | None:
+    """``padding_idx``: None or an int in ``[-V, V)``; returned normalised to ``[0, V)``."""
+    if padding_idx is None:
+        return None
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
+        raise TypeError(f"{op}: padding_idx must be an int or None, got {padding_idx!r}")
+    if not -num_rows <= padding_idx < num_rows:
+        raise ValueError(f"{op}: padding_idx {padding_idx} outside [-{num_rows}, {num_rows})")
+    return padding_idx % num_rows
+
+
+def positional_mode(pos_weight: torch.Tensor | None, sinusoidal: bool) -> int:
+    """The kernels' positional mode code."""
+    return POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
+
+
+def check_ranges(
+    op: str,
+    ids: torch.Tensor,
+    num_rows: int,
+    pos_weight: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    offset: int,
+    mode: int,
+) -> None:
+    """Host-side index checks of ids and positions (a device sync on CUDA)."""
+    check_index_range(op, "input_ids contains id", ids, 0, num_rows)
+    if mode == POS_NONE:
+        return
+    high = pos_weight.shape[0] if mode == POS_LEARNED else SINUSOID_MAX_POSITION
+    if positions is not None:
+        check_index_range(op, "positions contains position", positions, 0, high)
+    elif ids.numel() and offset + ids.shape[-1] > high:
+        raise IndexError(
+            f"{op}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
+            f"length {ids.shape[-1]} - 1) outside [0, {high})"
+        )
