@@ -32,6 +32,7 @@
 #endif
 
 #include "fusedops_math.h"
+#include "lookup_schedule.h"
 
 namespace fusedops {
 namespace cpu {
@@ -40,12 +41,6 @@ namespace {
 // Below this many output bytes the result likely stays in cache for its consumer, so regular
 // stores are kept; above it the output streams past the caches anyway.
 constexpr int64_t kStreamMinBytes = int64_t{4} << 20;
-// Software prefetch: how many tokens ahead a gathered row is requested, and the line size.
-constexpr int64_t kPrefetchTokens = 2;
-constexpr int64_t kCacheLine = 64;
-
-// Elements of work per parallel chunk: big enough to amortize the task, small enough to balance.
-constexpr int64_t kGrainElems = int64_t{1} << 15;
 
 inline uint32_t f32_bits(float v) {
   uint32_t u;
@@ -465,38 +460,22 @@ struct FwdPlan {
   // Position-major: the positional row of column s is built once and applied to every batch
   // row. Columns are split into batch chunks when S alone cannot feed all threads.
   void run_position_major() const {
-    const int64_t seq = a.seq_len;
-    const int64_t batch = a.num_tokens / seq;
-    const int64_t threads = at::get_num_threads();
-    const int64_t chunks = std::min<int64_t>(batch, std::max<int64_t>(1, (4 * threads + seq - 1) / seq));
-    const int64_t per_unit = ((batch + chunks - 1) / chunks) * a.dim;
-    const int64_t grain = std::max<int64_t>(1, kGrainElems / per_unit);
-    at::parallel_for(0, seq * chunks, grain, [&](int64_t begin, int64_t end) {
+    const PositionMajorPlan plan =
+        plan_position_major(a.num_tokens, a.seq_len, a.dim, at::get_num_threads());
+    at::parallel_for(0, plan.units(), plan.grain, [&](int64_t begin, int64_t end) {
       std::vector<float> buf(2 * ((a.dim + 1) / 2));
       int64_t last_s = -1;
       const float* prow = nullptr;
       for (int64_t u = begin; u < end; ++u) {
-        const int64_t s = u / chunks;
-        const int64_t c = u % chunks;
+        const int64_t s = plan.column(u);
         if (s != last_s) {
           prow = pos_row(position(s, s), buf.data());
           last_s = s;
         }
-        const int64_t b0 = c * batch / chunks;
-        const int64_t b1 = (c + 1) * batch / chunks;
-        for (int64_t b = b0; b < b1; ++b) {
-          // The token kPrefetchTokens ahead in this thread's order: same column, or the
-          // start of the next unit.
-          const int64_t ahead = b + kPrefetchTokens;
-          if (ahead < b1) {
-            prefetch_token(ahead * seq + s);
-          } else if (u + 1 < end) {
-            const int64_t s2 = (u + 1) / chunks;
-            const int64_t c2 = (u + 1) % chunks;
-            const int64_t b2 = c2 * batch / chunks + (ahead - b1);
-            if (b2 < (c2 + 1) * batch / chunks) prefetch_token(b2 * seq + s2);
-          }
-          token(b * seq + s, prow);
+        for (int64_t b = plan.batch_begin(u); b < plan.batch_end(u); ++b) {
+          const int64_t ahead = plan.token_ahead(u, b, end);
+          if (ahead >= 0) prefetch_token(ahead);
+          token(b * plan.seq + s, prow);
         }
       }
       if (stream) stream_fence();
