@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from fusedops.ops._lookup_checks import check_padding_idx
 from fusedops.ops.embedding import fused_embedding
 
 
@@ -52,13 +53,7 @@ class FusedEmbedding(nn.Module):
             )
         if num_positions is not None and sinusoidal:
             raise ValueError("FusedEmbedding: num_positions and sinusoidal=True are exclusive")
-        if padding_idx is not None:
-            if not -num_embeddings <= padding_idx < num_embeddings:
-                raise ValueError(
-                    f"FusedEmbedding: padding_idx {padding_idx} outside "
-                    f"[-{num_embeddings}, {num_embeddings})"
-                )
-            padding_idx %= num_embeddings
+        padding_idx = check_padding_idx("FusedEmbedding", padding_idx, num_embeddings)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.padding_idx = padding_idx

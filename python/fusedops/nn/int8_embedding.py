@@ -12,6 +12,7 @@ from torch import nn
 
 from fusedops import reference
 from fusedops.nn.embedding import FusedEmbedding
+from fusedops.ops._lookup_checks import check_padding_idx
 from fusedops.ops.int8_embedding import int8_embedding
 
 _NAME = "Int8Embedding"
@@ -102,13 +103,7 @@ class Int8Embedding(nn.Module):
         ):
             if dtype not in _DTYPES.values():
                 raise TypeError(f"{_NAME}: {what} must be float32/float16/bfloat16, got {dtype}")
-        if padding_idx is not None:
-            if not -num_embeddings <= padding_idx < num_embeddings:
-                raise ValueError(
-                    f"{_NAME}: padding_idx {padding_idx} outside "
-                    f"[-{num_embeddings}, {num_embeddings})"
-                )
-            padding_idx %= num_embeddings
+        padding_idx = check_padding_idx(_NAME, padding_idx, num_embeddings)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.padding_idx = padding_idx
