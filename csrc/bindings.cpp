@@ -328,6 +328,13 @@ TORCH_LIBRARY(fusedops, m) {
       "int8_embedding_fwd(Tensor input_ids, Tensor qweight, Tensor scales, float scale, "
       "Tensor? pos_weight, Tensor? positions, int position_offset, int pos_mode, "
       "float sinusoid_base, ScalarType out_dtype) -> Tensor");
+  // Rotary position embedding of q and k (one pass, writes out_q/out_k; out_q may be q):
+  // CPU impl in rope_bindings.cpp. cos/sin are read at element (batch, row, col) through the
+  // given element strides, so views of a cache need no copy.
+  m.def(
+      "cpp_rope(Tensor q, Tensor? k, Tensor cos, Tensor sin, int[] cos_strides, "
+      "int[] sin_strides, Tensor? positions, int position_offset, bool cache, bool interleaved, "
+      "int rotary_dim, bool backward, Tensor(a!) out_q, Tensor(b!)? out_k) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fusedops, CPU, m) {

@@ -10,14 +10,19 @@ from fusedops import nn, reference
 from fusedops._backend import current_backend, use_backend
 from fusedops.ops.embedding import fused_embedding
 from fusedops.ops.int8_embedding import int8_embedding, quantize_embedding
+from fusedops.ops.rope import apply_rotary, apply_rotary_varlen
+from fusedops.reference import rope_cos_sin
 
 __all__ = [
+    "apply_rotary",
+    "apply_rotary_varlen",
     "current_backend",
     "fused_embedding",
     "int8_embedding",
     "nn",
     "quantize_embedding",
     "reference",
+    "rope_cos_sin",
     "use_backend",
 ]
 __version__ = "0.1.0"

@@ -3,7 +3,8 @@
     python -m fusedops.cli demo [--quick]
 
 Each row runs one op through one backend, checks it against the fp64 reference (max abs
-error) and times it against eager PyTorch and ``torch.compile`` of the same reference. The INT8
+error) and times it against eager PyTorch and ``torch.compile`` of the same reference (for
+RoPE: of transformers' Llama ``apply_rotary_pos_emb`` formula, on the cos/sin it receives). The INT8
 row is the exception: its error is against the fp32 table's lookup (the quantization error,
 at most half a quantization step), its memory is int8 + scales vs the fp32 table, and its
 baselines are the bitsandbytes-style composition (two gathers and a multiply) and
@@ -139,6 +140,46 @@ def _int8_row(device, batch, seq, dim, vocab, *, min_time):
     )
 
 
+def _hf_rope(q, k, cos, sin):
+    """transformers' Llama ``apply_rotary_pos_emb`` (cos/sin ``[1, S, D]``), written out."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + reference.rotate_half(q) * sin, k * cos + reference.rotate_half(k) * sin
+
+
+def _rope_row(backend, device, dtype, batch, heads_q, heads_k, seq, dim, *, compile_ref, min_time):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, heads_q, seq, dim, generator=gen).to(dtype).to(device)
+    k = torch.randn(batch, heads_k, seq, dim, generator=gen).to(dtype).to(device)
+    cache_cos, cache_sin = fusedops.rope_cos_sin(dim, seq, base=1e5, device=device)  # [S, D/2]
+    # cos/sin [1, S, D] in the activation dtype, as a Llama layer receives them
+    cos = torch.cat((cache_cos, cache_cos), dim=-1)[None].to(dtype)
+    sin = torch.cat((cache_sin, cache_sin), dim=-1)[None].to(dtype)
+
+    def fused():
+        with fusedops.use_backend(backend):
+            return fusedops.apply_rotary(q, k, cos, sin)
+
+    expected = reference.apply_rotary(q.double(), k.double(), cos.double(), sin.double())
+    got = fused()
+    max_err = max((g.double() - e).abs().max().item() for g, e in zip(got, expected, strict=True))
+    compiled_ms = None
+    if compile_ref:
+        compiled = torch.compile(_hf_rope)
+        compiled_ms = _time(lambda: compiled(q, k, cos, sin), device, min_time)
+    return DemoRow(
+        op="rope (q+k, HF cos/sin)",
+        backend=backend if backend != "triton" or _HAS_CUDA else "triton (interpreter)",
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        shape=f"B={batch} Hq={heads_q} Hk={heads_k} S={seq} D={dim}",
+        max_err=max_err,
+        ref_max=max(e.abs().max().item() for e in expected),
+        fused_ms=_time(fused, device, min_time),
+        eager_ms=_time(lambda: _hf_rope(q, k, cos, sin), device, min_time),
+        compile_ms=compiled_ms,
+    )
+
+
 def _format(rows: list[DemoRow]) -> str:
     head = [
         "op",
@@ -207,6 +248,21 @@ def demo(quick: bool = False) -> int:
                 min_time=min_time,
             )
         )
+    print(f"  running rope (q and k, GQA 32/8) on {main_backend} ...", flush=True)
+    rows.append(
+        _rope_row(
+            main_backend,
+            device,
+            torch.float32,
+            2,
+            32,
+            8,
+            1024,
+            128,
+            compile_ref=True,
+            min_time=min_time,
+        )
+    )
     print(f"  running int8 embedding (per-row scales) on {device} ...", flush=True)
     rows.append(_int8_row(device, 8, 1024, 768, 50257, min_time=min_time))
     if not _HAS_CUDA:
@@ -226,6 +282,12 @@ def demo(quick: bool = False) -> int:
                     min_time=0.1,
                 )
             )
+        print("  running rope through Triton's interpreter (small case) ...", flush=True)
+        rows.append(
+            _rope_row(
+                "triton", "cpu", torch.float32, 1, 9, 3, 16, 64, compile_ref=False, min_time=0.1
+            )
+        )
     print()
     print(_format(rows))
     # Max error relative to the largest reference value: ~ulps of the output dtype.

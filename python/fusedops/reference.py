@@ -13,10 +13,16 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "apply_rotary",
+    "apply_rotary_varlen",
     "dequantize_embedding",
     "fused_embedding",
     "int8_embedding",
     "quantize_embedding",
+    "rope_cos_sin",
+    "rotate",
+    "rotate_every_two",
+    "rotate_half",
     "sinusoid_coefficient",
     "sinusoid_table",
 ]
@@ -235,3 +241,290 @@ def int8_embedding(
         else:
             out = out + F.embedding(positions, pos_weight).to(torch.float32)
     return out.to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Rotary position embedding (RoPE)
+# --------------------------------------------------------------------------------------------
+
+ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """NeoX/Llama pairing: ``[x1, x2] -> [-x2, x1]`` with ``x1, x2`` the two halves of the last
+    dim (so feature ``j`` pairs with ``j + R/2``)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
+    """GPT-J pairing: ``(x[2j], x[2j+1]) -> (-x[2j+1], x[2j])`` (adjacent features pair)."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((-odd, even), dim=-1).flatten(-2)
+
+
+def _rope_half_columns(t: torch.Tensor, rotary_dim: int, interleaved: bool) -> torch.Tensor:
+    """The ``R/2`` distinct frequencies of a cos/sin tensor whose last dim is ``R/2`` or ``R``
+    (Hugging Face's duplicated form: ``cat(f, f)`` for the half layout, ``f`` repeated twice
+    element-wise for GPT-J)."""
+    if t.shape[-1] == rotary_dim // 2:
+        return t
+    return t[..., 0::2] if interleaved else t[..., : rotary_dim // 2]
+
+
+def rope_gather(
+    cos: torch.Tensor,
+    batch: int,
+    seq: int,
+    *,
+    rotary_dim: int,
+    interleaved: bool = False,
+    positions: torch.Tensor | None = None,
+    position_offset: int = 0,
+) -> torch.Tensor:
+    """cos (or sin) for every token: ``[B or 1, S, R/2]``.
+
+    ``cos`` is a cache ``[max_pos, R/2 or R]`` indexed by ``positions`` (``[B or 1, S]`` or
+    ``[S]``) or by ``position_offset + s``, or already gathered ``[B or 1, S, R/2 or R]``.
+    """
+    half = _rope_half_columns(cos, rotary_dim, interleaved)
+    if cos.dim() == 3:
+        return half  # [B or 1, S, R/2]
+    if positions is None:
+        return half[position_offset : position_offset + seq].unsqueeze(0)  # [1, S, R/2]
+    if positions.dim() == 1:
+        positions = positions.unsqueeze(0)
+    return F.embedding(positions.long(), half)  # [B or 1, S, R/2]
+
+
+def rotate(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool = False,
+) -> torch.Tensor:
+    """Rotate all of ``x [..., R]`` by angles with ``cos``/``sin`` ``[..., R/2]`` (broadcast).
+
+    Half layout: ``y = x * cat(c, c) + rotate_half(x) * cat(s, s)``; interleaved (GPT-J):
+    ``y = x * repeat_interleave(c, 2) + rotate_every_two(x) * repeat_interleave(s, 2)``.
+    """
+    if interleaved:
+        c, s = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+        return x * c + rotate_every_two(x) * s
+    c, s = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+    return x * c + rotate_half(x) * s
+
+
+def apply_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    positions: torch.Tensor | None = None,
+    position_offset: int = 0,
+    interleaved: bool = False,
+    rotary_dim: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotary position embedding of ``q`` and ``k`` (the readable spec of the fused op).
+
+    Args:
+        q: ``[B, Hq, S, D]``; k: ``[B, Hk, S, D]`` or None.
+        cos, sin: a cache ``[max_pos, R/2]`` or ``[max_pos, R]`` (Hugging Face's duplicated
+            form) indexed by position, or gathered ``[B or 1, S, R/2 or R]`` as Hugging Face
+            passes them.
+        positions: int ``[B or 1, S]`` positions into the cache; default
+            ``position_offset + s``.
+        interleaved: GPT-J pairs ``(2j, 2j+1)`` instead of the half layout ``(j, j + R/2)``.
+        rotary_dim: ``R`` (default ``D``): features ``[R, D)`` are copied unchanged.
+    Returns:
+        ``(q_out, k_out)`` in the input dtypes; the arithmetic is done in fp32 (fp64 when the
+        inputs are fp64, which is how the tests build their oracle).
+    """
+    batch, _, seq, dim = q.shape
+    rot = dim if rotary_dim is None else rotary_dim
+    gather = {
+        "rotary_dim": rot,
+        "interleaved": interleaved,
+        "positions": positions,
+        "position_offset": position_offset,
+    }
+    c = rope_gather(cos, batch, seq, **gather).unsqueeze(1)  # [B or 1, 1, S, R/2]
+    s = rope_gather(sin, batch, seq, **gather).unsqueeze(1)
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        compute = torch.promote_types(x.dtype, torch.float32)
+        xr = x[..., :rot].to(compute)
+        y = rotate(xr, c.to(compute), s.to(compute), interleaved=interleaved)
+        return torch.cat((y.to(x.dtype), x[..., rot:]), dim=-1)
+
+    return one(q), None if k is None else one(k)
+
+
+def varlen_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Position of each packed token in its sequence: ``t - cu_seqlens[i]`` for token ``t`` of
+    sequence ``i`` (``cu_seqlens[i] <= t < cu_seqlens[i + 1]``). int64 ``[T]``, no host sync."""
+    tokens = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)  # [T]
+    seq_idx = torch.searchsorted(cu_seqlens, tokens, right=True) - 1  # [T]
+    return (tokens - cu_seqlens[seq_idx]).long()
+
+
+def apply_rotary_varlen(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    interleaved: bool = False,
+    rotary_dim: int | None = None,
+) -> torch.Tensor:
+    """:func:`apply_rotary` on packed tokens ``x [T, H, D]`` whose positions restart at 0 at
+    every ``cu_seqlens`` boundary (``[N + 1]``, ``cu_seqlens[0] = 0``, ``cu_seqlens[-1] = T``);
+    ``cos``/``sin`` are a cache ``[max_pos, R/2 or R]``."""
+    positions = varlen_positions(cu_seqlens, x.shape[0]).unsqueeze(0)  # [1, T]
+    view = x.permute(1, 0, 2).unsqueeze(0)  # [1, H, T, D]
+    out, _ = apply_rotary(
+        view, None, cos, sin, positions=positions, interleaved=interleaved, rotary_dim=rotary_dim
+    )
+    return out.squeeze(0).permute(1, 0, 2)  # [T, H, D]
+
+
+def _rope_inv_freq(
+    dim: int,
+    max_positions: int,
+    base: float,
+    scaling: dict | None,
+    device: torch.device | str | None,
+) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies ``[dim / 2]`` (fp32) and the cos/sin scale for a Hugging Face
+    ``rope_scaling`` dict (the formulas of each rope type's paper)."""
+    op = "rope_cos_sin"
+    scaling = dict(scaling or {})
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"{op}: unknown rope_type {rope_type!r}; expected one of {ROPE_TYPES}")
+
+    def need(key: str):
+        if scaling.get(key) is None:
+            raise ValueError(f"{op}: rope_type {rope_type!r} needs scaling[{key!r}]")
+        return scaling[key]
+
+    exponent = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim  # [R/2]
+    attention_scaling = 1.0
+    if rope_type == "dynamic":
+        # NTK-aware: the base grows with the context length the cache covers.
+        factor = float(need("factor"))
+        trained = int(scaling.get("original_max_position_embeddings") or max_positions)
+        length = max(max_positions, trained)
+        base = base * ((factor * length / trained) - (factor - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base**exponent)  # [R/2] fp32
+    if rope_type == "linear":
+        inv_freq = inv_freq / float(need("factor"))
+    elif rope_type == "yarn":
+        trained = int(need("original_max_position_embeddings"))
+        factor = scaling.get("factor") or max_positions / trained
+        attention_scaling = scaling.get("attention_factor")
+        if attention_scaling is None:
+
+            def mscale(scale: float, m: float = 1.0) -> float:
+                return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+            m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+            attention_scaling = (
+                mscale(factor, m) / mscale(factor, m_all) if m and m_all else (mscale(factor))
+            )
+        fast = scaling.get("beta_fast") or 32
+        slow = scaling.get("beta_slow") or 1
+
+        def correction_dim(rotations: float) -> float:
+            # The feature pair whose wavelength makes `rotations` turns over the trained context.
+            return dim * math.log(trained / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+        low, high = correction_dim(fast), correction_dim(slow)
+        if scaling.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        keep = (1 - ramp).to(inv_freq.device)  # 1: extrapolate (high frequencies), 0: interpolate
+        wavelength_scale = base**exponent  # [R/2]
+        interpolated = 1.0 / (factor * wavelength_scale)
+        inv_freq = interpolated * (1 - keep) + inv_freq * keep
+    elif rope_type == "longrope":
+        trained = int(need("original_max_position_embeddings"))
+        factor = scaling.get("factor") or max_positions / trained
+        attention_scaling = scaling.get("attention_factor")
+        if attention_scaling is None:
+            attention_scaling = (
+                1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(trained))
+            )
+        key = "long_factor" if max_positions > trained else "short_factor"
+        ext = torch.tensor(need(key), dtype=torch.float32, device=device)
+        if ext.shape != exponent.shape:
+            raise ValueError(
+                f"{op}: scaling[{key!r}] has {ext.numel()} values, expected {dim // 2}"
+            )
+        inv_freq = 1.0 / (ext * base**exponent)
+    elif rope_type == "llama3":
+        factor = float(need("factor"))
+        low_ff, high_ff = float(need("low_freq_factor")), float(need("high_freq_factor"))
+        trained = int(need("original_max_position_embeddings"))
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > trained / low_ff, inv_freq / factor, inv_freq)
+        smooth = (trained / wavelen - low_ff) / (high_ff - low_ff)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= trained / high_ff) & (wavelen <= trained / low_ff)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq, float(attention_scaling)
+
+
+def rope_cos_sin(
+    head_dim: int,
+    max_positions: int,
+    *,
+    base: float = 10000.0,
+    scaling: dict | None = None,
+    partial_rotary_factor: float = 1.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cos/sin cache of RoPE for every Hugging Face rope type.
+
+    ``R = int(head_dim * partial_rotary_factor)``; ``inv_freq [R/2]`` follows the rope type of
+    ``scaling`` (a Hugging Face ``rope_scaling`` / ``rope_parameters`` dict: ``rope_type`` one of
+    default, linear, dynamic, yarn, longrope, llama3, with that type's keys), in fp32 as
+    transformers computes it. ``angle[p, j] = fp32(p) * inv_freq[j]`` (one fp32 multiply) and
+    ``cos = cos(angle) * attention_scaling`` (yarn/longrope scale, else 1), likewise ``sin``.
+
+    ``dynamic`` builds the cache for a context of ``max_positions`` (against
+    ``original_max_position_embeddings``, default ``max_positions``); ``longrope`` uses
+    ``long_factor`` when ``max_positions`` exceeds ``original_max_position_embeddings``.
+
+    Returns:
+        ``(cos, sin)``, each ``[max_positions, R/2]`` in ``dtype`` on ``device``.
+    """
+    op = "rope_cos_sin"
+    for name, value in (("head_dim", head_dim), ("max_positions", max_positions)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
+    if not (isinstance(base, (int, float)) and base > 0):
+        raise ValueError(f"{op}: base must be a positive number, got {base!r}")
+    if not 0 < partial_rotary_factor <= 1:
+        raise ValueError(
+            f"{op}: partial_rotary_factor must be in (0, 1], got {partial_rotary_factor!r}"
+        )
+    dim = int(head_dim * partial_rotary_factor)
+    if dim < 2 or dim % 2:
+        raise ValueError(
+            f"{op}: rotary dim int(head_dim * partial_rotary_factor) = {dim} must be even and >= 2"
+        )
+    if scaling is not None and not isinstance(scaling, dict):
+        raise TypeError(f"{op}: scaling must be a dict or None, got {type(scaling).__name__}")
+    inv_freq, attention_scaling = _rope_inv_freq(dim, max_positions, float(base), scaling, device)
+    pos = torch.arange(max_positions, device=inv_freq.device, dtype=torch.float32)  # [P]
+    angle = pos[:, None] * inv_freq[None, :]  # [P, R/2] fp32
+    cos = torch.cos(angle) * attention_scaling
+    sin = torch.sin(angle) * attention_scaling
+    return cos.to(dtype), sin.to(dtype)

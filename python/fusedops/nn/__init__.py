@@ -2,5 +2,6 @@
 
 from fusedops.nn.embedding import FusedEmbedding
 from fusedops.nn.int8_embedding import Int8Embedding
+from fusedops.nn.rotary import RotaryEmbedding
 
-__all__ = ["FusedEmbedding", "Int8Embedding"]
+__all__ = ["FusedEmbedding", "Int8Embedding", "RotaryEmbedding"]

@@ -2,5 +2,12 @@
 
 from fusedops.ops.embedding import fused_embedding
 from fusedops.ops.int8_embedding import int8_embedding, quantize_embedding
+from fusedops.ops.rope import apply_rotary, apply_rotary_varlen
 
-__all__ = ["fused_embedding", "int8_embedding", "quantize_embedding"]
+__all__ = [
+    "apply_rotary",
+    "apply_rotary_varlen",
+    "fused_embedding",
+    "int8_embedding",
+    "quantize_embedding",
+]

@@ -47,3 +47,28 @@ def _int8_embedding_fwd_fake(
 # "rebuild" instead of this module failing to import).
 if hasattr(torch.ops.fusedops, "int8_embedding_fwd"):
     torch.library.register_fake("fusedops::int8_embedding_fwd")(_int8_embedding_fwd_fake)
+
+
+def _rope_fake(
+    q,
+    k,
+    cos,
+    sin,
+    cos_strides,
+    sin_strides,
+    positions,
+    position_offset,
+    cache,
+    interleaved,
+    rotary_dim,
+    backward,
+    out_q,
+    out_k,
+):
+    # Writes out_q / out_k in place; returns nothing.
+    return None
+
+
+# Same guard as the INT8 op: an extension built before RoPE support has no such schema.
+if hasattr(torch.ops.fusedops, "cpp_rope"):
+    torch.library.register_fake("fusedops::cpp_rope")(_rope_fake)

@@ -1,0 +1,604 @@
+"""Rotary position embedding (RoPE) as ``torch.library`` custom ops: validation, dispatch, autograd.
+
+``apply_rotary`` rotates ``q [B, Hq, S, D]`` and ``k [B, Hk, S, D]`` in one launch. The user's
+cos/sin (a cache ``[max_pos, R/2 or R]`` or Hugging Face's gathered ``[B or 1, S, R/2 or R]``)
+are normalised here, without copies, into the kernel form: the tensor itself plus element
+strides ``(batch, row, col)`` and a ``cache`` flag (row = position) vs gathered (row = s).
+The custom ops ``fusedops::apply_rotary`` (functional, differentiable) and
+``fusedops::apply_rotary_`` (in place) run the Triton launcher ``kernels/rope.py`` (CUDA, or CPU
+through Triton's interpreter) or the C++ op ``fusedops::cpp_rope`` (CPU); the ``reference``
+backend runs plain PyTorch and never reaches them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from fusedops import reference
+from fusedops._backend import resolve_backend
+from fusedops.ops._common import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    POISON_ENV,
+    check_dtype,
+    check_index_range,
+    check_same_device,
+    check_tensor,
+)
+
+OP = "apply_rotary"
+OP_VARLEN = "apply_rotary_varlen"
+
+
+# ------------------------------------------------------------------------------------------
+# Kernel launches (validated, normalised arguments)
+# ------------------------------------------------------------------------------------------
+
+
+def _empty_like(x: torch.Tensor) -> torch.Tensor:
+    """Output with ``x``'s layout (so [B, S, H, D] views stay that way); NaN when poisoned."""
+    out = torch.empty_like(x)
+    if os.environ.get(POISON_ENV) == "1":
+        out.fill_(float("nan"))
+    return out
+
+
+def _launch(
+    q,
+    k,
+    cos,
+    sin,
+    cos_strides,
+    sin_strides,
+    positions,
+    offset,
+    cache,
+    interleaved,
+    rot,
+    bwd,
+    check,
+    backend,
+    out_q,
+    out_k,
+) -> None:
+    """Run the kernel of ``backend`` writing ``out_q``/``out_k`` (which may be ``q``/``k``).
+
+    ``check``: range-check ``positions`` against the cache first (the C++ op always does)."""
+    if q.numel() == 0 and (k is None or k.numel() == 0):
+        return  # nothing to rotate (B, H, S or D is 0)
+    if check and positions is not None and backend != "cpp":
+        _check_position_range(OP, positions, cos.shape[0])
+    if backend == "cpp":
+        torch.ops.fusedops.cpp_rope(
+            q,
+            k,
+            cos,
+            sin,
+            list(cos_strides),
+            list(sin_strides),
+            positions,
+            offset,
+            cache,
+            interleaved,
+            rot,
+            bwd,
+            out_q,
+            out_k,
+        )
+        return
+    if backend != "triton":
+        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
+    from fusedops.kernels.rope import rope_forward
+
+    rope_forward(
+        q,
+        k,
+        cos,
+        sin,
+        out_q,
+        out_k,
+        cos_strides=tuple(cos_strides),
+        sin_strides=tuple(sin_strides),
+        positions=positions,
+        position_offset=offset,
+        cache=cache,
+        interleaved=interleaved,
+        rotary_dim=rot,
+        backward=bwd,
+    )
+
+
+def _grad_layout(g: torch.Tensor) -> torch.Tensor:
+    """Kernels need ``stride(-1) == 1`` (an expanded upstream gradient has stride 0)."""
+    return g if g.stride(-1) == 1 else g.contiguous()
+
+
+@torch.library.custom_op("fusedops::apply_rotary", mutates_args=())
+def apply_rotary_op(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cos_strides: list[int],
+    sin_strides: list[int],
+    positions: torch.Tensor | None,
+    position_offset: int,
+    cache: bool,
+    interleaved: bool,
+    rotary_dim: int,
+    backward: bool,
+    check_indices: bool,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation of validated ``q [B, Hq, S, D]`` / ``k [B, Hk, S, D]`` (stride(-1) == 1).
+
+    ``cos``/``sin`` are read at ``base + b * stride_b + row * stride_row + j * stride_col``
+    (``j < R/2``; row = position in cache mode, ``s`` otherwise); ``positions`` contiguous int
+    ``[B or 1, S]`` or None (``position_offset + s``). ``backward`` negates sin (the gradient).
+    Returns ``(q_out, k_out)`` laid out like the inputs; ``k_out`` is empty when ``k`` is None.
+    """
+    out_q = _empty_like(q)
+    out_k = _empty_like(k) if k is not None else q.new_empty(0)
+    _launch(
+        q,
+        k,
+        cos,
+        sin,
+        cos_strides,
+        sin_strides,
+        positions,
+        position_offset,
+        cache,
+        interleaved,
+        rotary_dim,
+        backward,
+        check_indices,
+        backend,
+        out_q,
+        out_k if k is not None else None,
+    )
+    return out_q, out_k
+
+
+@apply_rotary_op.register_fake
+def _(q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter, rot, bwd, ci, be):
+    return torch.empty_like(q), torch.empty_like(k) if k is not None else q.new_empty(0)
+
+
+def _setup_context(ctx, inputs, output):
+    _, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter, rot, bwd, _, be = (
+        inputs
+    )
+    ctx.save_for_backward(cos, sin, positions)
+    ctx.has_k = k is not None
+    ctx.args = (cos_strides, sin_strides, offset, cache, inter, rot, bwd, be)
+
+
+def _backward(ctx, grad_q, grad_k):
+    # grad_q: [B, Hq, S, D]; grad_k: [B, Hk, S, D] (or an empty tensor when k is None)
+    cos, sin, positions = ctx.saved_tensors
+    cos_strides, sin_strides, offset, cache, inter, rot, bwd, be = ctx.args
+    if not ctx.has_k:
+        grad_k = None
+    gq, gk = apply_rotary_op(
+        _grad_layout(grad_q),
+        None if grad_k is None else _grad_layout(grad_k),
+        cos,
+        sin,
+        cos_strides,
+        sin_strides,
+        positions,
+        offset,
+        cache,
+        inter,
+        rot,
+        not bwd,
+        False,
+        be,
+    )
+    return gq, gk if ctx.has_k else None, *([None] * 12)
+
+
+apply_rotary_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("fusedops::apply_rotary_", mutates_args=("q", "k"))
+def apply_rotary_inplace_op(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cos_strides: list[int],
+    sin_strides: list[int],
+    positions: torch.Tensor | None,
+    position_offset: int,
+    cache: bool,
+    interleaved: bool,
+    rotary_dim: int,
+    check_indices: bool,
+    backend: str,
+) -> None:
+    """:func:`apply_rotary_op` writing into ``q`` and ``k`` (forward rotation only)."""
+    _launch(
+        q,
+        k,
+        cos,
+        sin,
+        cos_strides,
+        sin_strides,
+        positions,
+        position_offset,
+        cache,
+        interleaved,
+        rotary_dim,
+        False,
+        check_indices,
+        backend,
+        q,
+        k,
+    )
+
+
+@apply_rotary_inplace_op.register_fake
+def _(q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter, rot, ci, be):
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# Validation and normalisation of the user's arguments
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RotaryTable:
+    """cos/sin in kernel form: base tensors + element strides ``(batch, row, col)``."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    cos_strides: list[int]
+    sin_strides: list[int]
+    cache: bool
+    rows: int  # cache: max_pos; gathered: S
+
+
+def _normalise_table(
+    op: str,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    batch: int,
+    seq: int,
+    rot: int,
+    interleaved: bool,
+    device: torch.device,
+) -> RotaryTable:
+    """Validate cos/sin and express them as strided views of themselves (never a copy).
+
+    (a) cache ``[max_pos, R/2]``; (b) cache ``[max_pos, R]`` in Hugging Face's duplicated form
+    (first ``R/2`` columns for the half layout, every other column for GPT-J); (c) gathered
+    ``[B or 1, S, R]`` or ``[B or 1, S, R/2]`` (batch stride 0 when the leading dim is 1).
+    """
+    check_tensor(op, "cos", cos)
+    check_tensor(op, "sin", sin)
+    for name, t in (("cos", cos), ("sin", sin)):
+        check_dtype(op, name, t, FLOAT_DTYPES)
+        check_same_device(op, name, t, device)
+    if cos.shape != sin.shape:
+        raise ValueError(
+            f"{op}: cos and sin must have the same shape, got {tuple(cos.shape)} and "
+            f"{tuple(sin.shape)}"
+        )
+    if cos.dim() not in (2, 3) or cos.shape[-1] not in (rot // 2, rot):
+        raise ValueError(
+            f"{op}: cos/sin must be a cache [max_pos, {rot // 2} or {rot}] or gathered "
+            f"[B or 1, S, {rot // 2} or {rot}] for rotary_dim {rot}, got {tuple(cos.shape)}"
+        )
+    if cos.dim() == 3 and (cos.shape[0] not in (1, batch) or cos.shape[1] != seq):
+        raise ValueError(
+            f"{op}: gathered cos/sin must be [{batch} or 1, {seq}, R or R/2] to match q, "
+            f"got {tuple(cos.shape)}"
+        )
+    if cos.dim() == 2 and cos.shape[0] < 1:
+        raise ValueError(f"{op}: the cos/sin cache has no rows: {tuple(cos.shape)}")
+    col_step = 2 if interleaved and cos.shape[-1] == rot and rot > 1 else 1
+
+    def strides(t: torch.Tensor) -> list[int]:
+        if t.dim() == 2:
+            return [0, t.stride(0), t.stride(1) * col_step]
+        batch_stride = 0 if t.shape[0] == 1 else t.stride(0)
+        return [batch_stride, t.stride(1), t.stride(2) * col_step]
+
+    return RotaryTable(
+        cos, sin, strides(cos), strides(sin), cache=cos.dim() == 2, rows=cos.shape[-2]
+    )
+
+
+def _check_rotary_dim(op: str, dim: int, rotary_dim: int | None) -> int:
+    if rotary_dim is None:
+        if dim % 2:
+            raise ValueError(
+                f"{op}: head dim D={dim} is odd; RoPE rotates feature pairs (pass an even "
+                "rotary_dim < D to rotate only part of it)"
+            )
+        return dim
+    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int):
+        raise TypeError(f"{op}: rotary_dim must be an int or None, got {rotary_dim!r}")
+    if rotary_dim < 2 or rotary_dim % 2 or rotary_dim > dim:
+        raise ValueError(f"{op}: rotary_dim must be even and in [2, D={dim}], got {rotary_dim}")
+    return rotary_dim
+
+
+def _check_heads(op: str, name: str, x: torch.Tensor) -> None:
+    check_tensor(op, name, x)
+    check_dtype(op, name, x, FLOAT_DTYPES)
+    if x.dim() != 4:
+        raise ValueError(f"{op}: {name} must be [B, H, S, D], got shape {tuple(x.shape)}")
+
+
+def _check_position_range(op: str, positions: torch.Tensor, rows: int) -> None:
+    """IndexError naming the first position outside the cache ``[0, rows)`` (syncs CUDA)."""
+    check_index_range(op, "positions contains position", positions, 0, rows)
+
+
+def _check_positions(op, positions, position_offset, table, batch, seq, device, check_indices):
+    """Validate positions/offset against the table; return contiguous ``[B or 1, S]`` or None."""
+    if isinstance(position_offset, bool) or not isinstance(position_offset, int):
+        raise TypeError(f"{op}: position_offset must be an int, got {position_offset!r}")
+    if position_offset < 0:
+        raise ValueError(f"{op}: position_offset must be >= 0, got {position_offset}")
+    if not table.cache:
+        if positions is not None or position_offset:
+            raise ValueError(
+                f"{op}: cos/sin are already gathered per token ([B or 1, S, ...]); positions "
+                "and position_offset apply only to a cache [max_pos, ...]"
+            )
+        return None
+    if positions is None:
+        if check_indices and seq and position_offset + seq > table.rows:
+            raise IndexError(
+                f"{op}: position {position_offset + seq - 1} (position_offset "
+                f"{position_offset} + sequence length {seq} - 1) outside the cos/sin cache "
+                f"[0, {table.rows})"
+            )
+        return None
+    check_tensor(op, "positions", positions)
+    check_dtype(op, "positions", positions, INDEX_DTYPES)
+    check_same_device(op, "positions", positions, device)
+    if position_offset:
+        raise ValueError(f"{op}: pass positions or position_offset, not both")
+    if positions.dim() == 1:
+        positions = positions.unsqueeze(0)
+    if positions.dim() != 2 or positions.shape[0] not in (1, batch) or positions.shape[1] != seq:
+        raise ValueError(
+            f"{op}: positions must be [{batch} or 1, {seq}] (or [{seq}]) to match q, got "
+            f"{tuple(positions.shape)}"
+        )
+    return positions.contiguous()
+
+
+def _validate(op, q, k, cos, sin, positions, position_offset, rotary_dim, interleaved, checks):
+    _check_heads(op, "q", q)
+    device = q.device
+    batch, _, seq, dim = q.shape
+    if k is not None:
+        _check_heads(op, "k", k)
+        check_same_device(op, "k", k, device)
+        if k.dtype != q.dtype:
+            raise TypeError(f"{op}: k dtype {k.dtype} differs from q dtype {q.dtype}")
+        if (k.shape[0], k.shape[2], k.shape[3]) != (batch, seq, dim):
+            raise ValueError(
+                f"{op}: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch, sequence "
+                "and head dim ([B, Hk, S, D] vs [B, Hq, S, D])"
+            )
+    if not isinstance(interleaved, bool):
+        raise TypeError(f"{op}: interleaved must be a bool, got {interleaved!r}")
+    rot = _check_rotary_dim(op, dim, rotary_dim)
+    table = _normalise_table(op, cos, sin, batch, seq, rot, interleaved, device)
+    positions = _check_positions(op, positions, position_offset, table, batch, seq, device, checks)
+    return rot, table, positions
+
+
+def _kernel_layout(op: str, x: torch.Tensor, inplace: bool, name: str) -> torch.Tensor:
+    if x.stride(-1) == 1 or x.numel() == 0:
+        return x
+    if inplace:
+        raise ValueError(
+            f"{op}: inplace=True needs {name} with a contiguous last dim (stride(-1) == 1), "
+            f"got strides {x.stride()}"
+        )
+    return x.contiguous()
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def apply_rotary(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    positions: torch.Tensor | None = None,
+    position_offset: int = 0,
+    interleaved: bool = False,
+    rotary_dim: int | None = None,
+    inplace: bool = False,
+    check_indices: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotary position embedding of ``q`` and ``k`` in one launch.
+
+    Pairs ``(x[j], x[j + R/2])`` (half layout, NeoX/Llama ``rotate_half``) or
+    ``(x[2j], x[2j+1])`` (``interleaved=True``, GPT-J) of the first ``R = rotary_dim`` features
+    are rotated by the angle of frequency ``j`` at the token's position:
+    ``y1 = x1 * c - x2 * s``, ``y2 = x2 * c + x1 * s``; features ``[R, D)`` are copied.
+
+    Args:
+        q: ``[B, Hq, S, D]`` fp32/fp16/bf16, any strides with ``stride(-1) == 1`` (so
+            ``[B, S, H, D].transpose(1, 2)`` views work).
+        k: ``[B, Hk, S, D]`` (``Hk`` may differ from ``Hq``: GQA/MQA), same dtype, or None.
+        cos, sin: a cache ``[max_pos, R/2]`` or ``[max_pos, R]`` (Hugging Face's duplicated
+            form), indexed by position; or gathered per token as Hugging Face passes them,
+            ``[B or 1, S, R]`` or ``[B or 1, S, R/2]``. Any float dtype; read in place.
+        positions: int32/int64 ``[B or 1, S]`` (or ``[S]``) positions into a cache.
+        position_offset: first position when ``positions`` is None (KV-cache decode).
+        interleaved: GPT-J pairs instead of the half layout.
+        rotary_dim: ``R`` (even, ``<= D``; default ``D``).
+        inplace: write into ``q``/``k`` (only when no gradient is needed) and return them.
+        check_indices: range-check positions against the cache (``IndexError``); on CUDA the
+            check syncs the device. Unchecked out-of-range positions are masked by the kernels.
+    Returns:
+        ``(q_out, k_out)`` in the input dtype (math in fp32), laid out like the inputs;
+        ``k_out`` is None when ``k`` is None. ``inplace=False`` leaves the inputs untouched.
+    Raises:
+        TypeError / ValueError for bad dtypes, shapes, devices or options; IndexError for
+        positions outside the cache; RuntimeError if the requested backend cannot run.
+    """
+    rot, table, positions = _validate(
+        OP, q, k, cos, sin, positions, position_offset, rotary_dim, interleaved, check_indices
+    )
+    if not isinstance(inplace, bool):
+        raise TypeError(f"{OP}: inplace must be a bool, got {inplace!r}")
+    if _needs_grad(cos, sin):
+        raise ValueError(
+            f"{OP}: cos/sin require grad, but they are treated as constants (no gradient "
+            "flows to them); pass cos.detach() / sin.detach()"
+        )
+    needs_grad = _needs_grad(q, k)
+    if inplace and needs_grad:
+        raise ValueError(
+            f"{OP}: inplace=True cannot be used when q or k requires grad (autograd needs the "
+            "inputs); use inplace=False or run under torch.no_grad()"
+        )
+    backend = resolve_backend(OP, q.device)
+    if backend == "reference":
+        if check_indices and positions is not None:
+            _check_position_range(OP, positions, table.rows)
+        out_q, out_k = reference.apply_rotary(
+            q,
+            k,
+            table.cos,
+            table.sin,
+            positions=positions,
+            position_offset=position_offset,
+            interleaved=interleaved,
+            rotary_dim=rot,
+        )
+        if not inplace:
+            return out_q, out_k
+        q.copy_(out_q)
+        if k is not None:
+            k.copy_(out_k)
+        return q, k
+    q = _kernel_layout(OP, q, inplace, "q")
+    k = None if k is None else _kernel_layout(OP, k, inplace, "k")
+    args = (
+        table.cos,
+        table.sin,
+        table.cos_strides,
+        table.sin_strides,
+        positions,
+        position_offset,
+        table.cache,
+        interleaved,
+        rot,
+    )
+    if inplace:
+        apply_rotary_inplace_op(q, k, *args, check_indices, backend)
+        return q, k
+    if backend == "cpp" and not needs_grad:
+        # Inference: the C++ op directly, skipping the autograd custom op's Python dispatch.
+        out_q = _empty_like(q)
+        out_k = None if k is None else _empty_like(k)
+        torch.ops.fusedops.cpp_rope(
+            q,
+            k,
+            table.cos,
+            table.sin,
+            table.cos_strides,
+            table.sin_strides,
+            positions,
+            position_offset,
+            table.cache,
+            interleaved,
+            rot,
+            False,
+            out_q,
+            out_k,
+        )
+        return out_q, out_k
+    out_q, out_k = apply_rotary_op(q, k, *args, False, check_indices, backend)
+    return out_q, None if k is None else out_k
+
+
+def apply_rotary_varlen(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    *,
+    interleaved: bool = False,
+    rotary_dim: int | None = None,
+    inplace: bool = False,
+    check_indices: bool = True,
+) -> torch.Tensor:
+    """RoPE on packed variable-length sequences: positions restart at 0 per sequence.
+
+    Args:
+        x: ``[T, H, D]`` packed tokens (stride(-1) == 1), fp32/fp16/bf16.
+        cos, sin: a cache ``[max_pos, R/2 or R]``.
+        cu_seqlens: int32/int64 ``[N + 1]`` sequence boundaries, ``cu_seqlens[0] = 0``,
+            non-decreasing, ``cu_seqlens[-1] = T``; token ``t`` of sequence ``i`` has position
+            ``t - cu_seqlens[i]`` (computed on the device with ``searchsorted``, no sync).
+        interleaved, rotary_dim, inplace: as in :func:`apply_rotary`.
+        check_indices: check ``cu_seqlens`` and the positions against the cache (syncs a CUDA
+            device); with False they are trusted and out-of-cache positions are masked.
+    Returns:
+        ``[T, H, D]`` (``x`` itself when ``inplace``).
+    """
+    op = OP_VARLEN
+    check_tensor(op, "x", x)
+    check_dtype(op, "x", x, FLOAT_DTYPES)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must be [T, H, D] packed tokens, got shape {tuple(x.shape)}")
+    check_tensor(op, "cu_seqlens", cu_seqlens)
+    check_dtype(op, "cu_seqlens", cu_seqlens, INDEX_DTYPES)
+    check_same_device(op, "cu_seqlens", cu_seqlens, x.device)
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(
+            f"{op}: cu_seqlens must be [N + 1] with N >= 1, got shape {tuple(cu_seqlens.shape)}"
+        )
+    check_tensor(op, "cos", cos)
+    if cos.dim() != 2:
+        raise ValueError(
+            f"{op}: cos/sin must be a cache [max_pos, R/2 or R], got shape {tuple(cos.shape)}"
+        )
+    total = x.shape[0]
+    if check_indices:
+        first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
+        if first != 0 or last != total:
+            raise ValueError(
+                f"{op}: cu_seqlens must start at 0 and end at T={total}, got {first} and {last}"
+            )
+        steps = cu_seqlens[1:] - cu_seqlens[:-1]
+        if bool((steps < 0).any()):
+            raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {cu_seqlens.tolist()}")
+    positions = reference.varlen_positions(cu_seqlens.contiguous(), total).unsqueeze(0)  # [1, T]
+    view = x.permute(1, 0, 2).unsqueeze(0)  # [1, H, T, D], a view
+    try:
+        out, _ = apply_rotary(
+            view,
+            None,
+            cos,
+            sin,
+            positions=positions,
+            interleaved=interleaved,
+            rotary_dim=rotary_dim,
+            inplace=inplace,
+            check_indices=check_indices,
+        )
+    except (TypeError, ValueError, IndexError) as exc:
+        raise type(exc)(str(exc).replace(f"{OP}:", f"{op}:", 1)) from None
+    return x if inplace else out.squeeze(0).permute(1, 0, 2)
