@@ -57,3 +57,29 @@ def backend_cases() -> list:
 
 
 KERNEL_CASES = [c for c in backend_cases() if c.values[0] != "reference"]
+
+
+def report_compiles(name: str, labels: list[str], reports: list) -> None:
+    """Print the per-config compile table (``pytest -s``) and write it next to the venv.
+
+    ``labels`` lead each line (e.g. the dtypes; a report's summary names only constexprs).
+    """
+    import os
+    import sys
+
+    lines = [f"{label} {r.summary()}" for label, r in zip(labels, reports, strict=True)]
+    path = os.path.join(sys.prefix, "fusedops-reports", f"gpu_compile_{name}.txt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"\n{name}: {len(reports)} compiles (table in {path})")
+    print("\n".join(lines))
+
+
+def assert_compiled_clean(bytes_per_thread: list[int], reports: list) -> None:
+    """0 spills and 0 stack everywhere; 128-bit loads wherever a thread owns >= 16 contiguous
+    bytes of a row (below that no 128-bit load is possible)."""
+    for nbytes, report in zip(bytes_per_thread, reports, strict=True):
+        report.assert_clean(require_v4_loads=nbytes >= 16)
+        assert report.spill_stores == 0 and report.spill_loads == 0, report.summary()
+        assert report.stack_frame == 0, report.summary()

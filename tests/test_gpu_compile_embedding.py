@@ -8,10 +8,8 @@ compile cache.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
+from helpers import assert_compiled_clean, report_compiles
 
 from fusedops.kernels import embedding as k
 from fusedops.testing import CompileJob, compile_many
@@ -137,30 +135,15 @@ def _backward_jobs() -> list[tuple[CompileJob, int]]:
     return jobs
 
 
-def _report(name: str, jobs, reports) -> None:
-    # The table dtype leads each line (the summary names only the constexprs).
-    dtypes = [
-        next(iter(job.signature.values()))
-        if "grad_ptr" in job.signature
-        else job.signature["weight_ptr"]
-        for job in jobs
-    ]
-    lines = [f"{dt[1:]:>4} {r.summary()}" for dt, r in zip(dtypes, reports, strict=True)]
-    path = os.path.join(sys.prefix, "fusedops-reports", f"gpu_compile_{name}.txt")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print(f"\n{name}: {len(reports)} compiles (table in {path})")
-    print("\n".join(lines))
+def _dtype_labels(jobs) -> list[str]:
+    """The table dtype of each job (grad_ptr for the backward kernels)."""
+    keys = [("grad_ptr" if "grad_ptr" in job.signature else "weight_ptr") for job in jobs]
+    return [f"{job.signature[key][1:]:>4}" for job, key in zip(jobs, keys, strict=True)]
 
 
 @pytest.mark.parametrize("family", ["forward", "backward"])
 def test_every_config_compiles_clean(family):
     jobs = _forward_jobs() if family == "forward" else _backward_jobs()
     reports = compile_many([job for job, _ in jobs])
-    _report(f"embedding_{family}", [job for job, _ in jobs], reports)
-    for (_job, bytes_per_thread), report in zip(jobs, reports, strict=True):
-        # A thread can issue a 128-bit load only when it owns >= 16 contiguous bytes of a row.
-        report.assert_clean(require_v4_loads=bytes_per_thread >= 16)
-        assert report.spill_stores == 0 and report.spill_loads == 0, report.summary()
-        assert report.stack_frame == 0, report.summary()
+    report_compiles(f"embedding_{family}", _dtype_labels([job for job, _ in jobs]), reports)
+    assert_compiled_clean([nbytes for _, nbytes in jobs], reports)

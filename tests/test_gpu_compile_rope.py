@@ -10,10 +10,8 @@ next to the compile cache.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
+from helpers import assert_compiled_clean, report_compiles
 
 from fusedops.kernels import rope as k
 from fusedops.testing import CompileJob, compile_many
@@ -167,36 +165,16 @@ def _variant_jobs() -> list[tuple[CompileJob, int]]:
     return jobs
 
 
-def _report(name: str, jobs, reports) -> None:
-    lines = []
-    for job, r in zip(jobs, reports, strict=True):
-        dt = job.signature["q_ptr"][1:]
-        table = job.signature["cos_ptr"][1:]
-        lines.append(f"{dt:>4} cos {table:>4} {r.summary()}")
-    path = os.path.join(sys.prefix, "fusedops-reports", f"gpu_compile_{name}.txt")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print(f"\n{name}: {len(reports)} compiles (table in {path})")
-    print("\n".join(lines))
+def _labels(jobs) -> list[str]:
+    """q dtype and cos/sin table dtype of each job."""
+    return [
+        f"{job.signature['q_ptr'][1:]:>4} cos {job.signature['cos_ptr'][1:]:>4}" for job in jobs
+    ]
 
 
 @pytest.mark.parametrize("family", ["configs", "variants"])
 def test_every_config_compiles_clean(family):
     jobs = _sweep_jobs() if family == "configs" else _variant_jobs()
     reports = compile_many([job for job, _ in jobs])
-    _report(f"rope_{family}", [job for job, _ in jobs], reports)
-    for (_job, bytes_per_thread), report in zip(jobs, reports, strict=True):
-        # A thread can issue a 128-bit load only when it owns >= 16 contiguous bytes of a row.
-        report.assert_clean(require_v4_loads=bytes_per_thread >= 16)
-        assert report.spill_stores == 0 and report.spill_loads == 0, report.summary()
-        assert report.stack_frame == 0, report.summary()
-
-
-def test_config_space_is_small_and_fits():
-    space = k.rope_config_space()
-    assert space and len(space) <= 24
-    for block_h, block_r2, warps in space:
-        assert 1 <= block_h <= k.MAX_BLOCK_H
-        assert k.MIN_BLOCK_R2 <= block_r2 <= k.MAX_BLOCK_R2
-        assert 8 <= block_h * block_r2 // (32 * warps) <= 32
+    report_compiles(f"rope_{family}", _labels([job for job, _ in jobs]), reports)
+    assert_compiled_clean([nbytes for _, nbytes in jobs], reports)
