@@ -244,13 +244,7 @@ CASES: list[bm.Case] = [
 
 
 def _params() -> list[Any]:
-    params = []
-    for case in CASES:
-        for impl in (bm.FUSED, bm.EAGER, bm.COMPILE):
-            if impl == bm.COMPILE and "no-compile" in case.tags:
-                continue
-            params.append(pytest.param(case, impl, id=f"{case.id}-{impl}"))
-    return params
+    return [pytest.param(c, i, id=name) for c, i, name in bm.case_impl_params(CASES)]
 
 
 @pytest.mark.parametrize(("case", "impl"), _params())

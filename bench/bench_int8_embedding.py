@@ -190,9 +190,8 @@ CASES: list[bm.Case] = [
 
 def _params() -> list[Any]:
     return [
-        pytest.param(case, impl, id=f"{case.id}-{impl}")
-        for case in CASES
-        for impl in (bm.FUSED, bm.EAGER, bm.COMPILE, FLOAT_TABLE)
+        pytest.param(c, i, id=name)
+        for c, i, name in bm.case_impl_params(CASES, (bm.FUSED, bm.EAGER, bm.COMPILE, FLOAT_TABLE))
     ]
 
 

@@ -577,3 +577,17 @@ def format_table(rows: Sequence[Row], *, title: str | None = None) -> str:
         previous = key
         out.append(line(cell))
     return "\n".join(out)
+
+
+def case_impl_params(
+    cases: Iterable[Case], impls: Sequence[str] = (FUSED, EAGER, COMPILE)
+) -> list[tuple[Case, str, str]]:
+    """``(case, impl, test id)`` for every implementation of every case, for
+    ``pytest.mark.parametrize`` in the bench suites; cases tagged ``no-compile`` skip
+    :data:`COMPILE`."""
+    return [
+        (case, impl, f"{case.id}-{impl}")
+        for case in cases
+        for impl in impls
+        if not (impl == COMPILE and "no-compile" in case.tags)
+    ]
