@@ -19,6 +19,15 @@ def empty_output(shape: tuple[int, ...] | list[int], dtype: torch.dtype, device:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def empty_output_like(x: torch.Tensor) -> torch.Tensor:
+    """:func:`empty_output` with ``x``'s shape, dtype, device and layout (strides of a dense
+    tensor are kept, so e.g. ``[B, S, H, D]`` views stay that way)."""
+    out = torch.empty_like(x)
+    if os.environ.get(POISON_ENV) == "1":
+        out.fill_(float("nan"))
+    return out
+
+
 def check_tensor(op: str, name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")

@@ -12,7 +12,6 @@ backend runs plain PyTorch and never reaches them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +21,11 @@ from fusedops._backend import resolve_backend
 from fusedops.ops._common import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
-    POISON_ENV,
     check_dtype,
     check_index_range,
     check_same_device,
     check_tensor,
+    empty_output_like,
 )
 
 OP = "apply_rotary"
@@ -36,14 +35,6 @@ OP_VARLEN = "apply_rotary_varlen"
 # ------------------------------------------------------------------------------------------
 # Kernel launches (validated, normalised arguments)
 # ------------------------------------------------------------------------------------------
-
-
-def _empty_like(x: torch.Tensor) -> torch.Tensor:
-    """Output with ``x``'s layout (so [B, S, H, D] views stay that way); NaN when poisoned."""
-    out = torch.empty_like(x)
-    if os.environ.get(POISON_ENV) == "1":
-        out.fill_(float("nan"))
-    return out
 
 
 def _launch(
@@ -140,8 +131,8 @@ def apply_rotary_op(
     ``[B or 1, S]`` or None (``position_offset + s``). ``backward`` negates sin (the gradient).
     Returns ``(q_out, k_out)`` laid out like the inputs; ``k_out`` is empty when ``k`` is None.
     """
-    out_q = _empty_like(q)
-    out_k = _empty_like(k) if k is not None else q.new_empty(0)
+    out_q = empty_output_like(q)
+    out_k = empty_output_like(k) if k is not None else q.new_empty(0)
     _launch(
         q,
         k,
@@ -510,8 +501,8 @@ def apply_rotary(
         return q, k
     if backend == "cpp" and not needs_grad:
         # Inference: the C++ op directly, skipping the autograd custom op's Python dispatch.
-        out_q = _empty_like(q)
-        out_k = None if k is None else _empty_like(k)
+        out_q = empty_output_like(q)
+        out_k = None if k is None else empty_output_like(k)
         torch.ops.fusedops.cpp_rope(
             q,
             k,
