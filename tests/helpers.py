@@ -39,6 +39,45 @@ def assert_close(
     )
 
 
+# Attention's bound (flash-attention's): the kernel's max abs error against fp64 may be twice
+# that of the same math done by PyTorch in the input dtype (the yardstick) plus this floor
+# times max(1, max |fp64 value|). (fp32: a gradient that is exactly 0 in fp64 and in the
+# yardstick, e.g. dk with a single key, still sums Sq rounded terms in any kernel.)
+ATTENTION_FLOOR: dict[torch.dtype, float] = {
+    torch.float32: 5e-5,
+    torch.float16: 2e-3,
+    torch.bfloat16: 1.6e-2,
+}
+
+
+def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| in fp64 on the CPU (0 for empty tensors)."""
+    if actual.numel() == 0:
+        return 0.0
+    diff = actual.detach().double().cpu() - expected.detach().double().cpu()
+    return diff.abs().max().item()
+
+
+def assert_attention_bound(
+    name: str,
+    actual: torch.Tensor,
+    yardstick: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype,
+) -> float:
+    """``actual`` (kernel) and ``yardstick`` (PyTorch in ``dtype``) against ``expected``
+    (fp64): fails on NaN or when the kernel's error exceeds the bound. Returns the error."""
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert not torch.isnan(actual).any(), f"{name}: NaN (unwritten or poisoned elements)"
+    err, base = max_abs_error(actual, expected), max_abs_error(yardstick, expected)
+    top = expected.detach().abs().max().item() if expected.numel() else 0.0
+    floor = ATTENTION_FLOOR[dtype] * max(1.0, top)
+    assert err <= 2 * base + floor, (
+        f"{name}: max error {err:.3g} > 2 x PyTorch-in-{dtype}'s {base:.3g} + floor {floor:.3g}"
+    )
+    return err
+
+
 def backend_cases() -> list:
     """(backend, device) pairs every op is tested on here: Triton runs natively on CUDA and
     through the interpreter on CPU; the C++ kernels and the reference run on CPU."""

@@ -8,6 +8,8 @@ See README.md for the rules.
 
 from fusedops import nn, reference
 from fusedops._backend import current_backend, use_backend
+from fusedops.nn.attention import attention_hf
+from fusedops.ops.attention import attention
 from fusedops.ops.embedding import fused_embedding
 from fusedops.ops.int8_embedding import int8_embedding, quantize_embedding
 from fusedops.ops.rope import apply_rotary, apply_rotary_varlen
@@ -16,6 +18,8 @@ from fusedops.reference import rope_cos_sin
 __all__ = [
     "apply_rotary",
     "apply_rotary_varlen",
+    "attention",
+    "attention_hf",
     "current_backend",
     "fused_embedding",
     "int8_embedding",

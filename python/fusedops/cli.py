@@ -4,7 +4,9 @@
 
 Each row runs one op through one backend, checks it against the fp64 reference (max abs
 error) and times it against eager PyTorch and ``torch.compile`` of the same reference (for
-RoPE: of transformers' Llama ``apply_rotary_pos_emb`` formula, on the cos/sin it receives). The INT8
+RoPE: of transformers' Llama ``apply_rotary_pos_emb`` formula, on the cos/sin it receives; for
+attention: of the eager causal softmax formula, and its row passes within the issue's bound, 2x
+the eager formula's own error plus a floor). The INT8
 row is the exception: its error is against the fp32 table's lookup (the quantization error,
 at most half a quantization step), its memory is int8 + scales vs the fp32 table, and its
 baselines are the bitsandbytes-style composition (two gathers and a multiply) and
@@ -26,6 +28,13 @@ import torch
 import torch.nn.functional as F
 
 _HAS_CUDA = torch.cuda.is_available()
+# Triton's interpreter must be on before triton.language is imported (its @jit'd standard
+# functions, tl.max / tl.sum, are created in one mode). `python -m fusedops.cli` and the
+# `fusedops` script import the fusedops package, hence triton, before this line: main() then
+# re-executes the command once with the variable set.
+_INTERPRETER_TOO_LATE = (
+    not _HAS_CUDA and "TRITON_INTERPRET" not in os.environ and "triton.language" in sys.modules
+)
 if not _HAS_CUDA:  # must precede the first import of fusedops.kernels
     os.environ.setdefault("TRITON_INTERPRET", "1")
 for _var, _sub in (("TRITON_CACHE_DIR", "triton-cache"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
@@ -180,6 +189,52 @@ def _rope_row(backend, device, dtype, batch, heads_q, heads_k, seq, dim, *, comp
     )
 
 
+def _eager_attention(q, k, v):
+    """Causal (bottom-right) attention as transformers' eager path writes it (GQA repeated)."""
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    sq, sk = q.shape[2], k.shape[2]
+    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def _attention_row(backend, device, dtype, batch, heads_q, heads_kv, seq, dim, *, compile_ref,
+                   min_time):  # fmt: skip
+    """Causal attention; passes when its error is within the issue's bound: 2x the error of
+    the eager formula in the same dtype (both against fp64) plus a small floor."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, heads_q, seq, dim, generator=gen).to(dtype).to(device)
+    k = torch.randn(batch, heads_kv, seq, dim, generator=gen).to(dtype).to(device)
+    v = torch.randn(batch, heads_kv, seq, dim, generator=gen).to(dtype).to(device)
+
+    def fused():
+        with fusedops.use_backend(backend), torch.no_grad():
+            return fusedops.attention(q, k, v, causal=True)
+
+    expected = reference.attention(q.double(), k.double(), v.double(), causal=True)
+    max_err = (fused().double() - expected).abs().max().item()
+    eager_err = (_eager_attention(q, k, v).double() - expected).abs().max().item()
+    compiled_ms = None
+    if compile_ref:
+        compiled = torch.compile(_eager_attention)
+        compiled_ms = _time(lambda: compiled(q, k, v), device, min_time)
+    return DemoRow(
+        op="attention (causal)",
+        backend=backend if backend != "triton" or _HAS_CUDA else "triton (interpreter)",
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        shape=f"B={batch} Hq={heads_q} Hkv={heads_kv} S={seq} D={dim}",
+        max_err=max_err,
+        ref_max=expected.abs().max().item(),
+        fused_ms=_time(fused, device, min_time),
+        eager_ms=_time(lambda: _eager_attention(q, k, v), device, min_time),
+        compile_ms=compiled_ms,
+        ok=max_err <= 2 * eager_err + 1e-5,
+    )
+
+
 def _format(rows: list[DemoRow]) -> str:
     head = [
         "op",
@@ -263,6 +318,13 @@ def demo(quick: bool = False) -> int:
             min_time=min_time,
         )
     )
+    print(f"  running attention (causal, B=1 H=8 S=1024 D=64) on {main_backend} ...", flush=True)
+    rows.append(
+        _attention_row(
+            main_backend, device, torch.float32, 1, 8, 8, 1024, 64, compile_ref=True,
+            min_time=min_time,
+        )
+    )  # fmt: skip
     print(f"  running int8 embedding (per-row scales) on {device} ...", flush=True)
     rows.append(_int8_row(device, 8, 1024, 768, 50257, min_time=min_time))
     if not _HAS_CUDA:
@@ -288,6 +350,12 @@ def demo(quick: bool = False) -> int:
                 "triton", "cpu", torch.float32, 1, 9, 3, 16, 64, compile_ref=False, min_time=0.1
             )
         )
+        print("  running attention through Triton's interpreter (small case) ...", flush=True)
+        rows.append(
+            _attention_row(
+                "triton", "cpu", torch.float32, 1, 4, 2, 64, 64, compile_ref=False, min_time=0.1
+            )
+        )
     print()
     print(_format(rows))
     # Max error relative to the largest reference value: ~ulps of the output dtype.
@@ -308,6 +376,9 @@ def demo(quick: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and _INTERPRETER_TOO_LATE:
+        # TRITON_INTERPRET=1 is in os.environ now: start over with it (see the top).
+        os.execv(sys.executable, [sys.executable, "-m", "fusedops.cli", *sys.argv[1:]])
     parser = argparse.ArgumentParser(prog="fusedops", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo_p = sub.add_parser("demo", help="run, check and time the fused ops on this machine")

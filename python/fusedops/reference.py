@@ -528,3 +528,79 @@ def rope_cos_sin(
     cos = torch.cos(angle) * attention_scaling
     sin = torch.sin(angle) * attention_scaling
     return cos.to(dtype), sin.to(dtype)
+
+
+def attention_mask(
+    seq_q: int,
+    seq_k: int,
+    *,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor | None:
+    """Boolean ``[B or 1, 1, Sq, Sk]`` mask (True = attend), or None when every key is allowed.
+
+    Causal is bottom-right aligned: query ``i`` may attend key ``j`` iff ``j <= i + Sk - Sq``
+    (the last query sees every key, as in KV-cache decode); ``key_padding_mask [B, Sk]``
+    (True = attend) is combined with it."""
+    mask = None
+    if causal:
+        i = torch.arange(seq_q, device=device).unsqueeze(1)
+        j = torch.arange(seq_k, device=device).unsqueeze(0)
+        mask = (j <= i + (seq_k - seq_q)).view(1, 1, seq_q, seq_k)
+    if key_padding_mask is not None:
+        pad = key_padding_mask.to(device=device, dtype=torch.bool).view(-1, 1, 1, seq_k)
+        mask = pad if mask is None else mask & pad
+    return mask
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    return_lse: bool = False,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention, the spec of ``fusedops.attention`` (plain PyTorch).
+
+    ``q [B, Hq, Sq, D]``, ``k``/``v`` ``[B, Hkv, Sk, D]`` with ``Hq % Hkv == 0`` (query head
+    ``h`` uses kv head ``h // (Hq // Hkv)``; materialised here with ``repeat_interleave``).
+    Math in fp32 (fp64 for fp64 inputs); ``scale = softmax_scale or 1/sqrt(D)``; causal is
+    bottom-right (see :func:`attention_mask`). A query row with no allowed key returns zeros and
+    an lse of ``-inf``. Returns ``out [B, Hq, Sq, D]`` in q's dtype, and with ``return_lse``
+    also ``lse [B, Hq, Sq]`` (natural log of the row's sum of ``exp(scale * q.k)``) in the
+    compute dtype. ``compute_dtype`` overrides the math's precision (tests pass the input dtype
+    to measure what PyTorch itself loses in fp16/bf16: the yardstick of the error bound)."""
+    compute = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
+    heads_q, seq_q, dim = q.shape[1], q.shape[2], q.shape[3]
+    heads_kv, seq_k = k.shape[1], k.shape[2]
+    group = heads_q // heads_kv
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(dim)
+    qf, kf, vf = q.to(compute), k.to(compute), v.to(compute)
+    if group != 1:
+        kf = kf.repeat_interleave(group, dim=1)
+        vf = vf.repeat_interleave(group, dim=1)
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # [B, Hq, Sq, Sk]
+    mask = attention_mask(
+        seq_q, seq_k, causal=causal, key_padding_mask=key_padding_mask, device=q.device
+    )
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    # Softmax written out so that rows with no allowed key give zeros (and finite gradients).
+    if seq_k == 0:  # no keys at all: every row is empty
+        row_max = scores.new_zeros((*scores.shape[:3], 1))
+    else:
+        row_max = scores.detach().amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isinf(row_max), 0.0, row_max)
+    exp = torch.exp(scores - row_max)
+    denom = exp.sum(dim=-1, keepdim=True)
+    probs = exp / torch.where(denom == 0, 1.0, denom)
+    lse = (torch.log(denom) + row_max).squeeze(-1)  # -inf for rows with no allowed key
+    out = torch.matmul(probs, vf).to(q.dtype)
+    if return_lse:
+        return out, lse
+    return out

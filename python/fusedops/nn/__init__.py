@@ -1,7 +1,8 @@
 """``nn.Module`` drop-ins built on the fused ops."""
 
+from fusedops.nn.attention import FusedAttention, attention_hf
 from fusedops.nn.embedding import FusedEmbedding
 from fusedops.nn.int8_embedding import Int8Embedding
 from fusedops.nn.rotary import RotaryEmbedding
 
-__all__ = ["FusedEmbedding", "Int8Embedding", "RotaryEmbedding"]
+__all__ = ["FusedAttention", "FusedEmbedding", "Int8Embedding", "RotaryEmbedding", "attention_hf"]

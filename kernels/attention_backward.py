@@ -1,0 +1,584 @@
+"""FlashAttention-2 backward for causal / padded / GQA attention (Triton; no autograd here).
+
+Three launches, all deterministic (no atomics):
+
+1. ``_bwd_preprocess``: ``delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d]`` in fp32.
+2. ``_bwd_dkdv``: one program per key block of one kv head. It loops over the ``Hq / Hkv``
+   query heads of its group and over their query blocks, recomputing
+   ``P^T = exp(K Q^T * scale - lse)`` and accumulating ``dV += P^T dO`` and
+   ``dK += (P^T * (V dO^T - delta)) Q`` in fp32 registers, so GQA grads are summed in one
+   program instead of with atomics.
+3. ``_bwd_dq``: one program per query block of one q head, looping over the key blocks it may
+   attend: ``dQ += (P * (dO V^T - delta)) K``.
+
+Key ``j`` is allowed for query ``i`` iff ``j < Sk``, ``key_padding_mask[b, j]`` (when given) and,
+when causal, ``j <= i + Sk - Sq`` (bottom-right). A disallowed pair has ``P = 0``; a row with no
+allowed key (lse = -inf) therefore gets zero ``dq`` and adds nothing to ``dk``/``dv``. Head dims
+that are not powers of two run in a padded ``BLOCK_D`` tile with masked columns.
+
+Scores are handled in base 2: ``exp(s * scale - lse) = exp2(s * scale * log2(e) - lse * log2(e))``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRET
+
+LOG2E = 1.4426950408889634
+MIN_HEAD_DIM = 16
+MAX_HEAD_DIM = 256
+
+
+def block_d_for(head_dim: int) -> int:
+    """Padded (power of two, >= 16) tile width of the head dim."""
+    return max(MIN_HEAD_DIM, triton.next_power_of_2(head_dim))
+
+
+# Per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates of each kernel,
+# kept to those compiled clean (0 spills, tensor cores) for sm_80 and sm_90 by
+# tests/test_gpu_compile_attention_backward.py. dk/dv keeps a BLOCK_N key tile and two fp32
+# [BLOCK_N, BLOCK_D] accumulators resident and streams BLOCK_M query rows; dq keeps a BLOCK_M
+# query tile (wgmma needs BLOCK_M >= 64) and streams BLOCK_N keys.
+_DKDV_SPACE = {
+    16: ((32, 64, 4, 1), (32, 64, 8, 1), (64, 64, 8, 1), (64, 128, 8, 1)),
+    32: ((32, 64, 4, 1), (32, 64, 8, 2), (64, 64, 8, 1), (64, 64, 4, 2)),
+    64: ((32, 64, 4, 1), (32, 64, 8, 1), (64, 64, 8, 1), (64, 64, 8, 2)),
+    128: ((32, 64, 8, 1), (32, 64, 8, 2)),
+    256: ((16, 32, 4, 1), (16, 32, 8, 1), (32, 32, 8, 1)),
+}
+_DQ_SPACE = {
+    16: ((64, 64, 4, 1), (64, 64, 8, 1), (64, 128, 4, 1), (64, 128, 8, 1)),
+    32: ((64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
+    64: ((64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
+    128: ((64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
+    256: ((32, 32, 4, 1), (32, 16, 4, 1)),
+}
+# fp32 inputs (tf32x3 dots: three tensor-core products per dot, fp32 operands) need smaller
+# tiles. At BLOCK_D 256 every tf32x3 tile spilled (132..11940 bytes on sm_80): those dots run
+# as fp32 FMAs on the CUDA cores ("ieee", see dot_precision), whose tiles below compile clean.
+_DKDV_SPACE_FP32 = {
+    16: ((16, 32, 4, 1), (32, 32, 4, 1), (32, 64, 4, 1)),
+    32: ((16, 64, 4, 1),),
+    64: ((16, 32, 8, 1),),
+    128: ((16, 16, 8, 1),),
+    256: ((16, 16, 4, 1), (16, 16, 8, 1)),
+}
+_DQ_SPACE_FP32 = {
+    16: ((32, 16, 4, 1), (32, 32, 4, 1), (64, 32, 4, 1)),
+    32: ((32, 16, 4, 1), (32, 32, 4, 1), (64, 16, 4, 1)),
+    64: ((32, 16, 8, 1), (64, 16, 8, 1)),
+    128: ((16, 16, 8, 1),),
+    256: ((16, 16, 8, 1), (32, 16, 4, 1), (32, 32, 8, 1)),
+}
+
+
+def dot_precision(dtype: torch.dtype, head_dim: int) -> str:
+    """``tl.dot`` input precision: fp16/bf16 run natively on the tensor cores (the argument is
+    ignored for them). fp32 keeps fp32 accuracy: "tf32x3" (three tf32 tensor-core products)
+    up to BLOCK_D 128; at BLOCK_D 256 tf32x3 spills, so "ieee" (fp32 FMAs, no tensor cores:
+    slower, never less accurate). Plain tf32 (~1e-3 relative error) is never used."""
+    if dtype != torch.float32:
+        return "tf32"
+    return "tf32x3" if block_d_for(head_dim) <= 128 else "ieee"
+
+
+def backward_config_space(
+    head_dim: int, kernel: str = "dkdv", fp32: bool = False
+) -> list[tuple[int, int, int, int]]:
+    """Every (BLOCK_M, BLOCK_N, num_warps, num_stages) ``kernel`` ("dkdv" or "dq") may run for
+    ``head_dim`` (``fp32``: for float32 inputs)."""
+    if fp32:
+        space = _DKDV_SPACE_FP32 if kernel == "dkdv" else _DQ_SPACE_FP32
+    else:
+        space = _DKDV_SPACE if kernel == "dkdv" else _DQ_SPACE
+    return list(space[block_d_for(head_dim)])
+
+
+def preprocess_block_m(head_dim: int) -> int:
+    """Rows per program of the delta preprocess (about 32 fp32 values per thread of 4 warps)."""
+    return min(64, max(16, 4096 // block_d_for(head_dim)))
+
+
+def _all_configs(kernel: str) -> list[triton.Config]:
+    seen = []
+    for d in (16, 32, 64, 128, 256):
+        for fp32 in (False, True):
+            for cfg in backward_config_space(d, kernel, fp32):
+                if cfg not in seen:
+                    seen.append(cfg)
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n, w, s in seen
+    ]
+
+
+def _pruner(kernel: str):
+    def prune(configs, named_args, **kwargs):
+        """Keep the configs of this call's head dim (one small one under the interpreter)."""
+        fp32 = named_args["q_ptr"].dtype == torch.float32
+        allowed = backward_config_space(kwargs["BLOCK_D"], kernel, fp32)
+        fitting = [
+            c
+            for c in configs
+            if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed
+        ]
+        if INTERPRET:
+            # No benchmarking without a driver; small tiles keep the interpreter's tests cheap.
+            return [min(fitting, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+        return fitting
+
+    return prune
+
+
+_KEY = ["seq_q_bucket", "seq_k_bucket", "BLOCK_D", "CAUSAL", "HAS_MASK", "GROUP"]
+
+
+@triton.jit
+def _bwd_preprocess(
+    o_ptr,
+    do_ptr,
+    delta_ptr,  # [B, Hq, Sq] fp32, contiguous
+    seq_q,
+    n_heads,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < seq_q) & (cols[None, :] < HEAD_DIM)
+    o = tl.load(
+        o_ptr + b * stride_ob + h * stride_oh + rows64[:, None] * stride_os + cols[None, :],
+        mask=mask,
+        other=0.0,
+    ).to(tl.float32)
+    do = tl.load(
+        do_ptr + b * stride_dob + h * stride_doh + rows64[:, None] * stride_dos + cols[None, :],
+        mask=mask,
+        other=0.0,
+    ).to(tl.float32)
+    delta = tl.sum(o * do, axis=1)
+    tl.store(delta_ptr + (b * n_heads + h) * seq_q + rows64, delta, mask=rows < seq_q)
+
+
+@triton.autotune(
+    configs=_all_configs("dkdv"),
+    key=_KEY,
+    prune_configs_by={"early_config_prune": _pruner("dkdv")},
+)
+@triton.jit
+def _bwd_dkdv(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    lse_ptr,  # [B, Hq, Sq] fp32 natural-log logsumexp of the scaled scores
+    delta_ptr,  # [B, Hq, Sq] fp32, contiguous
+    mask_ptr,  # [B, Sk] uint8 key padding mask (1 = attend), read only when HAS_MASK
+    dk_ptr,
+    dv_ptr,
+    seq_q,
+    seq_k,
+    n_heads_q,
+    n_heads_k,
+    seq_q_bucket,  # autotune keys only
+    seq_k_bucket,
+    qk_scale,  # softmax_scale * log2(e)
+    softmax_scale,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    stride_lb,
+    stride_lh,
+    stride_ls,
+    stride_mb,
+    stride_mk,
+    stride_dkb,
+    stride_dkh,
+    stride_dks,
+    stride_dvb,
+    stride_dvh,
+    stride_dvs,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    GROUP: tl.constexpr,  # Hq // Hkv
+    UPCAST: tl.constexpr,  # interpreter: dot operands in fp32
+    PRECISION: tl.constexpr,  # tl.dot input precision ("tf32x3" for fp32 inputs)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // n_heads_k).to(tl.int64)
+    hk = (bh % n_heads_k).to(tl.int64)
+    dt = k_ptr.dtype.element_ty
+
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_n64 = offs_n.to(tl.int64)  # row offsets in int64
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    d_ok = offs_d < HEAD_DIM
+    n_ok = offs_n < seq_k
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+
+    k = tl.load(
+        k_ptr + b * stride_kb + hk * stride_kh + offs_n64[:, None] * stride_ks + offs_d[None, :],
+        mask=kv_mask,
+        other=0.0,
+    )
+    v = tl.load(
+        v_ptr + b * stride_vb + hk * stride_vh + offs_n64[:, None] * stride_vs + offs_d[None, :],
+        mask=kv_mask,
+        other=0.0,
+    )
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    key_ok = n_ok
+    if HAS_MASK:
+        pad = tl.load(mask_ptr + b * stride_mb + offs_n64 * stride_mk, mask=n_ok, other=0)
+        key_ok = key_ok & (pad != 0)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Causal: query i sees key j iff i >= j - (Sk - Sq); the first query row this key block
+    # can reach, rounded down to a query block.
+    lo = 0
+    if CAUSAL:
+        lo = tl.maximum(start_n - (seq_k - seq_q), 0)
+        lo = (lo // BLOCK_M) * BLOCK_M
+
+    for g in range(GROUP):
+        hq = hk * GROUP + g
+        q_base = q_ptr + b * stride_qb + hq * stride_qh
+        do_base = do_ptr + b * stride_dob + hq * stride_doh
+        lse_base = lse_ptr + b * stride_lb + hq * stride_lh
+        delta_base = delta_ptr + (b * n_heads_q + hq) * seq_q
+        for start_m in range(lo, seq_q, BLOCK_M):
+            offs_m = start_m + offs_m0
+            offs_m64 = offs_m.to(tl.int64)
+            m_ok = offs_m < seq_q
+            q_mask = m_ok[:, None] & d_ok[None, :]
+            q = tl.load(
+                q_base + offs_m64[:, None] * stride_qs + offs_d[None, :], mask=q_mask, other=0.0
+            )
+            do = tl.load(
+                do_base + offs_m64[:, None] * stride_dos + offs_d[None, :], mask=q_mask, other=0.0
+            )
+            if UPCAST:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+            lse = tl.load(lse_base + offs_m64 * stride_ls, mask=m_ok, other=0.0)
+            delta = tl.load(delta_base + offs_m64, mask=m_ok, other=0.0)
+
+            # Transposed scores [BLOCK_N, BLOCK_M]: no transposed accumulator tiles needed.
+            s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
+            ok = key_ok[:, None] & m_ok[None, :]
+            if CAUSAL:
+                ok = ok & (offs_n[:, None] <= offs_m[None, :] + (seq_k - seq_q))
+            # lse = -inf only for rows with no allowed key, whose entries `ok` drops here.
+            lse2 = lse * 1.4426950408889634
+            p_t = tl.where(ok, tl.math.exp2(s_t * qk_scale - lse2[None, :]), 0.0)
+            if UPCAST:
+                dv += tl.dot(p_t, do, input_precision=PRECISION)
+            else:
+                dv += tl.dot(p_t.to(dt), do, input_precision=PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+            ds_t = p_t * (dp_t - delta[None, :])
+            if UPCAST:
+                dk += tl.dot(ds_t, q, input_precision=PRECISION)
+            else:
+                dk += tl.dot(ds_t.to(dt), q, input_precision=PRECISION)
+
+    dk = dk * softmax_scale
+    tl.store(
+        dk_ptr
+        + b * stride_dkb
+        + hk * stride_dkh
+        + offs_n64[:, None] * stride_dks
+        + offs_d[None, :],
+        dk.to(dk_ptr.dtype.element_ty),
+        mask=kv_mask,
+    )
+    tl.store(
+        dv_ptr
+        + b * stride_dvb
+        + hk * stride_dvh
+        + offs_n64[:, None] * stride_dvs
+        + offs_d[None, :],
+        dv.to(dv_ptr.dtype.element_ty),
+        mask=kv_mask,
+    )
+
+
+@triton.autotune(
+    configs=_all_configs("dq"),
+    key=_KEY,
+    prune_configs_by={"early_config_prune": _pruner("dq")},
+)
+@triton.jit
+def _bwd_dq(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    mask_ptr,
+    dq_ptr,
+    seq_q,
+    seq_k,
+    n_heads_q,
+    n_heads_k,
+    seq_q_bucket,
+    seq_k_bucket,
+    qk_scale,
+    softmax_scale,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    stride_lb,
+    stride_lh,
+    stride_ls,
+    stride_mb,
+    stride_mk,
+    stride_dqb,
+    stride_dqh,
+    stride_dqs,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    GROUP: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // n_heads_q).to(tl.int64)
+    hq = (bh % n_heads_q).to(tl.int64)
+    hk = hq // GROUP
+    dt = q_ptr.dtype.element_ty
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_m64 = offs_m.to(tl.int64)  # row offsets in int64
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < seq_q
+    q_mask = m_ok[:, None] & d_ok[None, :]
+
+    q = tl.load(
+        q_ptr + b * stride_qb + hq * stride_qh + offs_m64[:, None] * stride_qs + offs_d[None, :],
+        mask=q_mask,
+        other=0.0,
+    )
+    do = tl.load(
+        do_ptr
+        + b * stride_dob
+        + hq * stride_doh
+        + offs_m64[:, None] * stride_dos
+        + offs_d[None, :],
+        mask=q_mask,
+        other=0.0,
+    )
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse_row = lse_ptr + b * stride_lb + hq * stride_lh
+    lse = tl.load(lse_row + offs_m64 * stride_ls, mask=m_ok, other=0.0)
+    lse2 = lse * 1.4426950408889634
+    delta = tl.load(delta_ptr + (b * n_heads_q + hq) * seq_q + offs_m64, mask=m_ok, other=0.0)
+
+    k_base = k_ptr + b * stride_kb + hk * stride_kh
+    v_base = v_ptr + b * stride_vb + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    hi = seq_k
+    if CAUSAL:
+        # The last key the block's last row may see is (start_m + BLOCK_M - 1) + Sk - Sq.
+        hi = tl.minimum(start_m + BLOCK_M + (seq_k - seq_q), seq_k)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        offs_n64 = offs_n.to(tl.int64)
+        n_ok = offs_n < seq_k
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(
+            k_base + offs_n64[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0
+        )
+        v = tl.load(
+            v_base + offs_n64[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0
+        )
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        key_ok = n_ok
+        if HAS_MASK:
+            pad = tl.load(mask_ptr + b * stride_mb + offs_n64 * stride_mk, mask=n_ok, other=0)
+            key_ok = key_ok & (pad != 0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        ok = m_ok[:, None] & key_ok[None, :]
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= offs_m[:, None] + (seq_k - seq_q))
+        p = tl.where(ok, tl.math.exp2(s * qk_scale - lse2[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        if UPCAST:
+            dq += tl.dot(ds, k, input_precision=PRECISION)
+        else:
+            dq += tl.dot(ds.to(dt), k, input_precision=PRECISION)
+
+    dq = dq * softmax_scale
+    tl.store(
+        dq_ptr
+        + b * stride_dqb
+        + hq * stride_dqh
+        + offs_m64[:, None] * stride_dqs
+        + offs_d[None, :],
+        dq.to(dq_ptr.dtype.element_ty),
+        mask=q_mask,
+    )
+
+
+def _seq_bucket(n: int) -> int:
+    return min(triton.next_power_of_2(max(n, 1)), 8192)
+
+
+def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
+    return tuple(int(s) for s in t.stride()[:3])
+
+
+def attention_backward(
+    q: torch.Tensor,  # [B, Hq, Sq, D], stride(-1) == 1
+    k: torch.Tensor,  # [B, Hkv, Sk, D]
+    v: torch.Tensor,  # [B, Hkv, Sk, D]
+    out: torch.Tensor,  # [B, Hq, Sq, D] forward output
+    lse: torch.Tensor,  # [B, Hq, Sq] fp32 natural-log logsumexp (-inf for fully masked rows)
+    dout: torch.Tensor,  # [B, Hq, Sq, D] upstream gradient
+    dq: torch.Tensor,  # [B, Hq, Sq, D] written
+    dk: torch.Tensor,  # [B, Hkv, Sk, D] written
+    dv: torch.Tensor,  # [B, Hkv, Sk, D] written
+    *,
+    causal: bool,
+    softmax_scale: float,
+    key_padding_mask: torch.Tensor | None,  # [B, Sk] bool, True = attend
+) -> None:
+    """Write ``dq``, ``dk``, ``dv`` of ``out = softmax(q k^T * scale [masked]) v``.
+
+    GQA grads (``Hq / Hkv`` q heads per kv head) are summed inside the dk/dv kernel; the
+    result is deterministic. Inputs are assumed validated by the ops layer.
+    """
+    batch, n_heads_q, seq_q, head_dim = q.shape
+    n_heads_k, seq_k = k.shape[1], k.shape[2]
+    if batch * n_heads_q * seq_q * head_dim == 0 and dq.numel():
+        dq.zero_()
+    if batch * n_heads_k * seq_k * head_dim == 0:
+        return
+    if seq_q == 0:
+        dk.zero_()
+        dv.zero_()
+        return
+    group = n_heads_q // n_heads_k
+    block_d = block_d_for(head_dim)
+    lse = lse.to(torch.float32)
+    delta = torch.empty((batch, n_heads_q, seq_q), device=q.device, dtype=torch.float32)
+    pre_m = preprocess_block_m(head_dim)
+    _bwd_preprocess[(triton.cdiv(seq_q, pre_m), batch * n_heads_q)](
+        out,
+        dout,
+        delta,
+        seq_q,
+        n_heads_q,
+        *_strides3(out),
+        *_strides3(dout),
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_M=pre_m,
+    )
+    if key_padding_mask is not None:
+        mask = key_padding_mask
+        if mask.dtype == torch.bool:
+            mask = mask.view(torch.uint8)
+        stride_mb = int(mask.stride(0)) if mask.shape[0] > 1 else 0
+        stride_mk = int(mask.stride(1))
+    else:
+        mask, stride_mb, stride_mk = delta, 0, 0  # dummy, never read
+    common = dict(
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        CAUSAL=bool(causal),
+        HAS_MASK=key_padding_mask is not None,
+        GROUP=group,
+        UPCAST=INTERPRET,
+        PRECISION=dot_precision(q.dtype, head_dim),
+    )
+    scale = float(softmax_scale)
+    scalars = (
+        seq_q,
+        seq_k,
+        n_heads_q,
+        n_heads_k,
+        _seq_bucket(seq_q),
+        _seq_bucket(seq_k),
+        scale * math.log2(math.e),
+        scale,
+        *_strides3(q),
+        *_strides3(k),
+        *_strides3(v),
+        *_strides3(dout),
+        *_strides3(lse),
+        stride_mb,
+        stride_mk,
+    )
+
+    def grid_n(meta):
+        return (triton.cdiv(seq_k, meta["BLOCK_N"]), batch * n_heads_k)
+
+    def grid_m(meta):
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * n_heads_q)
+
+    _bwd_dkdv[grid_n](
+        q, k, v, dout, lse, delta, mask, dk, dv, *scalars, *_strides3(dk), *_strides3(dv), **common
+    )
+    _bwd_dq[grid_m](q, k, v, dout, lse, delta, mask, dq, *scalars, *_strides3(dq), **common)

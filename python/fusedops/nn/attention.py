@@ -1,0 +1,157 @@
+"""``FusedAttention`` (a module around :func:`fusedops.attention`) and ``attention_hf``, a function
+with the Hugging Face attention-interface signature."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fusedops import reference
+from fusedops.ops.attention import OP, attention
+
+
+class FusedAttention(nn.Module):
+    """Scaled dot-product attention of already projected heads (no parameters).
+
+    ``forward(q [B, Hq, Sq, D], k [B, Hkv, Sk, D], v [B, Hkv, Sk, D], key_padding_mask=None)``
+    returns ``out [B, Hq, Sq, D]`` as :func:`fusedops.attention` (bottom-right causal when
+    ``causal``; GQA when ``Hkv < Hq``).
+
+    Args:
+        causal: apply the bottom-right causal mask.
+        softmax_scale: defaults to ``1 / sqrt(D)``.
+    """
+
+    def __init__(self, causal: bool = True, softmax_scale: float | None = None) -> None:
+        super().__init__()
+        self.causal = causal
+        self.softmax_scale = softmax_scale
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return attention(
+            q,
+            k,
+            v,
+            causal=self.causal,
+            softmax_scale=self.softmax_scale,
+            key_padding_mask=key_padding_mask,
+        )
+
+    def extra_repr(self) -> str:
+        return f"causal={self.causal}, softmax_scale={self.softmax_scale}"
+
+
+HF_OP = "attention_hf"
+
+
+def _hf_mask_to_padding(
+    mask: torch.Tensor, batch: int, seq_q: int, seq_k: int
+) -> tuple[torch.Tensor | None, bool]:
+    """``(key_padding_mask [B, Sk] or None, causal)`` equivalent to HF's boolean 4-D mask.
+
+    Accepts ``[B or 1, 1, Sq, Sk']`` (``Sk' >= Sk``; extra columns are dropped as HF's SDPA path
+    does) that equals bottom-right causal & padding, or padding alone. Query rows with no allowed
+    key (left-padded queries) may be all False or all True in ``mask`` (HF unmasks them for
+    SDPA); their output is zeros either way. Anything else raises ``ValueError``. Syncs a CUDA
+    device (the comparison is read back)."""
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, batch):
+        raise ValueError(
+            f"{HF_OP}: attention_mask must be a 4-D boolean mask [B or 1, 1, Sq, Sk] = "
+            f"[{batch} or 1, 1, {seq_q}, >= {seq_k}], got shape {tuple(mask.shape)}"
+        )
+    if mask.shape[2] != seq_q or mask.shape[3] < seq_k:
+        raise ValueError(
+            f"{HF_OP}: attention_mask must be [B or 1, 1, {seq_q}, >= {seq_k}] for query "
+            f"length {seq_q} and key length {seq_k}, got {tuple(mask.shape)}"
+        )
+    mask = mask[:, :, :, :seq_k].expand(batch, 1, seq_q, seq_k)
+    for causal in (True, False):
+        # The last query row sees every unpadded key under bottom-right causal (and any row does
+        # without causal): it is the padding mask if the mask has the supported form.
+        padding = mask[:, 0, -1, :] if causal else mask[:, 0, :, :].any(dim=1)
+        expected = reference.attention_mask(
+            seq_q, seq_k, causal=causal, key_padding_mask=padding, device=mask.device
+        ).expand(batch, 1, seq_q, seq_k)
+        empty = ~expected.any(dim=-1, keepdim=True)  # rows with no allowed key: don't care
+        row_all = mask.all(dim=-1, keepdim=True) | ~mask.any(dim=-1, keepdim=True)
+        if bool(((mask == expected) | (empty & row_all)).all()):
+            return (None if bool(padding.all()) else padding.contiguous()), causal
+    raise ValueError(
+        f"{HF_OP}: unsupported attention_mask: only boolean masks of the form bottom-right "
+        "causal & key padding (or key padding alone) can be converted to key_padding_mask; "
+        "this one is neither (e.g. sliding-window, block or packed-sequence masks)"
+    )
+
+
+def attention_hf(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Hugging Face attention-interface function running :func:`fusedops.attention`.
+
+    Register it with ``transformers.AttentionInterface.register("fusedops", attention_hf)``
+    together with HF's boolean SDPA mask for the same name
+    (``AttentionMaskInterface.register("fusedops", transformers.masking_utils.sdpa_mask)``;
+    without it HF passes ``attention_mask=None`` and padding would be ignored), then use
+    ``attn_implementation="fusedops"``.
+
+    Args:
+        module: the attention layer (its ``is_causal`` is used when ``attention_mask`` is None;
+            default True).
+        query: ``[B, Hq, Sq, D]``; key, value: ``[B, Hkv, Sk, D]`` (GQA without repeating).
+        attention_mask: None, or HF's boolean 4-D mask ``[B or 1, 1, Sq, Sk]`` (True = attend)
+            of the causal-plus-padding (or padding-only) form, converted to
+            ``key_padding_mask`` (+ causal); other masks raise ``ValueError``.
+        scaling: softmax scale (default ``1 / sqrt(D)``).
+        dropout: must be 0 (no attention dropout).
+        kwargs: ``is_causal`` overrides the module's; a non-None ``sliding_window`` or
+            ``softcap`` raises ``ValueError``; other keys are ignored.
+    Returns:
+        ``(out [B, Sq, Hq, D] contiguous, None)`` (no attention weights).
+    """
+    if dropout:
+        raise ValueError(f"{HF_OP}: attention dropout is not supported, got dropout={dropout}")
+    for name in ("sliding_window", "softcap"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{HF_OP}: {name}={kwargs[name]!r} is not supported")
+    if not isinstance(query, torch.Tensor) or query.dim() != 4:
+        raise ValueError(f"{HF_OP}: query must be a 4-D tensor [B, Hq, Sq, D]")
+    if not isinstance(key, torch.Tensor) or key.dim() != 4:
+        raise ValueError(f"{HF_OP}: key must be a 4-D tensor [B, Hkv, Sk, D]")
+    batch, _, seq_q, _ = query.shape
+    seq_k = key.shape[2]
+    if attention_mask is None:
+        is_causal = kwargs.get("is_causal")
+        causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+        padding = None
+    else:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool:
+            got = (
+                attention_mask.dtype
+                if isinstance(attention_mask, torch.Tensor)
+                else type(attention_mask).__name__
+            )
+            raise ValueError(
+                f"{HF_OP}: attention_mask must be a boolean tensor (True = attend), got {got}; "
+                "additive float masks are not supported"
+            )
+        padding, causal = _hf_mask_to_padding(attention_mask, batch, seq_q, seq_k)
+    try:
+        out = attention(
+            query, key, value, causal=causal, softmax_scale=scaling, key_padding_mask=padding
+        )
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc).replace(f"{OP}:", f"{HF_OP}:", 1)) from None
+    return out.transpose(1, 2).contiguous(), None

@@ -1,0 +1,361 @@
+"""Fused causal attention as ``torch.library`` custom ops: validation, dispatch, autograd.
+
+``attention(q, k, v)`` computes ``softmax(scale * q k^T + mask) v`` for ``q [B, Hq, Sq, D]`` and
+``k``/``v`` ``[B, Hkv, Sk, D]`` (GQA/MQA when ``Hkv < Hq``), with a bottom-right causal mask
+(query ``i`` sees key ``j`` iff ``j <= i + Sk - Sq``) and/or a key padding mask. Backends:
+
+* ``triton`` (CUDA, or CPU through Triton's interpreter): the custom op ``fusedops::attention``
+  runs the FA2 forward launcher ``kernels/attention.py`` (online softmax, never materialises the
+  ``[Sq, Sk]`` scores) and its autograd the backward op ``fusedops::attention_backward``, which
+  runs ``kernels/attention_backward.py`` (deterministic, no atomics).
+* ``cpp`` (the ``auto`` choice on CPU): PyTorch's ``scaled_dot_product_attention`` (its fused
+  CPU flash kernel) with an explicit boolean mask built here: bottom-right causal combined with
+  the padding mask; ``is_causal=True`` when ``Sq == Sk`` without padding (the same mask, SDPA's
+  faster path); GQA through ``enable_gqa`` (no copies of k/v). Rows with no allowed key are
+  given an all-True mask row (SDPA would return NaN) and zeroed afterwards. When ``return_lse``
+  is asked for, or a gradient is needed, the lse is ``logsumexp`` of the masked scores (one extra
+  ``q k^T``, materialised). Without ``return_lse`` SDPA is called directly, and autograd runs
+  SDPA's own backward. With ``return_lse`` and a gradient the custom op runs instead: its
+  backward recomputes the probabilities from the lse in fp32 (plain PyTorch, materialises
+  ``[Sq, Sk]``; slower).
+* ``reference``: :func:`fusedops.reference.attention` (plain PyTorch, fp32 math).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from fusedops import reference
+from fusedops._backend import resolve_backend
+from fusedops.ops._common import (
+    FLOAT_DTYPES,
+    check_same_device,
+    check_tensor,
+    empty_output,
+)
+
+OP = "attention"
+MIN_HEAD_DIM = 16
+MAX_HEAD_DIM = 256
+
+
+# ------------------------------------------------------------------------------------------
+# CPU path: torch SDPA with an explicit mask (backend "cpp")
+# ------------------------------------------------------------------------------------------
+
+
+def _mask(q, k, causal, key_padding_mask):
+    return reference.attention_mask(
+        q.shape[2], k.shape[2], causal=causal, key_padding_mask=key_padding_mask, device=q.device
+    )
+
+
+def _sdpa_forward(q, k, v, key_padding_mask, causal, scale, need_lse):
+    """``(out, lse or None)`` through torch SDPA; rows with no allowed key give zeros / -inf."""
+    seq_q, seq_k = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    row_ok = None
+    if causal and seq_q == 1:
+        causal = False  # bottom-right: a single (decode) query sees every key; no mask to build
+    if causal and seq_q == seq_k and key_padding_mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        mask = None
+        if need_lse:
+            mask = _mask(q, k, causal, None)
+    else:
+        mask = _mask(q, k, causal, key_padding_mask)
+        sdpa_mask = mask
+        if mask is not None:
+            row_ok = mask.any(dim=-1, keepdim=True)  # [B or 1, 1, Sq, 1]
+            sdpa_mask = mask | ~row_ok
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=sdpa_mask, scale=scale, enable_gqa=gqa
+        )
+        if row_ok is not None:
+            out = out.masked_fill(~row_ok, 0.0)
+    lse = None
+    if need_lse:
+        lse = _scores(q, k, mask, scale).logsumexp(dim=-1)
+    return out, lse
+
+
+def _expand_kv(x: torch.Tensor, heads_q: int) -> torch.Tensor:
+    group = heads_q // x.shape[1]
+    return x if group == 1 else x.repeat_interleave(group, dim=1)
+
+
+def _scores(q, k, mask, scale):
+    """fp32 ``scale * q k^T`` ``[B, Hq, Sq, Sk]`` with disallowed entries at ``-inf``."""
+    s = torch.matmul(q.float(), _expand_kv(k, q.shape[1]).float().transpose(-1, -2)) * scale
+    return s if mask is None else s.masked_fill(~mask, float("-inf"))
+
+
+def _torch_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
+    """FA2's backward equations in plain fp32 PyTorch (materialises ``[Sq, Sk]``)."""
+    heads_q, heads_kv = q.shape[1], k.shape[1]
+    group = heads_q // heads_kv
+    mask = _mask(q, k, causal, key_padding_mask)
+    s = _scores(q, k, mask, scale)
+    lse_safe = torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1)
+    p = torch.exp(s - lse_safe)  # 0 at -inf scores (including rows with no allowed key)
+    do = dout.float()
+    kf, vf = _expand_kv(k, heads_q).float(), _expand_kv(v, heads_q).float()
+    dv = torch.matmul(p.transpose(-1, -2), do)
+    dp = torch.matmul(do, vf.transpose(-1, -2))
+    delta = (do * out.float()).sum(dim=-1, keepdim=True)
+    ds = p * (dp - delta) * scale
+    dq = torch.matmul(ds, kf)
+    dk = torch.matmul(ds.transpose(-1, -2), q.float())
+    if group != 1:
+        b, _, seq_k, dim = dk.shape
+        dk = dk.view(b, heads_kv, group, seq_k, dim).sum(dim=2)
+        dv = dv.view(b, heads_kv, group, seq_k, dim).sum(dim=2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# Custom ops
+# ------------------------------------------------------------------------------------------
+
+
+def _outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    b, h, s, d = q.shape
+    return empty_output((b, h, s, d), q.dtype, q.device), empty_output(
+        (b, h, s), torch.float32, q.device
+    )
+
+
+@torch.library.custom_op("fusedops::attention", mutates_args=())
+def attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    causal: bool,
+    softmax_scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [B, Hq, Sq, D] in q's dtype, lse [B, Hq, Sq] fp32)`` of validated inputs
+    (stride(-1) == 1; ``key_padding_mask`` contiguous bool ``[B, Sk]`` or None)."""
+    if backend == "cpp":
+        out, lse = _sdpa_forward(q, k, v, key_padding_mask, causal, softmax_scale, True)
+        return out.contiguous(), lse.float().contiguous()
+    if backend != "triton":
+        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
+    from fusedops.kernels.attention import attention_forward
+
+    out, lse = _outputs(q)
+    attention_forward(
+        q, k, v, out, lse, causal=causal, softmax_scale=softmax_scale,
+        key_padding_mask=key_padding_mask,
+    )  # fmt: skip
+    return out, lse
+
+
+@attention_op.register_fake
+def _(q, k, v, key_padding_mask, causal, softmax_scale, backend):
+    b, h, s, d = q.shape
+    return q.new_empty((b, h, s, d)), q.new_empty((b, h, s), dtype=torch.float32)
+
+
+@torch.library.custom_op("fusedops::attention_backward", mutates_args=())
+def attention_backward_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    causal: bool,
+    softmax_scale: float,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dq, dk, dv)`` shaped like ``q``, ``k``, ``v`` (GQA grads summed over the group)."""
+    if backend == "cpp":
+        return _torch_backward(q, k, v, out, lse, dout, key_padding_mask, causal, softmax_scale)
+    if backend != "triton":
+        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
+    from fusedops.kernels.attention_backward import attention_backward
+
+    dq = empty_output(tuple(q.shape), q.dtype, q.device)
+    dk = empty_output(tuple(k.shape), k.dtype, k.device)
+    dv = empty_output(tuple(v.shape), v.dtype, v.device)
+    attention_backward(
+        q, k, v, out, lse, dout, dq, dk, dv, causal=causal, softmax_scale=softmax_scale,
+        key_padding_mask=key_padding_mask,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+@attention_backward_op.register_fake
+def _(q, k, v, out, lse, dout, key_padding_mask, causal, softmax_scale, backend):
+    return (
+        q.new_empty(q.shape),
+        k.new_empty(k.shape),
+        v.new_empty(v.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, key_padding_mask, causal, softmax_scale, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+    ctx.args = (causal, softmax_scale, backend)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    # grad_lse is ignored: the public API returns lse as a constant (documented).
+    q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
+    causal, scale, backend = ctx.args
+    if grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()
+    dq, dk, dv = attention_backward_op(
+        q, k, v, out, lse, grad_out, key_padding_mask, causal, scale, backend
+    )
+    return dq, dk, dv, None, None, None, None
+
+
+attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------
+# Validation and the public function
+# ------------------------------------------------------------------------------------------
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(OP, name, t)
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{OP}: {name} must have dtype in (float32, float16, bfloat16), got {t.dtype}"
+            )
+        if t.dim() != 4:
+            raise ValueError(f"{OP}: {name} must be 4-D [B, H, S, D], got shape {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{OP}: {name} dtype {t.dtype} differs from q dtype {q.dtype}")
+        check_same_device(OP, name, t, q.device)
+    batch, heads_q, _, dim = q.shape
+    if k.shape != v.shape:
+        raise ValueError(
+            f"{OP}: k and v must have the same shape [B, Hkv, Sk, D], got {tuple(k.shape)} "
+            f"and {tuple(v.shape)}"
+        )
+    if k.shape[0] != batch or k.shape[3] != dim:
+        raise ValueError(
+            f"{OP}: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch and head dim "
+            "([B, Hkv, Sk, D] vs [B, Hq, Sq, D])"
+        )
+    heads_kv = k.shape[1]
+    if heads_kv < 1 or heads_q % heads_kv:
+        raise ValueError(
+            f"{OP}: the number of query heads Hq={heads_q} must be a multiple of the number of "
+            f"kv heads Hkv={heads_kv}"
+        )
+    if not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
+        raise ValueError(
+            f"{OP}: head dim D={dim} outside the supported range [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
+        )
+
+
+def _check_mask(mask, batch, seq_k, device):
+    if mask is None:
+        return None
+    check_tensor(OP, "key_padding_mask", mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{OP}: key_padding_mask must be a bool tensor (True = attend), got {mask.dtype}"
+        )
+    if tuple(mask.shape) != (batch, seq_k):
+        raise ValueError(
+            f"{OP}: key_padding_mask must be [B, Sk] = [{batch}, {seq_k}], got {tuple(mask.shape)}"
+        )
+    check_same_device(OP, "key_padding_mask", mask, device)
+    return mask.contiguous()
+
+
+def _check_scale(softmax_scale, dim) -> float:
+    if softmax_scale is None:
+        return 1.0 / math.sqrt(dim)
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+        raise TypeError(f"{OP}: softmax_scale must be a float or None, got {softmax_scale!r}")
+    scale = float(softmax_scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"{OP}: softmax_scale must be finite and > 0, got {softmax_scale!r}")
+    return scale
+
+
+def _kernel_layout(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention (FlashAttention-2 style on the Triton backend).
+
+    Args:
+        q: ``[B, Hq, Sq, D]`` fp32/fp16/bf16, any strides with ``stride(-1) == 1`` (so
+            ``[B, S, H, D].transpose(1, 2)`` views work without a copy).
+        k, v: ``[B, Hkv, Sk, D]``, same dtype and device; ``Hq % Hkv == 0`` (query head ``h``
+            uses kv head ``h // (Hq // Hkv)``: GQA/MQA without repeating k/v).
+        causal: bottom-right causal mask: query ``i`` attends key ``j`` iff
+            ``j <= i + Sk - Sq`` (so a decode step ``Sq = 1`` sees every cached key).
+        softmax_scale: defaults to ``1 / sqrt(D)``.
+        key_padding_mask: bool ``[B, Sk]``, True = attend (combinable with ``causal``).
+        return_lse: also return ``lse [B, Hq, Sq]`` fp32, the natural log of each row's
+            softmax denominator (``-inf`` for a row with no allowed key). It is returned as a
+            constant: no gradient flows back through it.
+    Returns:
+        ``out [B, Hq, Sq, D]`` in q's dtype (math in fp32); a row with no allowed key is zeros.
+        ``(out, lse)`` when ``return_lse``.
+    Raises:
+        TypeError / ValueError for bad dtypes, shapes, devices or options (the message starts
+        with ``attention:`` and names the bad value); RuntimeError if the requested backend
+        cannot run.
+    """
+    _check_qkv(q, k, v)
+    if not isinstance(causal, bool):
+        raise TypeError(f"{OP}: causal must be a bool, got {causal!r}")
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"{OP}: return_lse must be a bool, got {return_lse!r}")
+    scale = _check_scale(softmax_scale, q.shape[3])
+    mask = _check_mask(key_padding_mask, q.shape[0], k.shape[2], q.device)
+    backend = resolve_backend(OP, q.device)
+    if backend == "reference":
+        result = reference.attention(
+            q, k, v, causal=causal, softmax_scale=scale, key_padding_mask=mask, return_lse=True
+        )
+        return result if return_lse else result[0]
+    if q.numel() == 0 or k.shape[2] == 0:
+        # Nothing to attend (an empty batch/head/sequence, or no keys: every row is empty).
+        # A where() on a constant False gives zeros that stay connected to q in autograd (zero
+        # gradient) without multiplying q by 0 (inf * 0 would be NaN).
+        never = torch.zeros((), dtype=torch.bool, device=q.device)
+        out = torch.where(never, q, torch.zeros((), dtype=q.dtype, device=q.device))
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+        return (out, lse) if return_lse else out
+    q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
+    if backend == "cpp" and not (return_lse and _needs_grad(q, k, v)):
+        # CPU: SDPA directly (its own fused backward when a gradient is needed); the custom op
+        # (lse + a materialising fp32 backward) only when the lse is asked for with a gradient.
+        out, lse = _sdpa_forward(q, k, v, mask, causal, scale, return_lse)
+        return (out, lse.float().detach()) if return_lse else out
+    out, lse = attention_op(q, k, v, mask, causal, scale, backend)
+    return (out, lse.detach()) if return_lse else out

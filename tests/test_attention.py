@@ -1,0 +1,277 @@
+"""fusedops.attention: forward, lse and the three gradients against an fp64 reference with the
+issue's error bound, on every backend; opcheck; torch.compile fullgraph; FusedAttention.
+
+Error bound (flash-attention's, ``helpers.assert_attention_bound``): the kernel's max error
+against fp64 must be <= 2x the max error of the same computation done by PyTorch in the input
+dtype (``reference.attention(compute_dtype=dtype)``), plus a small per-dtype floor. Under the
+interpreter the Triton grid is kept small (interpreter cost is per program)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import HAS_CUDA, assert_attention_bound, max_abs_error
+
+import fusedops
+from fusedops import reference
+from fusedops.ops.attention import attention_backward_op, attention_op
+
+
+def _backends() -> list:
+    device = "cuda" if HAS_CUDA else "cpu"
+    return [
+        pytest.param("cpp", "cpu", id="cpp-cpu"),
+        pytest.param("reference", "cpu", id="reference-cpu"),
+        pytest.param("triton", device, id="triton-cuda" if HAS_CUDA else "triton-interpreter"),
+    ]
+
+
+def _inputs(batch, hq, hkv, sq, sk, dim, dtype, device, *, seed=0, grad=False):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, hq, sq, dim, generator=gen).to(dtype).to(device)
+    k = torch.randn(batch, hkv, sk, dim, generator=gen).to(dtype).to(device)
+    v = torch.randn(batch, hkv, sk, dim, generator=gen).to(dtype).to(device)
+    if grad:
+        for t in (q, k, v):
+            t.requires_grad_()
+    return q, k, v
+
+
+def _padding(batch, sk, device, *, seed=1, empty_row=False):
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(batch, sk, generator=gen) > 0.3
+    mask[:, -1] = True  # the last key always valid (the decode case sees it)
+    if empty_row:
+        mask[-1] = False  # a batch with every key padded: every row empty
+    return mask.to(device)
+
+
+def in_dtype(q, k, v, **kw):
+    """The same attention done by PyTorch in the input dtype (the error bound's yardstick)."""
+    return reference.attention(q, k, v, compute_dtype=q.dtype, **kw)
+
+
+def check_case(backend, device, batch, hq, hkv, sq, sk, dim, dtype, causal, *, mask=None,
+               grad=True, scale=None, seed=0):  # fmt: skip
+    q, k, v = _inputs(batch, hq, hkv, sq, sk, dim, dtype, device, seed=seed, grad=grad)
+    kw = dict(causal=causal, softmax_scale=scale, key_padding_mask=mask)
+    with fusedops.use_backend(backend):
+        out, lse = fusedops.attention(q, k, v, return_lse=True, **kw)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want, want_lse = reference.attention(q64, k64, v64, return_lse=True, **kw)
+    yard = in_dtype(q, k, v, **kw)
+    assert_attention_bound("out", out, yard, want, dtype)
+    # lse: -inf exactly where the row has no allowed key; else close in fp32.
+    assert torch.equal(torch.isinf(lse).cpu(), torch.isinf(want_lse).cpu())
+    fin = ~torch.isinf(want_lse)
+    if fin.any():
+        lse_err = max_abs_error(lse[fin], want_lse[fin])
+        assert lse_err <= 1e-4 * (1 + want_lse[fin].abs().max().item()), f"lse error {lse_err}"
+    if not grad:
+        return
+    gen = torch.Generator().manual_seed(seed + 7)
+    dout = torch.randn(out.shape, generator=gen).to(dtype).to(device)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    ref = torch.autograd.grad(want, (q64, k64, v64), dout.double())
+    yard_g = torch.autograd.grad(yard, (q, k, v), dout)
+    for name, g, y, r in zip(("dq", "dk", "dv"), got, yard_g, ref, strict=True):
+        assert g.shape == r.shape and g.dtype == dtype
+        assert_attention_bound(name, g, y, r, dtype)
+
+
+# ---- the grid on the CPU backends (cpp = SDPA path, reference) ------------------------------
+
+SEQS = [1, 17, 128, 257]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("sk", SEQS)
+@pytest.mark.parametrize("sq", SEQS)
+def test_seq_grid_cpp(sq, sk, causal):
+    check_case("cpp", "cpu", 1, 8, 2, sq, sk, 64, torch.float32, causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [(1, 1), (8, 2), (9, 3)])
+@pytest.mark.parametrize("dim", [16, 64, 80, 128])
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_dim_heads_dtype(backend, dim, heads, dtype):
+    check_case(backend, "cpu", 2, *heads, 17, 33, dim, dtype, True, mask=_padding(2, 33, "cpu"))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("backend,device", _backends())
+def test_padding_and_empty_rows(backend, device, causal):
+    """Padding combined with causal; a batch with every key padded and (Sq > Sk, causal)
+    queries with no key return zeros, -inf lse, finite gradients."""
+    mask = _padding(2, 9, device, empty_row=True)
+    check_case(backend, device, 2, 4, 2, 13, 9, 16, torch.float32, causal, mask=mask)
+
+
+@pytest.mark.parametrize("backend,device", _backends())
+def test_empty_rows_are_zero(backend, device):
+    q, k, v = _inputs(1, 2, 1, 6, 3, 16, torch.float32, device)
+    with fusedops.use_backend(backend):
+        out, lse = fusedops.attention(q, k, v, causal=True, return_lse=True)
+    # rows i with i + Sk - Sq < 0, i.e. i < 3, see no key
+    assert torch.equal(out[:, :, :3].cpu(), torch.zeros(1, 2, 3, 16))
+    assert torch.isinf(lse[:, :, :3]).all() and (lse[:, :, :3] < 0).all()
+    assert torch.isfinite(lse[:, :, 3:]).all()
+
+
+@pytest.mark.parametrize("sq,sk", [(0, 5), (4, 0), (0, 0)])
+@pytest.mark.parametrize("backend,device", _backends())
+def test_empty_sequences(backend, device, sq, sk):
+    """No queries: an empty output. No keys: every row is empty (zeros, lse -inf), and the
+    gradient reaching q is zeros, never NaN (q holds an inf to catch ``0 * q``)."""
+    q, k, v = _inputs(2, 4, 2, sq, sk, 16, torch.float32, device)
+    if sq:
+        q[0, 0, 0, 0] = float("inf")
+    q.requires_grad_()
+    with fusedops.use_backend(backend):
+        out, lse = fusedops.attention(q, k, v, return_lse=True)
+    assert out.shape == q.shape and lse.shape == q.shape[:3]
+    assert (out == 0).all() and (torch.isinf(lse) & (lse < 0)).all()
+    (dq,) = torch.autograd.grad(out, (q,), torch.ones_like(out), allow_unused=True)
+    assert dq is None or (dq == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend,device", _backends())
+def test_decode(backend, device, dtype):
+    """KV-cache decode: Sq = 1 sees every (unpadded) cached key under bottom-right causal."""
+    check_case(backend, device, 2, 9, 3, 1, 40, 64, dtype, True, mask=_padding(2, 40, device))
+
+
+@pytest.mark.parametrize("backend,device", _backends())
+def test_softmax_scale_and_strided_views(backend, device):
+    """[B, S, H, D].transpose(1, 2) views (stride(-1) == 1, no copy needed) and a custom scale."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 7, 4, 32, generator=gen).to(device).transpose(1, 2)
+    kv = torch.randn(2, 11, 2, 64, generator=gen).to(device)
+    k, v = kv[..., :32].transpose(1, 2), kv[..., 32:].transpose(1, 2)
+    with fusedops.use_backend(backend):
+        out = fusedops.attention(q, k, v, causal=True, softmax_scale=0.3)
+    want = reference.attention(q.double(), k.double(), v.double(), causal=True, softmax_scale=0.3)
+    assert max_abs_error(out, want) < 1e-5
+
+
+# ---- Triton (interpreter on CPU: tiny grid) -------------------------------------------------
+
+TRITON_SHAPES = [
+    # (B, Hq, Hkv, Sq, Sk, D)
+    (1, 1, 1, 17, 17, 16),
+    (1, 2, 1, 1, 33, 64),  # decode, GQA
+    (1, 3, 1, 20, 9, 80),  # Sq > Sk (empty rows), D not a power of two, group 3
+]
+if HAS_CUDA:
+    TRITON_SHAPES += [
+        (2, 8, 2, 128, 257, 128),
+        (1, 9, 3, 257, 128, 64),
+        (2, 8, 8, 257, 257, 80),
+        (1, 4, 2, 128, 128, 256),
+    ]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", TRITON_SHAPES)
+def test_triton(shape, dtype, causal):
+    device = "cuda" if HAS_CUDA else "cpu"
+    mask = _padding(shape[0], shape[4], device) if causal else None
+    check_case("triton", device, *shape, dtype, causal, mask=mask)
+
+
+# ---- custom op registration, torch.compile, module -------------------------------------------
+
+
+def _opcheck_backends():
+    return [c for c in _backends() if c.values[0] != "reference"]
+
+
+@pytest.mark.parametrize("backend,device", _opcheck_backends())
+def test_opcheck(backend, device):
+    q, k, v = _inputs(2, 4, 2, 5, 7, 16, torch.float32, device, grad=True)
+    mask = _padding(2, 7, device)
+    for args in ((q, k, v, None, True, 0.25, backend), (q, k, v, mask, False, 0.3, backend)):
+        torch.library.opcheck(attention_op, args)
+    with torch.no_grad():
+        out, lse = attention_op(q, k, v, mask, True, 0.25, backend)
+    dout = torch.randn_like(out)
+    args = (q.detach(), k.detach(), v.detach(), out, lse, dout, mask, True, 0.25, backend)
+    torch.library.opcheck(attention_backward_op, args)
+
+
+@pytest.mark.parametrize("backend,device", _opcheck_backends())
+def test_torch_compile_fullgraph(backend, device):
+    q, k, v = _inputs(1, 4, 2, 6, 9, 16, torch.float32, device, grad=True)
+    mask = _padding(1, 9, device)
+
+    def fn(q, k, v, mask):
+        out = fusedops.attention(q, k, v, key_padding_mask=mask)
+        return out * 2 + fusedops.attention(q, k, v, causal=False)
+
+    with fusedops.use_backend(backend):
+        out = torch.compile(fn, fullgraph=True, dynamic=False)(q, k, v, mask)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = reference.attention(q64, k64, v64, key_padding_mask=mask) * 2 + reference.attention(
+        q64, k64, v64, causal=False
+    )
+    assert max_abs_error(out, want) < 1e-5
+    for g, w in zip(grads, torch.autograd.grad(want.sum(), (q64, k64, v64)), strict=True):
+        assert max_abs_error(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("backend,device", _backends())
+def test_torch_compile_inference(backend, device):
+    q, k, v = _inputs(1, 2, 2, 1, 9, 16, torch.float32, device)
+    with fusedops.use_backend(backend), torch.no_grad():
+        fn = torch.compile(
+            lambda q, k, v: fusedops.attention(q, k, v, return_lse=True), fullgraph=True
+        )
+        out, lse = fn(q, k, v)
+    want, want_lse = reference.attention(q.double(), k.double(), v.double(), return_lse=True)
+    assert max_abs_error(out, want) < 1e-5 and max_abs_error(lse, want_lse) < 1e-5
+
+
+def test_module():
+    mod = fusedops.nn.FusedAttention(causal=True, softmax_scale=0.2)
+    assert "causal=True" in repr(mod)
+    q, k, v = _inputs(2, 4, 2, 5, 8, 16, torch.float32, "cpu")
+    mask = _padding(2, 8, "cpu")
+    want = reference.attention(q, k, v, softmax_scale=0.2, key_padding_mask=mask)
+    assert max_abs_error(mod(q, k, v, key_padding_mask=mask), want) < 1e-5
+
+
+def test_reference_matches_sdpa_math():
+    """The spec itself: bottom-right causal equals SDPA's top-left mask shifted by Sk - Sq."""
+    q, k, v = _inputs(1, 2, 2, 3, 8, 16, torch.float64, "cpu")
+    got = reference.attention(q, k, v, causal=True)
+    mask = torch.ones(3, 8, dtype=torch.bool).tril(diagonal=5)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert max_abs_error(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("sq,sk", [(13, 9), (17, 17), (1, 30)])
+def test_cpp_sdpa_autograd_path(sq, sk, causal):
+    """Without return_lse the CPU path differentiates through SDPA itself (empty rows too)."""
+    q, k, v = _inputs(2, 9, 3, sq, sk, 64, torch.float32, "cpu", grad=True)
+    mask = _padding(2, sk, "cpu", empty_row=True)
+    with fusedops.use_backend("cpp"):
+        out = fusedops.attention(q, k, v, causal=causal, key_padding_mask=mask)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = reference.attention(q64, k64, v64, causal=causal, key_padding_mask=mask)
+    yard = in_dtype(q, k, v, causal=causal, key_padding_mask=mask)
+    assert_attention_bound("out", out, yard, want, torch.float32)
+    dout = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    ref = torch.autograd.grad(want, (q64, k64, v64), dout.double())
+    for name, g, y, r in zip(
+        ("dq", "dk", "dv"), got, torch.autograd.grad(yard, (q, k, v), dout), ref, strict=True
+    ):
+        assert_attention_bound(name, g, y, r, torch.float32)
