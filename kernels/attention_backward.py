@@ -21,22 +21,14 @@ Scores are handled in base 2: ``exp(s * scale - lse) = exp2(s * scale * log2(e) 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from . import INTERPRET
+from .attention import block_d_for, seq_bucket
 
 LOG2E = 1.4426950408889634
-MIN_HEAD_DIM = 16
-MAX_HEAD_DIM = 256
-
-
-def block_d_for(head_dim: int) -> int:
-    """Padded (power of two, >= 16) tile width of the head dim."""
-    return max(MIN_HEAD_DIM, triton.next_power_of_2(head_dim))
 
 
 # Per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates of each kernel,
@@ -481,10 +473,6 @@ def _bwd_dq(
     )
 
 
-def _seq_bucket(n: int) -> int:
-    return min(triton.next_power_of_2(max(n, 1)), 8192)
-
-
 def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
     return tuple(int(s) for s in t.stride()[:3])
 
@@ -559,9 +547,9 @@ def attention_backward(
         seq_k,
         n_heads_q,
         n_heads_k,
-        _seq_bucket(seq_q),
-        _seq_bucket(seq_k),
-        scale * math.log2(math.e),
+        seq_bucket(seq_q),
+        seq_bucket(seq_k),
+        scale * LOG2E,
         scale,
         *_strides3(q),
         *_strides3(k),

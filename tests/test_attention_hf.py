@@ -95,42 +95,9 @@ def test_refusals():
         fusedops.attention_hf(_Layer(), *_qkv(dim=8), None)
 
 
-def test_tiny_llama_through_attention_interface():
-    transformers = pytest.importorskip("transformers")
-    from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
-
-    masking = pytest.importorskip("transformers.masking_utils")
-    AttentionInterface.register("fusedops", fusedops.attention_hf)
-    # Without a mask function registered for the name, HF passes attention_mask=None.
-    masking.AttentionMaskInterface.register("fusedops", masking.sdpa_mask)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    ids = torch.randint(0, 64, (2, 9))
-    attn = torch.ones(2, 9, dtype=torch.long)
-    attn[1, :3] = 0  # left padding
-    with torch.no_grad():
-        model.set_attn_implementation("sdpa")
-        want = model(input_ids=ids, attention_mask=attn).logits
-        model.set_attn_implementation("fusedops")
-        got = model(input_ids=ids, attention_mask=attn).logits
-    assert transformers is not None
-    # Padded query positions are garbage in both; compare the real tokens.
-    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got[1, 3:], want[1, 3:], atol=1e-4, rtol=1e-4)
-
-
-def test_tiny_llama_generate_with_kv_cache():
-    """Prefill then decode steps (Sq = 1 over the cache, HF's [B, 1, 1, Sk] masks) with left
-    padding: the same greedy tokens and close logits as transformers' SDPA attention."""
+def _tiny_llama(kv_heads: int, seed: int):
+    """A 2-layer Llama with random weights, and "fusedops" registered as an attention
+    implementation (with HF's SDPA mask function: without one HF passes attention_mask=None)."""
     pytest.importorskip("transformers")
     from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 
@@ -143,11 +110,32 @@ def test_tiny_llama_generate_with_kv_cache():
         intermediate_size=96,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=1,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=32,
     )
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(config).eval()
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_tiny_llama_through_attention_interface():
+    model = _tiny_llama(kv_heads=2, seed=0)
+    ids = torch.randint(0, 64, (2, 9))
+    attn = torch.ones(2, 9, dtype=torch.long)
+    attn[1, :3] = 0  # left padding
+    with torch.no_grad():
+        model.set_attn_implementation("sdpa")
+        want = model(input_ids=ids, attention_mask=attn).logits
+        model.set_attn_implementation("fusedops")
+        got = model(input_ids=ids, attention_mask=attn).logits
+    # Padded query positions are garbage in both; compare the real tokens.
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1, 3:], want[1, 3:], atol=1e-4, rtol=1e-4)
+
+
+def test_tiny_llama_generate_with_kv_cache():
+    """Prefill then decode steps (Sq = 1 over the cache, HF's [B, 1, 1, Sk] masks) with left
+    padding: the same greedy tokens and close logits as transformers' SDPA attention."""
+    model = _tiny_llama(kv_heads=1, seed=1)
     ids = torch.randint(1, 64, (2, 7))
     attn = torch.ones(2, 7, dtype=torch.long)
     attn[0, :2] = 0  # left padding
