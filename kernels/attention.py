@@ -44,6 +44,8 @@ _SMEM_BUDGET = 144 * 1024
 # fp32 values a thread may hold for the accumulator plus the score tile counted twice (scores
 # and probabilities): above this ptxas spills on sm_80 (measured by the compile test).
 _REG_BUDGET = 128
+# CUDA's limit on the grid's y and z dimensions (heads, batch).
+MAX_GRID_YZ = 65535
 # The single config the interpreter runs (no benchmarking there; fewer, larger programs).
 INTERPRET_CONFIG = (64, 64, 4, 1)
 
@@ -220,7 +222,6 @@ def attention_fwd_kernel(
     lse_ptr,  # [B, Hq, Sq] fp32
     seq_q,
     seq_k,
-    n_heads_q,
     group,  # Hq // Hkv
     seq_q_bucket,  # autotune keys only
     seq_k_bucket,
@@ -251,10 +252,11 @@ def attention_fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    # Grid (query blocks, Hq, B): neighbouring programs share a head's k/v; B and Hq on the
+    # 65535-limited grid axes.
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // n_heads_q
-    h = pid_bh % n_heads_q
+    h = tl.program_id(1)
+    b = tl.program_id(2)
     kvh = h // group
     b64 = b.to(tl.int64)
 
@@ -337,8 +339,11 @@ def attention_forward(
         out.zero_()
         lse.fill_(float("-inf"))
         return
-    if batch * n_heads_q >= 2**31 or seq_q >= 2**31:
-        raise ValueError(f"attention: grid too large (B*Hq={batch * n_heads_q}, Sq={seq_q})")
+    if batch > MAX_GRID_YZ or n_heads_q > MAX_GRID_YZ or seq_q >= 2**31:
+        raise ValueError(
+            f"attention: the Triton grid allows B and Hq up to {MAX_GRID_YZ} and Sq < 2**31, "
+            f"got B={batch}, Hq={n_heads_q}, Sq={seq_q}"
+        )
     if key_padding_mask is not None:
         mask = key_padding_mask
         if mask.dtype == torch.bool:
@@ -348,7 +353,7 @@ def attention_forward(
         mask, stride_mb, stride_mn = q, 0, 0  # dummy, never read
 
     def grid(meta):
-        return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * n_heads_q)
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
 
     attention_fwd_kernel[grid](
         q,
@@ -359,7 +364,6 @@ def attention_forward(
         lse,
         seq_q,
         seq_k,
-        n_heads_q,
         n_heads_q // n_heads_kv,
         seq_bucket(seq_q),
         seq_bucket(seq_k),
@@ -380,4 +384,4 @@ def attention_forward(
     )
 
 
-__all__ = ["attention_forward", "block_d_for", "forward_config_space"]
+__all__ = ["MAX_GRID_YZ", "attention_forward", "block_d_for", "forward_config_space"]

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRET
-from .attention import block_d_for, seq_bucket
+from .attention import MAX_GRID_YZ, block_d_for, seq_bucket
 
 LOG2E = 1.4426950408889634
 
@@ -39,7 +39,7 @@ LOG2E = 1.4426950408889634
 _DKDV_SPACE = {
     16: ((32, 64, 4, 1), (32, 64, 8, 1), (64, 64, 8, 1), (64, 128, 8, 1)),
     32: ((32, 64, 4, 1), (32, 64, 8, 2), (64, 64, 8, 1), (64, 64, 4, 2)),
-    64: ((32, 64, 4, 1), (32, 64, 8, 1), (64, 64, 8, 1), (64, 64, 8, 2)),
+    64: ((32, 64, 4, 1), (32, 64, 8, 1), (64, 64, 8, 1)),
     128: ((32, 64, 8, 1), (32, 64, 8, 2)),
     256: ((16, 32, 4, 1), (16, 32, 8, 1), (32, 32, 8, 1)),
 }
@@ -47,14 +47,14 @@ _DQ_SPACE = {
     16: ((64, 64, 4, 1), (64, 64, 8, 1), (64, 128, 4, 1), (64, 128, 8, 1)),
     32: ((64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
     64: ((64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
-    128: ((64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
+    128: ((64, 64, 8, 1), (64, 64, 8, 2)),
     256: ((32, 32, 4, 1), (32, 16, 4, 1)),
 }
 # fp32 inputs (tf32x3 dots: three tensor-core products per dot, fp32 operands) need smaller
 # tiles. At BLOCK_D 256 every tf32x3 tile spilled (132..11940 bytes on sm_80): those dots run
 # as fp32 FMAs on the CUDA cores ("ieee", see dot_precision), whose tiles below compile clean.
 _DKDV_SPACE_FP32 = {
-    16: ((16, 32, 4, 1), (32, 32, 4, 1), (32, 64, 4, 1)),
+    16: ((16, 32, 4, 1), (32, 64, 4, 1)),
     32: ((16, 64, 4, 1),),
     64: ((16, 32, 8, 1),),
     128: ((16, 16, 8, 1),),
@@ -148,9 +148,8 @@ def _bwd_preprocess(
     BLOCK_M: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // n_heads).to(tl.int64)
-    h = (bh % n_heads).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows64 = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
@@ -188,7 +187,6 @@ def _bwd_dkdv(
     seq_q,
     seq_k,
     n_heads_q,
-    n_heads_k,
     seq_q_bucket,  # autotune keys only
     seq_k_bucket,
     qk_scale,  # softmax_scale * log2(e)
@@ -227,9 +225,8 @@ def _bwd_dkdv(
     BLOCK_N: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // n_heads_k).to(tl.int64)
-    hk = (bh % n_heads_k).to(tl.int64)
+    hk = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
     dt = k_ptr.dtype.element_ty
 
     start_n = pid_n * BLOCK_N
@@ -350,7 +347,6 @@ def _bwd_dq(
     seq_q,
     seq_k,
     n_heads_q,
-    n_heads_k,
     seq_q_bucket,
     seq_k_bucket,
     qk_scale,
@@ -386,9 +382,8 @@ def _bwd_dq(
     BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // n_heads_q).to(tl.int64)
-    hq = (bh % n_heads_q).to(tl.int64)
+    hq = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
     hk = hq // GROUP
     dt = q_ptr.dtype.element_ty
 
@@ -512,7 +507,13 @@ def attention_backward(
     lse = lse.to(torch.float32)
     delta = torch.empty((batch, n_heads_q, seq_q), device=q.device, dtype=torch.float32)
     pre_m = preprocess_block_m(head_dim)
-    _bwd_preprocess[(triton.cdiv(seq_q, pre_m), batch * n_heads_q)](
+    if batch > MAX_GRID_YZ or n_heads_q > MAX_GRID_YZ:
+        raise ValueError(
+            f"attention: the Triton grid allows B and Hq up to {MAX_GRID_YZ}, "
+            f"got B={batch}, Hq={n_heads_q}"
+        )
+    # Grids are (blocks, heads, batch): B and H on the 65535-limited axes.
+    _bwd_preprocess[(triton.cdiv(seq_q, pre_m), n_heads_q, batch)](
         out,
         dout,
         delta,
@@ -546,7 +547,6 @@ def attention_backward(
         seq_q,
         seq_k,
         n_heads_q,
-        n_heads_k,
         seq_bucket(seq_q),
         seq_bucket(seq_k),
         scale * LOG2E,
@@ -561,10 +561,10 @@ def attention_backward(
     )
 
     def grid_n(meta):
-        return (triton.cdiv(seq_k, meta["BLOCK_N"]), batch * n_heads_k)
+        return (triton.cdiv(seq_k, meta["BLOCK_N"]), n_heads_k, batch)
 
     def grid_m(meta):
-        return (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * n_heads_q)
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
 
     _bwd_dkdv[grid_n](
         q, k, v, dout, lse, delta, mask, dk, dv, *scalars, *_strides3(dk), *_strides3(dv), **common

@@ -185,6 +185,13 @@ def test_triton(shape, dtype, causal):
     check_case("triton", device, *shape, dtype, causal, mask=mask)
 
 
+def test_triton_grid_limit_is_a_clear_error():
+    """B and Hq sit on CUDA's 65535-limited grid axes: beyond that the launcher says so."""
+    q = torch.zeros(65536, 1, 1, 16, device="cuda" if HAS_CUDA else "cpu")
+    with fusedops.use_backend("triton"), pytest.raises(ValueError, match="B and Hq up to 65535"):
+        fusedops.attention(q, q, q)
+
+
 # ---- custom op registration, torch.compile, module -------------------------------------------
 
 

@@ -20,7 +20,7 @@ from fusedops.testing import CompileJob, compile_many
 pytestmark = pytest.mark.gpu_compile
 
 ARCHS = (80, 90)
-INT_ARGS = ("seq_q", "seq_k", "n_heads_q", "group", "seq_q_bucket", "seq_k_bucket")
+INT_ARGS = ("seq_q", "seq_k", "group", "seq_q_bucket", "seq_k_bucket")
 _DIMS = (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("m", "bn"), ("o", "bhm"), ("l", "bhm"))
 STRIDES = tuple(f"stride_{t}{d}" for t, dims in _DIMS for d in dims)
 # What the JIT specialises for 16-aligned contiguous tensors whose rows are multiples of 16

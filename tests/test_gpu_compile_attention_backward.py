@@ -28,7 +28,7 @@ HEAD_DIMS = (16, 32, 64, 80, 128, 256)  # 80: a padded BLOCK_D of 128
 TENSORS = ("q", "k", "v", "do")
 STRIDES = tuple(f"stride_{t}{d}" for t in TENSORS for d in ("b", "h", "s"))
 STRIDES += ("stride_lb", "stride_lh", "stride_ls", "stride_mb", "stride_mk")
-INTS = ("seq_q", "seq_k", "n_heads_q", "n_heads_k", "seq_q_bucket", "seq_k_bucket")
+INTS = ("seq_q", "seq_k", "n_heads_q", "seq_q_bucket", "seq_k_bucket")
 # What the JIT specialises for 16-aligned tensors whose rows are multiples of 16 elements.
 DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr", "delta_ptr", "mask_ptr")
 DIVISIBLE += ("dq_ptr", "dk_ptr", "dv_ptr")
