@@ -87,19 +87,26 @@ SEQS = [1, 17, 128, 257]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+def _kernel_backends() -> list:
+    return [c for c in _backends() if c.values[0] != "reference"]
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("sk", SEQS)
 @pytest.mark.parametrize("sq", SEQS)
-def test_seq_grid_cpp(sq, sk, causal):
-    check_case("cpp", "cpu", 1, 8, 2, sq, sk, 64, torch.float32, causal)
+@pytest.mark.parametrize("backend,device", _kernel_backends())
+def test_seq_grid(backend, device, sq, sk, causal):
+    """Every (Sq, Sk) pair of tails, decode and Sq > Sk, forward and the three gradients."""
+    check_case(backend, device, 1, 4, 2, sq, sk, 64, torch.float32, causal)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads", [(1, 1), (8, 2), (9, 3)])
 @pytest.mark.parametrize("dim", [16, 64, 80, 128])
-@pytest.mark.parametrize("backend", ["cpp", "reference"])
-def test_dim_heads_dtype(backend, dim, heads, dtype):
-    check_case(backend, "cpu", 2, *heads, 17, 33, dim, dtype, True, mask=_padding(2, 33, "cpu"))
+@pytest.mark.parametrize("backend,device", _backends())
+def test_dim_heads_dtype(backend, device, dim, heads, dtype):
+    mask = _padding(2, 33, device)
+    check_case(backend, device, 2, *heads, 17, 33, dim, dtype, True, mask=mask)
 
 
 @pytest.mark.parametrize("causal", [True, False])
