@@ -48,7 +48,7 @@ _DQ_SPACE = {
     32: ((64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
     64: ((64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
     128: ((64, 64, 8, 1), (64, 64, 8, 2)),
-    256: ((32, 32, 4, 1), (32, 16, 4, 1)),
+    256: ((32, 32, 4, 1), (32, 16, 4, 1), (64, 16, 4, 1)),  # the last: wgmma on sm_90
 }
 # fp32 inputs (tf32x3 dots: three tensor-core products per dot, fp32 operands) need smaller
 # tiles. At BLOCK_D 256 every tf32x3 tile spilled (132..11940 bytes on sm_80): those dots run
