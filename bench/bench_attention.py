@@ -17,7 +17,6 @@ forward+backward case counts ``3.5x`` (backward = 2.5x forward).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fusedops import benchmarking as bm
+from fusedops.baselines import eager_attention
 
 OP = "attention"
 SDPA = "sdpa"
@@ -62,18 +62,6 @@ def attention_flops(batch, heads, seq_q, seq_k, dim, *, causal=True, backward=Fa
     if causal:
         flops //= 2
     return int(flops * 3.5) if backward else flops
-
-
-def eager_attention(q, k, v):
-    """Causal (bottom-right) attention as transformers' eager path writes it."""
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    sq, sk = q.shape[2], k.shape[2]
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
 def sdpa_attention(q, k, v):

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from fusedops import benchmarking as bm
 from fusedops import reference
+from fusedops.baselines import composed_int8_lookup
 
 OP = "int8_embedding"
 FLOAT_TABLE = "F.embedding"
@@ -74,20 +75,6 @@ def min_bytes_int8_embedding(
     return num_tokens * per_token
 
 
-def composed_lookup(
-    ids: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, out_dtype: torch.dtype
-) -> torch.Tensor:
-    """The bitsandbytes-style INT8 lookup: gather int8 rows, gather scales, multiply."""
-    rows = F.embedding(ids, qweight).float()  # [B, S, D]
-    row_scales = F.embedding(ids, scales).float()  # [B, S, G]
-    groups = scales.shape[1]
-    if groups == 1:
-        out = rows * row_scales
-    else:
-        out = (rows.unflatten(-1, (groups, -1)) * row_scales.unsqueeze(-1)).flatten(-2)
-    return out.to(out_dtype)  # [B, S, D]
-
-
 def _fused_api() -> tuple[Callable[..., torch.Tensor], Callable[[str], Any]]:
     """``(fusedops.int8_embedding, fusedops.use_backend)``, or :class:`bm.Unavailable`."""
     import fusedops
@@ -126,10 +113,10 @@ def _build(spec: Int8Spec, out_dtype: torch.dtype, device: torch.device) -> bm.W
         _, use_backend = _fused_api()
         return use_backend(backend)
 
-    compiled = torch.compile(composed_lookup, dynamic=False)
+    compiled = torch.compile(composed_int8_lookup, dynamic=False)
     impls = [
         bm.Impl(bm.FUSED, fused, context=backend_ctx),
-        bm.Impl(bm.EAGER, lambda: composed_lookup(ids, qweight, scales, out_dtype)),
+        bm.Impl(bm.EAGER, lambda: composed_int8_lookup(ids, qweight, scales, out_dtype)),
         bm.Impl(bm.COMPILE, lambda: compiled(ids, qweight, scales, out_dtype)),
         bm.Impl(FLOAT_TABLE, lambda: F.embedding(ids, float_table)),
     ]
@@ -138,7 +125,7 @@ def _build(spec: Int8Spec, out_dtype: torch.dtype, device: torch.device) -> bm.W
         with backend_ctx():
             actual = fused()
         expected = reference.int8_embedding(ids, qweight, scales, out_dtype=out_dtype)
-        composed = composed_lookup(ids, qweight, scales, out_dtype)
+        composed = composed_int8_lookup(ids, qweight, scales, out_dtype)
         for what, want in (("reference.int8_embedding", expected), ("the composition", composed)):
             try:
                 if actual.dtype != want.dtype or actual.shape != want.shape:

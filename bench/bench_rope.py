@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from fusedops import benchmarking as bm
+from fusedops.baselines import hf_apply_rotary
 
 OP = "rope"
 
@@ -73,17 +74,6 @@ def min_bytes_rope(
     rows = seq if cos_rows is None else cos_rows
     qk = batch * (heads_q + heads_k) * seq * dim * dtype.itemsize
     return 2 * qk + 2 * rows * (rotary_dim // 2) * (cos_dtype or dtype).itemsize
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def hf_apply_rotary(q, k, cos, sin):
-    """transformers' Llama ``apply_rotary_pos_emb`` (cos/sin ``[B or 1, S, D]``)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
 def _fused_api() -> tuple[Callable[..., Any], Callable[[str], Any]]:

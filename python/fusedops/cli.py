@@ -43,6 +43,11 @@ for _var, _sub in (("TRITON_CACHE_DIR", "triton-cache"), ("TORCHINDUCTOR_CACHE_D
 import fusedops  # noqa: E402
 from fusedops import benchmarking as bm  # noqa: E402
 from fusedops import reference  # noqa: E402
+from fusedops.baselines import (  # noqa: E402
+    composed_int8_lookup,
+    eager_attention,
+    hf_apply_rotary,
+)
 
 
 @dataclass
@@ -105,11 +110,6 @@ def _embedding_row(backend, device, dtype, batch, seq, dim, vocab, mode, *, comp
     )
 
 
-def _composed_int8_lookup(ids, qweight, scales):
-    """bitsandbytes-style INT8 lookup: gather int8 rows, gather per-row scales, multiply."""
-    return F.embedding(ids, qweight).float() * F.embedding(ids, scales)  # [B, S, D]
-
-
 def _int8_row(device, batch, seq, dim, vocab, *, min_time):
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
@@ -122,7 +122,7 @@ def _int8_row(device, batch, seq, dim, vocab, *, min_time):
             return fusedops.int8_embedding(ids, qweight, scales)
 
     def eager():
-        return _composed_int8_lookup(ids, qweight, scales)
+        return composed_int8_lookup(ids, qweight, scales, torch.float32)
 
     out = fused()
     float_out = F.embedding(ids, weight)  # what the fp32 table gives
@@ -131,7 +131,7 @@ def _int8_row(device, batch, seq, dim, vocab, *, min_time):
     kernel_ok = torch.allclose(out, reference.int8_embedding(ids, qweight, scales), 1e-6, 1e-6)
     stored = qweight.numel() * qweight.element_size() + scales.numel() * scales.element_size()
     fp32_bytes = weight.numel() * weight.element_size()
-    compiled = torch.compile(_composed_int8_lookup)
+    compiled = torch.compile(composed_int8_lookup)
     return DemoRow(
         op="int8 embedding (per-row)",
         backend="cpp" if device == "cpu" else "cuda",
@@ -142,17 +142,11 @@ def _int8_row(device, batch, seq, dim, vocab, *, min_time):
         ref_max=float_out.abs().max().item(),
         fused_ms=_time(fused, device, min_time),
         eager_ms=_time(eager, device, min_time),
-        compile_ms=_time(lambda: compiled(ids, qweight, scales), device, min_time),
+        compile_ms=_time(lambda: compiled(ids, qweight, scales, torch.float32), device, min_time),
         memory=f"{stored / 2**20:.1f} vs {fp32_bytes / 2**20:.1f} MiB "
         f"({fp32_bytes / stored:.2f}x smaller)",
         ok=kernel_ok and max_err <= half_step * (1 + 1e-5),
     )
-
-
-def _hf_rope(q, k, cos, sin):
-    """transformers' Llama ``apply_rotary_pos_emb`` (cos/sin ``[1, S, D]``), written out."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + reference.rotate_half(q) * sin, k * cos + reference.rotate_half(k) * sin
 
 
 def _rope_row(backend, device, dtype, batch, heads_q, heads_k, seq, dim, *, compile_ref, min_time):
@@ -173,7 +167,7 @@ def _rope_row(backend, device, dtype, batch, heads_q, heads_k, seq, dim, *, comp
     max_err = max((g.double() - e).abs().max().item() for g, e in zip(got, expected, strict=True))
     compiled_ms = None
     if compile_ref:
-        compiled = torch.compile(_hf_rope)
+        compiled = torch.compile(hf_apply_rotary)
         compiled_ms = _time(lambda: compiled(q, k, cos, sin), device, min_time)
     return DemoRow(
         op="rope (q+k, HF cos/sin)",
@@ -184,20 +178,9 @@ def _rope_row(backend, device, dtype, batch, heads_q, heads_k, seq, dim, *, comp
         max_err=max_err,
         ref_max=max(e.abs().max().item() for e in expected),
         fused_ms=_time(fused, device, min_time),
-        eager_ms=_time(lambda: _hf_rope(q, k, cos, sin), device, min_time),
+        eager_ms=_time(lambda: hf_apply_rotary(q, k, cos, sin), device, min_time),
         compile_ms=compiled_ms,
     )
-
-
-def _eager_attention(q, k, v):
-    """Causal (bottom-right) attention as transformers' eager path writes it (GQA repeated)."""
-    group = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    sq, sk = q.shape[2], k.shape[2]
-    scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 def _attention_row(backend, device, dtype, batch, heads_q, heads_kv, seq, dim, *, compile_ref,
@@ -215,10 +198,10 @@ def _attention_row(backend, device, dtype, batch, heads_q, heads_kv, seq, dim, *
 
     expected = reference.attention(q.double(), k.double(), v.double(), causal=True)
     max_err = (fused().double() - expected).abs().max().item()
-    eager_err = (_eager_attention(q, k, v).double() - expected).abs().max().item()
+    eager_err = (eager_attention(q, k, v).double() - expected).abs().max().item()
     compiled_ms = None
     if compile_ref:
-        compiled = torch.compile(_eager_attention)
+        compiled = torch.compile(eager_attention)
         compiled_ms = _time(lambda: compiled(q, k, v), device, min_time)
     return DemoRow(
         op="attention (causal)",
@@ -229,7 +212,7 @@ def _attention_row(backend, device, dtype, batch, heads_q, heads_kv, seq, dim, *
         max_err=max_err,
         ref_max=expected.abs().max().item(),
         fused_ms=_time(fused, device, min_time),
-        eager_ms=_time(lambda: _eager_attention(q, k, v), device, min_time),
+        eager_ms=_time(lambda: eager_attention(q, k, v), device, min_time),
         compile_ms=compiled_ms,
         ok=max_err <= 2 * eager_err + 1e-5,
     )
