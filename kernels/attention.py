@@ -318,6 +318,30 @@ def attention_fwd_kernel(
 # ---------------------------------------------------------------------------- launcher
 
 
+def check_grid(batch: int, n_heads: int, seq: int) -> None:
+    """Grids are (blocks, heads, batch): heads and batch sit on CUDA's 65535-limited axes."""
+    if batch > MAX_GRID_YZ or n_heads > MAX_GRID_YZ or seq >= 2**31:
+        raise ValueError(
+            f"attention: the Triton grid allows B and Hq up to {MAX_GRID_YZ} and Sq < 2**31, "
+            f"got B={batch}, Hq={n_heads}, Sq={seq}"
+        )
+
+
+def mask_args(
+    key_padding_mask: torch.Tensor | None,  # [B, Sk] bool, True = attend
+    dummy: torch.Tensor,
+) -> tuple[torch.Tensor, int, int]:
+    """``(mask, stride_b, stride_k)`` as the kernels read a key padding mask: a uint8 view of
+    the bool tensor, or ``dummy`` with zero strides (never read: HAS_MASK is False)."""
+    if key_padding_mask is None:
+        return dummy, 0, 0
+    mask = key_padding_mask
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    stride_b, stride_k = mask.stride()
+    return mask, int(stride_b), int(stride_k)
+
+
 def attention_forward(
     q: torch.Tensor,  # [B, Hq, Sq, D], stride(-1) == 1
     k: torch.Tensor,  # [B, Hkv, Sk, D], stride(-1) == 1
@@ -339,18 +363,8 @@ def attention_forward(
         out.zero_()
         lse.fill_(float("-inf"))
         return
-    if batch > MAX_GRID_YZ or n_heads_q > MAX_GRID_YZ or seq_q >= 2**31:
-        raise ValueError(
-            f"attention: the Triton grid allows B and Hq up to {MAX_GRID_YZ} and Sq < 2**31, "
-            f"got B={batch}, Hq={n_heads_q}, Sq={seq_q}"
-        )
-    if key_padding_mask is not None:
-        mask = key_padding_mask
-        if mask.dtype == torch.bool:
-            mask = mask.view(torch.uint8)
-        stride_mb, stride_mn = mask.stride()
-    else:
-        mask, stride_mb, stride_mn = q, 0, 0  # dummy, never read
+    check_grid(batch, n_heads_q, seq_q)
+    mask, stride_mb, stride_mn = mask_args(key_padding_mask, q)
 
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
@@ -384,4 +398,11 @@ def attention_forward(
     )
 
 
-__all__ = ["MAX_GRID_YZ", "attention_forward", "block_d_for", "forward_config_space"]
+__all__ = [
+    "MAX_GRID_YZ",
+    "attention_forward",
+    "block_d_for",
+    "check_grid",
+    "forward_config_space",
+    "mask_args",
+]

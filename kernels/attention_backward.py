@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRET
-from .attention import MAX_GRID_YZ, block_d_for, seq_bucket
+from .attention import block_d_for, check_grid, mask_args, seq_bucket
 
 LOG2E = 1.4426950408889634
 
@@ -507,11 +507,7 @@ def attention_backward(
     lse = lse.to(torch.float32)
     delta = torch.empty((batch, n_heads_q, seq_q), device=q.device, dtype=torch.float32)
     pre_m = preprocess_block_m(head_dim)
-    if batch > MAX_GRID_YZ or n_heads_q > MAX_GRID_YZ:
-        raise ValueError(
-            f"attention: the Triton grid allows B and Hq up to {MAX_GRID_YZ}, "
-            f"got B={batch}, Hq={n_heads_q}"
-        )
+    check_grid(batch, n_heads_q, seq_q)
     # Grids are (blocks, heads, batch): B and H on the 65535-limited axes.
     _bwd_preprocess[(triton.cdiv(seq_q, pre_m), n_heads_q, batch)](
         out,
@@ -525,14 +521,7 @@ def attention_backward(
         BLOCK_D=block_d,
         BLOCK_M=pre_m,
     )
-    if key_padding_mask is not None:
-        mask = key_padding_mask
-        if mask.dtype == torch.bool:
-            mask = mask.view(torch.uint8)
-        stride_mb = int(mask.stride(0)) if mask.shape[0] > 1 else 0
-        stride_mk = int(mask.stride(1))
-    else:
-        mask, stride_mb, stride_mk = delta, 0, 0  # dummy, never read
+    mask, stride_mb, stride_mk = mask_args(key_padding_mask, delta)
     common = dict(
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
