@@ -45,7 +45,7 @@ ifneq ($(HAVE_NVCC),)
 	$(MAKE) --no-print-directory cuda-build
 else
 	@echo "fusedops: CUDA extension build skipped: nvcc is not on PATH" \
-		"(tests/test_int8_cuda_*.py will skip)"
+		"(tests/int8/test_int8_cuda_*.py will skip)"
 endif
 	$(VPY) -m pytest tests -q
 
@@ -67,7 +67,7 @@ cuda-build: $(CUDA_STAMP)
 
 # Build it, then run the two CUDA proofs (nvcc/ptxas/SASS of the kernel, dispatcher kernels).
 cuda-proof: $(STAMP) $(CUDA_STAMP)
-	$(VPY) -m pytest -q tests/test_int8_cuda_compile.py tests/test_int8_cuda_build.py
+	$(VPY) -m pytest -q tests/int8/test_int8_cuda_compile.py tests/int8/test_int8_cuda_build.py
 
 bench: $(STAMP)
 	$(VPY) bench/run.py --out bench/results.csv

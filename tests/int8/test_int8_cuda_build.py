@@ -20,7 +20,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA_VENV = os.path.join(ROOT, ".venv-cuda")
 STAMP = os.path.join(CUDA_VENV, ".fusedops-cuda-stamp")
 BIN = "Scripts" if sys.platform == "win32" else "bin"

@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, "csrc")
 KERNEL = os.path.join(CSRC, "int8_embedding_cuda_kernel.cu")
 ARCHS = (80, 90)
