@@ -7,12 +7,13 @@ STAMP := $(VENV)/.fusedops-stamp
 SOURCES := setup.py pyproject.toml requirements-dev.txt requirements-triton.txt \
 	$(wildcard csrc/*) $(wildcard python/fusedops/*.py) $(wildcard python/fusedops/*/*.py) \
 	$(wildcard kernels/*.py)
-export TRITON_CACHE_DIR ?= $(CURDIR)/$(VENV)/fusedops-cache/triton-cache
-export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/$(VENV)/fusedops-cache/inductor
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-# The CUDA proof (issue 3): a second venv with a CUDA torch builds the full CUDA extension (no GPU
-# needed) from a copy of the sources, so the main venv's in-place _C.so is never touched.
+# Compiler caches (Triton, Inductor, the ahead-of-time GPU compile) go to .venv/fusedops-cache:
+# the rule is fusedops.caches, applied by the tests, the demo and bench/ before they compile.
+
+# The CUDA build: a second venv with a CUDA torch builds the full CUDA extension (no GPU needed)
+# from a copy of the sources, so the main venv's in-place _C.so is never touched.
 CUDA_VENV := .venv-cuda
 CUDA_VPY := $(CUDA_VENV)/bin/python
 CUDA_STAMP := $(CUDA_VENV)/.fusedops-cuda-stamp

@@ -2,7 +2,8 @@
 
 Run with ``pytest bench/ --benchmark-only``. ``bench_*.py`` files are collected by the
 ``pytest_collect_file`` hook below, so no ``python_files`` option is needed (passing
-``-o python_files=bench_*.py`` also works; files are then not collected twice).
+``-o python_files=bench_*.py`` also works; files are then not collected twice). A test taking
+``case`` and ``impl`` runs once per implementation of every case in its module's ``CASES``.
 
 Fixtures:
 
@@ -12,32 +13,24 @@ Fixtures:
   case's implementations), checks ``fusedops`` against the reference before timing it, calls the
   implementation once untimed (``torch.compile`` / Triton autotuning), then times it with the
   ``benchmark`` fixture inside the implementation's context (e.g. ``use_backend("cpp")``).
-  GB/s and the fraction of the device's copy ceiling go to ``extra_info``. When the fusedops
-  API is not importable the ``fusedops`` tests are skipped with the reason.
+  GB/s, the fraction of the device's copy ceiling and TFLOP/s go to ``extra_info``. When the
+  ``fusedops._C`` extension is not built the ``fusedops`` tests are skipped with the reason.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-# Keep compiler caches out of the home directory (and warm across runs).
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(sys.prefix, "var", "inductor-cache"))
-os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(sys.prefix, "var", "triton-cache"))
+from fusedops.caches import set_default_cache_dirs
 
-try:
-    import fusedops.benchmarking  # noqa: F401
-except ImportError:  # not installed: use the source tree (pure-Python parts only)
-    sys.path.insert(0, str(ROOT / "python"))
-
-import torch  # noqa: E402
+set_default_cache_dirs()
 
 from fusedops import benchmarking as bm  # noqa: E402
 
@@ -50,6 +43,15 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if any(fnmatch.fnmatch(file_path.name, pattern) for pattern in patterns):
         return None  # the python plugin collects it already
     return pytest.Module.from_parent(parent, path=file_path)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``(case, impl)`` over the module's ``CASES``, one id per implementation."""
+    if {"case", "impl"} <= set(metafunc.fixturenames):
+        params = bm.case_impl_params(metafunc.module.CASES)
+        metafunc.parametrize(
+            ("case", "impl"), [(c, i) for c, i, _ in params], ids=[name for *_, name in params]
+        )
 
 
 @pytest.fixture(scope="session")
@@ -78,12 +80,10 @@ def run_bench(benchmark: Any, bench_device: torch.device) -> Callable[[bm.Case, 
 
     def run(case: bm.Case, impl_name: str) -> None:
         workload = _workload(case, bench_device)
-        impl = next((i for i in workload.impls if i.name == impl_name), None)
-        if impl is None:
-            pytest.skip(f"{case.id} has no {impl_name!r} implementation")
+        impl = next(i for i in workload.impls if i.name == impl_name)
         try:
             if impl_name == bm.FUSED and not _built["checked"]:
-                workload.check()
+                bm.check_case(case, workload)
                 _built["checked"] = True
             with impl.context():
                 fn = impl.fn
@@ -102,13 +102,15 @@ def run_bench(benchmark: Any, bench_device: torch.device) -> Callable[[bm.Case, 
             pytest.skip(str(exc))
         benchmark.extra_info.update(op=case.op, case=case.name, impl=impl_name, shape=case.shape)
         median_s = _median_seconds(benchmark)
-        if workload.min_bytes and median_s:
+        if median_s and workload.min_bytes:
             rate = bm.gbs(workload.min_bytes, median_s * 1e3)
             benchmark.extra_info["min_bytes"] = workload.min_bytes
             benchmark.extra_info["gb_s"] = round(rate, 2)
             benchmark.extra_info["frac_of_copy"] = round(
                 rate / bm.copy_bandwidth_gbs(bench_device), 3
             )
+        if median_s and workload.flops:
+            benchmark.extra_info["tflop_s"] = round(workload.flops / median_s / 1e12, 3)
 
     return run
 

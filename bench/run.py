@@ -1,40 +1,36 @@
-"""Run every benchmark case in one process, write a CSV and print the table.
+"""Run benchmark cases in one process, write a CSV and print the tables.
 
-    python bench/run.py --out bench/results.csv
+    python bench/run.py --out bench/results.csv [--op rope] [-k decode]
 
 Cases come from ``CASES`` in each ``bench/bench_<op>.py`` (the same registry pytest-benchmark
 runs). For every case the fusedops output is checked against the reference first (a mismatch
-stops the run with exit status 1), then ``fusedops``, ``eager`` (the reference) and ``compile``
-(``torch.compile`` of the reference, warmed first) are timed with
-:func:`fusedops.benchmarking.measure`. Rows give median/p20/p80 ms, GB/s of the minimum bytes,
-the fraction of the device's measured copy bandwidth, and speedups against eager and compile.
+stops the run with exit status 1), then every implementation (``fusedops``, ``eager``,
+``compile`` = ``torch.compile`` of eager, warmed first, and op-specific baselines) is timed with
+:func:`fusedops.benchmarking.run_case`. Rows give median/p20/p80 ms, GB/s of the minimum bytes,
+the fraction of the device's measured copy bandwidth (TFLOP/s for attention), and speedups
+against eager and compile. A second table gives microseconds per call of the decode-size cases.
 
 The first run builds the ``torch.compile`` graphs (20-45 s each on 2 CPU cores); they are cached
-in ``$TORCHINDUCTOR_CACHE_DIR`` (default: under ``sys.prefix``), so later runs are much faster.
+under ``<sys.prefix>/fusedops-cache`` (:mod:`fusedops.caches`), so later runs are much faster.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(sys.prefix, "var", "inductor-cache"))
-os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(sys.prefix, "var", "triton-cache"))
+import torch
 
-try:
-    import fusedops.benchmarking  # noqa: F401
-except ImportError:  # not installed: use the source tree (pure-Python parts only)
-    sys.path.insert(0, str(ROOT / "python"))
+from fusedops.caches import set_default_cache_dirs
 
-import torch  # noqa: E402
+set_default_cache_dirs()
 
 from fusedops import benchmarking as bm  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
 
 
 def discover_cases(ops: list[str] | None) -> list[bm.Case]:
@@ -59,7 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="device to run on (default: cuda if available, else cpu)",
     )
     parser.add_argument("--op", action="append", help="only this op (repeatable)")
-    parser.add_argument("-k", "--filter", default="", help="only cases whose id contains this")
+    parser.add_argument(
+        "-k",
+        "--filter",
+        action="append",
+        default=[],
+        help="only cases whose id contains this text (repeatable: any of them); see --list",
+    )
     parser.add_argument(
         "--min-time", type=float, default=1.0, help="seconds of timed calls per implementation"
     )
@@ -68,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reference-only",
         action="store_true",
-        help="time only the baselines (when fusedops' kernels are not built yet)",
+        help="time only the baselines (when fusedops' extension is not built yet)",
     )
     parser.add_argument(
         "--threads",
@@ -77,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPU threads (torch.set_num_threads; default: torch's choice). On a shared "
         "machine, fewer threads than cores avoids parallel regions stalled by preemption",
     )
-    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--list", action="store_true", help="list the case ids and exit")
     return parser.parse_args(argv)
 
 
@@ -86,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cases = [c for c in discover_cases(args.op) if args.filter in c.id]
+    cases = [
+        case
+        for case in discover_cases(args.op)
+        if not args.filter or any(text in case.id for text in args.filter)
+    ]
     if args.list:
         print("\n".join(case.id for case in cases))
         return 0
@@ -108,23 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(title, flush=True)
     rows: list[bm.Row] = []
+    decode_rows: list[bm.Row] = []
     for case in cases:
         try:
-            rows.extend(
-                bm.run_case(
-                    case,
-                    device,
-                    min_time=args.min_time,
-                    rounds=args.rounds,
-                    skip=skip,
-                    log=lambda line: print(line, flush=True),
-                )
+            case_rows = bm.run_case(
+                case,
+                device,
+                min_time=args.min_time,
+                rounds=args.rounds,
+                skip=skip,
+                log=lambda line: print(line, flush=True),
             )
         except bm.Mismatch as exc:
-            print(
-                f"\nbench/run.py: FAILED CHECK, nothing timed for {case.id}:\n{exc}",
-                file=sys.stderr,
-            )
+            print(f"\nbench/run.py: FAILED CHECK, nothing timed:\n{exc}", file=sys.stderr)
             return 1
         except bm.Unavailable as exc:
             print(
@@ -134,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+        rows.extend(case_rows)
+        if case.tags >= bm.DECODE:
+            decode_rows.extend(case_rows)
     bm.write_csv(rows, args.out)
     print()
     print(bm.format_table(rows, title=title))
+    if decode_rows:
+        print()
+        print(bm.format_per_call_table(decode_rows, title="Decode size: microseconds per call"))
     print(f"\nwrote {args.out} ({len(rows)} rows) in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import fusedops
 from fusedops import baselines, reference
 
 
@@ -19,12 +21,14 @@ def test_hf_apply_rotary_matches_reference():
         torch.testing.assert_close(g, w)
 
 
-def test_eager_attention_matches_reference():
+@pytest.mark.parametrize("attention", [baselines.eager_attention, baselines.sdpa_attention])
+@pytest.mark.parametrize("seq_q", [5, 9])  # Sq < Sk (bottom-right causal) and Sq == Sk
+def test_attention_baselines_match_reference(attention, seq_q):
     gen = torch.Generator().manual_seed(1)
-    q = torch.randn(1, 4, 5, 16, generator=gen, dtype=torch.float64)
+    q = torch.randn(1, 4, seq_q, 16, generator=gen, dtype=torch.float64)
     k = torch.randn(1, 2, 9, 16, generator=gen, dtype=torch.float64)
     v = torch.randn(1, 2, 9, 16, generator=gen, dtype=torch.float64)
-    got = baselines.eager_attention(q.float(), k.float(), v.float())
+    got = attention(q.float(), k.float(), v.float())
     torch.testing.assert_close(got.double(), reference.attention(q, k, v), atol=1e-5, rtol=1e-5)
 
 
@@ -33,6 +37,6 @@ def test_composed_int8_lookup_matches_reference():
     ids = torch.randint(0, 11, (2, 5), generator=gen)
     for group_size in (None, 4):
         weight = torch.randn(11, 8, generator=gen)
-        qweight, scales = reference.quantize_embedding(weight, group_size=group_size)
+        qweight, scales = fusedops.quantize_embedding(weight, group_size=group_size)
         got = baselines.composed_int8_lookup(ids, qweight, scales, torch.float32)
         torch.testing.assert_close(got, reference.int8_embedding(ids, qweight, scales))

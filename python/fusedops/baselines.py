@@ -1,8 +1,9 @@
 """The compositions fusedops is timed against, written as model code writes them.
 
-One copy each for the demo (``fusedops.cli``) and the benchmark suites (``bench/``). These are
-baselines, not the spec: :mod:`fusedops.reference` is the spec (math in fp32 or fp64); these run
-in the inputs' dtype the way eager model code does, and are also handed to ``torch.compile``.
+The benchmark cases (:mod:`fusedops.benchmarking.cases`, shared by ``bench/`` and the demo)
+time against these. They are baselines, not the spec: :mod:`fusedops.reference` is the spec
+(math in fp32 or fp64); these run in the inputs' dtype the way eager model code does, and are
+also handed to ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ def eager_attention(
     return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
+def sdpa_attention(
+    q: torch.Tensor,  # [B, Hq, Sq, D]
+    k: torch.Tensor,  # [B, Hkv, Sk, D]
+    v: torch.Tensor,  # [B, Hkv, Sk, D]
+) -> torch.Tensor:
+    """Causal (bottom-right) attention through ``F.scaled_dot_product_attention``: its
+    ``is_causal`` when ``Sq == Sk`` (then the same mask), an explicit ``[Sq, Sk]`` mask otherwise.
+    Returns ``[B, Hq, Sq, D]``."""
+    sq, sk = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if sq == sk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
 def composed_int8_lookup(
     ids: torch.Tensor,  # [B, S] int
     qweight: torch.Tensor,  # [V, D] int8
@@ -62,4 +79,4 @@ def composed_int8_lookup(
     return out.to(out_dtype)  # [B, S, D]
 
 
-__all__ = ["composed_int8_lookup", "eager_attention", "hf_apply_rotary"]
+__all__ = ["composed_int8_lookup", "eager_attention", "hf_apply_rotary", "sdpa_attention"]
