@@ -1,11 +1,20 @@
-"""Shared test helpers: the one tolerance table, comparisons, and backend/device cases."""
+"""Shared test helpers: the dtype list, the one tolerance table, comparisons, backend cases."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fusedops
 
 HAS_CUDA = torch.cuda.is_available()
+# Where the Triton kernels run when called directly: natively on CUDA, else in the interpreter.
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+# The floating dtypes every op takes (activations, tables, outputs); tests run all of them.
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 # (atol, rtol) of a kernel output in this dtype against an fp64 reference. fp16/bf16 allow
 # about one ulp (Triton's interpreter truncates fp32 -> bf16 stores instead of rounding).
@@ -37,6 +46,24 @@ def assert_close(
     torch.testing.assert_close(
         a, e, atol=atol + atol_extra, rtol=rtol * rtol_scale, msg=lambda m: f"{msg} {m}"
     )
+
+
+# The positional term of the lookups (fused_embedding, int8_embedding).
+POS_MODES = ["none", "learned", "sinusoid"]
+
+
+def pos_kwargs(mode: str, pos_weight: torch.Tensor) -> dict:
+    """The lookup's keyword arguments for positional ``mode`` (one of ``POS_MODES``)."""
+    if mode == "learned":
+        return {"pos_weight": pos_weight}
+    return {"sinusoidal": True} if mode == "sinusoid" else {}
+
+
+def sinusoid_atol(mode: str, max_pos: int) -> float:
+    """Extra atol of a lookup in positional ``mode`` at positions < ``max_pos``: for the in-kernel
+    sinusoid only sin/cos of the shared fp32 angle differ between implementations (~1 ulp of
+    the angle in the argument reduction), so a few fp32 ulps of ``max_pos``; else 0."""
+    return 8 * max_pos * 2.0**-24 if mode == "sinusoid" else 0.0
 
 
 # Attention's bound (flash-attention's): the kernel's max abs error against fp64 may be twice
@@ -78,47 +105,153 @@ def assert_attention_bound(
     return err
 
 
-def backend_cases() -> list:
-    """(backend, device) pairs every op is tested on here: Triton runs natively on CUDA and
-    through the interpreter on CPU; the C++ kernels and the reference run on CPU."""
-    cases = [
-        pytest.param("cpp", "cpu", id="cpp-cpu"),
-        pytest.param("reference", "cpu", id="reference-cpu"),
-    ]
+LSE_TOL = 1e-4  # attention's lse (fp32) against fp64: this times (1 + max |lse|)
+
+
+def check_attention(
+    backend: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    dout: torch.Tensor | None = None,
+    return_lse: bool = True,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``fusedops.attention`` on ``backend`` against the fp64 reference with the bound: the
+    output, the lse (-inf exactly where a row has no allowed key, else close in fp32) and, given
+    an upstream ``dout`` (q, k, v requiring grad), dq/dk/dv. Returns ``(out, lse or None)``."""
+    dtype = q.dtype
+    with fusedops.use_backend(backend):
+        result = fusedops.attention(q, k, v, return_lse=return_lse, **kwargs)
+    out, lse = result if return_lse else (result, None)
+    assert out.shape == q.shape and out.dtype == dtype, (out.shape, out.dtype)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want, want_lse = fusedops.reference.attention(q64, k64, v64, return_lse=True, **kwargs)
+    yardstick = fusedops.reference.attention(q, k, v, compute_dtype=dtype, **kwargs)
+    assert_attention_bound("out", out, yardstick, want, dtype)
+    if lse is not None:
+        assert lse.shape == q.shape[:3] and lse.dtype == torch.float32, (lse.shape, lse.dtype)
+        empty = torch.isinf(want_lse)
+        assert torch.equal(torch.isinf(lse), empty) and bool((lse[empty] < 0).all())
+        if not empty.all():
+            err = max_abs_error(lse[~empty], want_lse[~empty])
+            top = want_lse[~empty].abs().max().item()
+            assert err <= LSE_TOL * (1 + top), f"lse error {err:.3g}"
+    if dout is None:
+        return out, lse
+    got = torch.autograd.grad(out, (q, k, v), dout)
+    want_grads = torch.autograd.grad(want, (q64, k64, v64), dout.double())
+    yard_grads = torch.autograd.grad(yardstick, (q, k, v), dout)
+    for name, g, y, r in zip(("dq", "dk", "dv"), got, yard_grads, want_grads, strict=True):
+        assert g.shape == r.shape and g.dtype == dtype, (name, g.shape, g.dtype)
+        assert_attention_bound(name, g, y, r, dtype)
+    return out, lse
+
+
+def backend_cases(*, reference: bool = True, triton: bool = True) -> list:
+    """(backend, device) pairs an op is tested on: its C++ kernel on CPU; Triton natively on
+    CUDA, else through the interpreter on CPU; the reference on CPU (and CUDA). An op without a
+    Triton kernel (``triton=False``: INT8) runs its extension's CUDA kernel through ``cpp``."""
+    cases = [pytest.param("cpp", "cpu", id="cpp-cpu")]
+    if reference:
+        cases.append(pytest.param("reference", "cpu", id="reference-cpu"))
     if HAS_CUDA:
-        cases += [
-            pytest.param("triton", "cuda", id="triton-cuda"),
-            pytest.param("reference", "cuda", id="reference-cuda"),
-        ]
-    else:
+        cuda = pytest.mark.cuda
+        kernel = "triton" if triton else "cpp"
+        cases.append(pytest.param(kernel, "cuda", id=f"{kernel}-cuda", marks=cuda))
+        if reference:
+            cases.append(pytest.param("reference", "cuda", id="reference-cuda", marks=cuda))
+    elif triton:
         cases.append(pytest.param("triton", "cpu", id="triton-interpreter"))
     return cases
 
 
-KERNEL_CASES = [c for c in backend_cases() if c.values[0] != "reference"]
+KERNEL_CASES = backend_cases(reference=False)
 
 
-def report_compiles(name: str, labels: list[str], reports: list) -> None:
-    """Print the per-config compile table (``pytest -s``) and write it next to the venv.
-
-    ``labels`` lead each line (e.g. the dtypes; a report's summary names only constexprs).
-    """
-    import os
-    import sys
-
-    lines = [f"{label} {r.summary()}" for label, r in zip(labels, reports, strict=True)]
-    path = os.path.join(sys.prefix, "fusedops-reports", f"gpu_compile_{name}.txt")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print(f"\n{name}: {len(reports)} compiles (table in {path})")
-    print("\n".join(lines))
+@st.composite
+def sizes(draw, *highs: int) -> tuple[int, ...]:
+    """One dim in ``[1, high]`` per ``high``; in about one draw in five one of them is 0 instead
+    (so a small example budget still sees mostly non-empty tensors)."""
+    dims = [draw(st.integers(1, high)) for high in highs]
+    if dims and draw(st.sampled_from([False, False, False, False, True])):
+        dims[draw(st.integers(0, len(dims) - 1))] = 0
+    return tuple(dims)
 
 
-def assert_compiled_clean(bytes_per_thread: list[int], reports: list) -> None:
-    """0 spills and 0 stack everywhere; 128-bit loads wherever a thread owns >= 16 contiguous
-    bytes of a row (below that no 128-bit load is possible)."""
-    for nbytes, report in zip(bytes_per_thread, reports, strict=True):
-        report.assert_clean(require_v4_loads=nbytes >= 16)
-        assert report.spill_stores == 0 and report.spill_loads == 0, report.summary()
-        assert report.stack_frame == 0, report.summary()
+@st.composite
+def lookup_calls(draw, vocab: int) -> dict:
+    """What the lookups (fused_embedding, int8_embedding) share, drawn for a ``vocab``-row
+    table: ids ``[*lead, S]`` (0- and 1-sized dims, int32/int64, maybe a ``[..., ::2]`` view),
+    ``scale``, ``padding_idx``, ``check_indices``, the positional mode and how positions are
+    given (an offset, per token, or ``[1, S]`` broadcast over the batch) below ``max_pos``."""
+    *lead, seq = draw(st.integers(0, 2).flatmap(lambda n: sizes(*[4] * n, 6)))
+    mode = draw(st.sampled_from(POS_MODES))
+    call = {
+        "vocab": vocab,
+        "lead": lead,
+        "seq": seq,
+        "id_dtype": draw(st.sampled_from([torch.int32, torch.int64])),
+        "id_step": draw(st.integers(1, 2)),
+        "scale": draw(st.floats(-4.0, 4.0, allow_subnormal=False)),
+        "padding_idx": draw(st.one_of(st.none(), st.integers(-vocab, vocab - 1))),
+        "check_indices": draw(st.booleans()),  # in-range inputs: the same result either way
+        "mode": mode,
+        "num_pos": draw(st.integers(6, 40)),
+        "positions": "offset",
+        "offset": 0,
+    }
+    if mode != "none":
+        call["positions"] = draw(st.sampled_from(["offset", "full", "broadcast"]))
+    call["max_pos"] = call["num_pos"]
+    if mode == "sinusoid":
+        call["base"] = draw(st.sampled_from([10000.0, 500.0]))
+        call["max_pos"] = draw(st.sampled_from([16, 1 << 16]))  # up to the sinusoid's limit
+    if call["positions"] == "offset":
+        call["offset"] = draw(st.integers(0, max(0, call["max_pos"] - seq)))
+    return call
+
+
+def lookup_arguments(call: dict, pos_weight: torch.Tensor, device: str, gen) -> tuple:
+    """``(input_ids, kwargs)`` of a call drawn by :func:`lookup_calls`; ``pos_weight`` is the
+    learned table used in the "learned" mode."""
+    lead, seq, step = call["lead"], call["seq"], call["id_step"]
+    ids = torch.randint(0, call["vocab"], (*lead, seq * step), generator=gen)
+    ids = ids.to(call["id_dtype"]).to(device)[..., ::step]  # [*lead, S]
+    if call["padding_idx"] is not None:  # padding rows among the ids
+        hit = torch.rand(ids.shape, generator=gen) < 0.3
+        ids.masked_fill_(hit.to(device), call["padding_idx"] % call["vocab"])
+    kwargs = {
+        "scale": call["scale"],
+        "padding_idx": call["padding_idx"],
+        "check_indices": call["check_indices"],
+        **pos_kwargs(call["mode"], pos_weight),
+    }
+    if call["mode"] == "sinusoid":
+        kwargs["sinusoid_base"] = call["base"]
+    if call["positions"] == "offset":
+        kwargs["position_offset"] = call["offset"]
+    else:
+        shape = (*lead, seq) if call["positions"] == "full" else (1,) * min(1, len(lead)) + (seq,)
+        positions = torch.randint(0, call["max_pos"], shape, generator=gen)
+        kwargs["positions"] = positions.to(call["id_dtype"]).to(device)
+    return ids, kwargs
+
+
+def check_property(
+    strategy, check, backend: str, device: str, *, interpreter_share: float = 1.0
+) -> None:
+    """Run ``check(backend, device, case)`` on examples drawn from ``strategy``, as many as the
+    loaded hypothesis profile says (times ``interpreter_share`` under Triton's interpreter, which
+    pays per program); a failure reports the drawn case."""
+    examples = settings.default.max_examples
+    if backend == "triton" and device == "cpu":
+        examples = max(1, round(examples * interpreter_share))
+
+    @settings(max_examples=examples)
+    @given(case=strategy)
+    def run(case):
+        check(backend, device, case)
+
+    run()

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from helpers import HAS_CUDA
 
 import fusedops
 from fusedops._backend import resolve_backend
@@ -16,7 +17,7 @@ from fusedops._backend import resolve_backend
 def test_auto_picks_per_device():
     assert fusedops.current_backend() == "auto"
     assert resolve_backend("op", torch.device("cpu")) == "cpp"
-    if torch.cuda.is_available():
+    if HAS_CUDA:
         assert resolve_backend("op", torch.device("cuda")) == "triton"
 
 
@@ -56,7 +57,7 @@ def test_reference_backend_runs_plain_pytorch():
     assert torch.equal(out, weight[ids] * 2.0)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only interpreter rule")
+@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU-only interpreter rule")
 def test_triton_on_cpu_without_interpreter_raises_clearly():
     code = (
         "import torch, fusedops\n"

@@ -3,7 +3,7 @@
 The expected grads are float64 autograd through the spec, ``reference.attention`` (GQA by
 ``repeat_interleave``, explicit bottom-right causal + key-padding boolean mask, fully masked
 rows -> zeros); ``out`` and ``lse`` given to the kernel come from that same fp64 forward, so the
-test does not depend on the forward kernel. Error bound (the issue's,
+test does not depend on the forward kernel. Error bound (flash-attention's,
 ``helpers.assert_attention_bound``): the kernel's max error against fp64 is at most 2x that of
 the same autograd run in PyTorch in the input dtype, plus a small floor. Grads are NaN-poisoned
 before the launch so unwritten elements fail. Shapes are small and odd: the interpreter pays per
@@ -16,13 +16,10 @@ import math
 
 import pytest
 import torch
-from helpers import HAS_CUDA, assert_attention_bound
+from helpers import DTYPES, TRITON_DEVICE, assert_attention_bound
 
 from fusedops import reference
 from fusedops.kernels.attention_backward import attention_backward, backward_config_space
-
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def _grads(q, k, v, dout, *, causal, scale, key_padding_mask):
@@ -48,12 +45,12 @@ def _inputs(batch, hq, hkv, seq_q, seq_k, dim, seed, layout="bhsd"):
 
 
 def _poisoned_like(t, dtype):
-    return torch.full(t.shape, float("nan"), dtype=dtype, device=DEVICE)
+    return torch.full(t.shape, float("nan"), dtype=dtype, device=TRITON_DEVICE)
 
 
 def _launch(q, k, v, out, lse, dout, dtype, *, causal, scale, key_padding_mask, layout="bhsd"):
     def dev(t):
-        t = t.to(DEVICE, dtype)
+        t = t.to(TRITON_DEVICE, dtype)
         if layout == "bshd":
             t = t.transpose(1, 2).contiguous().transpose(1, 2)
         return t
@@ -61,13 +58,13 @@ def _launch(q, k, v, out, lse, dout, dtype, *, causal, scale, key_padding_mask, 
     dq = _poisoned_like(q, dtype)
     dk = _poisoned_like(k, dtype)
     dv = _poisoned_like(v, dtype)
-    mask = None if key_padding_mask is None else key_padding_mask.to(DEVICE)
+    mask = None if key_padding_mask is None else key_padding_mask.to(TRITON_DEVICE)
     attention_backward(
         dev(q),
         dev(k),
         dev(v),
         dev(out),
-        lse.to(DEVICE, torch.float32),
+        lse.to(TRITON_DEVICE, torch.float32),
         dev(dout),
         dq,
         dk,

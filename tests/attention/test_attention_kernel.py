@@ -16,13 +16,11 @@ import math
 
 import pytest
 import torch
-from helpers import HAS_CUDA, assert_attention_bound
+from helpers import DTYPES, TRITON_DEVICE, assert_attention_bound
 
 from fusedops import reference
 from fusedops.kernels.attention import attention_forward, block_d_for, forward_config_space
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LSE_TOL = 1e-4
 
 
@@ -62,9 +60,9 @@ def _check(q, k, v, *, causal, kpm=None, scale=None, seed=0):
 
 def _qkv(batch, hq, hkv, seq_q, seq_k, dim, dtype, seed=0):
     g = _gen(seed)
-    q = torch.randn(batch, hq, seq_q, dim, generator=g).to(dtype).to(DEVICE)
-    k = torch.randn(batch, hkv, seq_k, dim, generator=g).to(dtype).to(DEVICE)
-    v = torch.randn(batch, hkv, seq_k, dim, generator=g).to(dtype).to(DEVICE)
+    q = torch.randn(batch, hq, seq_q, dim, generator=g).to(dtype).to(TRITON_DEVICE)
+    k = torch.randn(batch, hkv, seq_k, dim, generator=g).to(dtype).to(TRITON_DEVICE)
+    v = torch.randn(batch, hkv, seq_k, dim, generator=g).to(dtype).to(TRITON_DEVICE)
     return q, k, v
 
 
@@ -74,7 +72,7 @@ def _padding(batch, seq_k, seed=0, *, left=False):
     lengths = torch.randint(1, seq_k + 1, (batch,), generator=g)
     idx = torch.arange(seq_k)[None, :]
     kpm = idx >= (seq_k - lengths)[:, None] if left else idx < lengths[:, None]
-    return kpm.to(DEVICE)
+    return kpm.to(TRITON_DEVICE)
 
 
 # (B, Hq, Hkv, Sq, Sk, D): tails on both axes, decode (Sq = 1), Sq > Sk (rows with no key when
@@ -118,7 +116,7 @@ def test_fully_masked_rows_are_zero(dtype):
     kpm[0] = False  # batch 0: nothing to attend at all
     kpm[1, 15:] = False  # batch 1 causal: queries 0..4 see keys 0..14 only partly
     kpm[1, :12] = False  # queries i with i + 10 < 12 (i < 2) see nothing
-    out, lse = _check(q, k, v, causal=True, kpm=kpm.to(DEVICE))
+    out, lse = _check(q, k, v, causal=True, kpm=kpm.to(TRITON_DEVICE))
     assert (out[0] == 0).all() and torch.isinf(lse[0]).all()
     assert (out[1, :, :2] == 0).all() and torch.isinf(lse[1, :, :2]).all()
     # Sq > Sk causal: the first Sq - Sk queries see no key.
@@ -132,13 +130,13 @@ def test_strided_views_and_scale(dtype):
     """[B, S, H, D].transpose(1, 2) views, a sliced k with padded rows, a custom scale."""
     g = _gen(5)
     batch, hq, hkv, seq_q, seq_k, dim = 2, 6, 2, 19, 23, 48
-    q = torch.randn(batch, seq_q, hq, dim, generator=g).to(dtype).to(DEVICE).transpose(1, 2)
-    k_base = torch.randn(batch, hkv, seq_k, dim + 8, generator=g).to(dtype).to(DEVICE)
+    q = torch.randn(batch, seq_q, hq, dim, generator=g).to(dtype).to(TRITON_DEVICE).transpose(1, 2)
+    k_base = torch.randn(batch, hkv, seq_k, dim + 8, generator=g).to(dtype).to(TRITON_DEVICE)
     k = k_base[..., 8:]
-    v = torch.randn(batch, seq_k, hkv, dim, generator=g).to(dtype).to(DEVICE).transpose(1, 2)
+    v = torch.randn(batch, seq_k, hkv, dim, generator=g).to(dtype).to(TRITON_DEVICE).transpose(1, 2)
     kpm_base = torch.ones(batch, 2 * seq_k, dtype=torch.bool)
     kpm_base[0, 2 * 5 :] = False
-    kpm = kpm_base[:, ::2].to(DEVICE)  # column stride 2
+    kpm = kpm_base[:, ::2].to(TRITON_DEVICE)  # column stride 2
     _check(q, k, v, causal=True, kpm=kpm, scale=0.3)
 
 

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import HAS_CUDA, assert_close
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from helpers import DTYPES, POS_MODES, assert_close, backend_cases, pos_kwargs, sinusoid_atol
 
 import fusedops
 from fusedops import reference
 
-OUT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-POS_MODES = ["none", "learned", "sinusoid"]
 # (leading shape, S, D, V, group_size): D = 1, a prime D, odd shapes, a wide row.
 SHAPES = [
     ((2,), 7, 1, 11, None),
@@ -30,21 +26,6 @@ SHAPES = [
 ]
 
 
-def int8_cases() -> list:
-    """(backend, device) pairs of the INT8 op: its C++ kernel and the reference on CPU; on a
-    GPU also the extension's CUDA kernel (``auto``). There is no Triton kernel."""
-    cases = [
-        pytest.param("cpp", "cpu", id="cpp-cpu"),
-        pytest.param("reference", "cpu", id="reference-cpu"),
-    ]
-    if HAS_CUDA:
-        cases += [
-            pytest.param("auto", "cuda", id="cuda", marks=pytest.mark.cuda),
-            pytest.param("reference", "cuda", id="reference-cuda", marks=pytest.mark.cuda),
-        ]
-    return cases
-
-
 def _inputs(lead, seq, dim, vocab, group_size, device, *, id_dtype=torch.int64, seed=0, **kw):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (*lead, seq), generator=gen).to(id_dtype)
@@ -54,18 +35,6 @@ def _inputs(lead, seq, dim, vocab, group_size, device, *, id_dtype=torch.int64, 
         weight, group_size=group_size, scale_dtype=kw.get("scale_dtype", torch.float32)
     )
     return ids.to(device), qweight.to(device), scales.to(device), pos_weight.to(device)
-
-
-def _pos_kwargs(mode, pos_weight):
-    if mode == "learned":
-        return {"pos_weight": pos_weight}
-    if mode == "sinusoid":
-        return {"sinusoidal": True}
-    return {}
-
-
-def _sinusoid_atol(mode, max_pos):
-    return 8 * max_pos * 2.0**-24 if mode == "sinusoid" else 0.0
 
 
 def _run(backend, *args, **kwargs):
@@ -89,7 +58,7 @@ def _check(out, ids, qweight, scales, backend, mode, max_pos, **kwargs):
         out,
         _oracle64(ids, qweight, scales, **kwargs),
         dtype=out_dtype,
-        atol_extra=_sinusoid_atol(mode, max_pos),
+        atol_extra=sinusoid_atol(mode, max_pos),
     )
     same_roundings = reference.int8_embedding(ids, qweight, scales, **kwargs)
     if mode != "sinusoid":
@@ -99,8 +68,8 @@ def _check(out, ids, qweight, scales, backend, mode, max_pos, **kwargs):
         )
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
-@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,seq,dim,vocab,group_size", SHAPES)
 @pytest.mark.parametrize("mode", POS_MODES)
 def test_forward_matches_reference(
@@ -108,24 +77,24 @@ def test_forward_matches_reference(
 ):
     ids, qweight, scales, pos_weight = _inputs(lead, seq, dim, vocab, group_size, device)
     kwargs = {"scale": 1.7, "position_offset": 3, "out_dtype": out_dtype}
-    kwargs.update(_pos_kwargs(mode, pos_weight))
+    kwargs.update(pos_kwargs(mode, pos_weight))
     out = _run(backend, ids, qweight, scales, **kwargs)
     _check(out, ids, qweight, scales, backend, mode, seq + 3, **kwargs)
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64], ids=str)
 @pytest.mark.parametrize("mode", ["learned", "sinusoid"])
 def test_explicit_positions(backend, device, id_dtype, mode):
     ids, qweight, scales, pos_weight = _inputs((3,), 6, 20, 13, 5, device, id_dtype=id_dtype)
     gen = torch.Generator().manual_seed(1)
     positions = torch.randint(0, 40, (3, 6), generator=gen).to(id_dtype).to(device)
-    kwargs = {"scale": 0.5, "positions": positions, **_pos_kwargs(mode, pos_weight)}
+    kwargs = {"scale": 0.5, "positions": positions, **pos_kwargs(mode, pos_weight)}
     out = _run(backend, ids, qweight, scales, **kwargs)
     _check(out, ids, qweight, scales, backend, mode, 40, **kwargs)
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64], ids=str)
 def test_positions_broadcast_and_offset(backend, device, id_dtype):
     ids, qweight, scales, pos_weight = _inputs((4,), 5, 24, 9, 8, device, id_dtype=id_dtype)
@@ -154,20 +123,20 @@ def test_positions_broadcast_and_offset(backend, device, id_dtype):
     )
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 @pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("pos_dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_low_precision_scales_and_pos_table(backend, device, scale_dtype, pos_dtype):
     ids, qweight, scales, pos_weight = _inputs(
         (2,), 9, 32, 21, 16, device, scale_dtype=scale_dtype, pos_dtype=pos_dtype
     )
-    for out_dtype in OUT_DTYPES:
+    for out_dtype in DTYPES:
         kwargs = {"scale": 2.0, "pos_weight": pos_weight, "out_dtype": out_dtype}
         out = _run(backend, ids, qweight, scales, **kwargs)
         _check(out, ids, qweight, scales, backend, "learned", 9, **kwargs)
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 @pytest.mark.parametrize("padding_idx", [0, 4, -1])
 def test_padding_idx_accepted_forward_unchanged(backend, device, padding_idx):
     ids, qweight, scales, _ = _inputs((2,), 8, 16, 6, None, device)
@@ -177,7 +146,7 @@ def test_padding_idx_accepted_forward_unchanged(backend, device, padding_idx):
     _check(out, ids, qweight, scales, backend, "none", 0)
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 def test_empty_and_single_token(backend, device):
     _, qweight, scales, pos_weight = _inputs((1,), 1, 8, 5, None, device)
     ids = torch.empty(2, 0, dtype=torch.int64, device=device)
@@ -188,7 +157,7 @@ def test_empty_and_single_token(backend, device):
     _check(out, ids, qweight, scales, backend, "sinusoid", 8, sinusoidal=True, position_offset=7)
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 def test_zero_rows_give_exact_zeros(backend, device):
     weight = torch.randn(6, 12)
     weight[2] = 0.0
@@ -198,7 +167,7 @@ def test_zero_rows_give_exact_zeros(backend, device):
     assert bool((out[0, :2] == 0).all()) and not bool(torch.isnan(out).any())
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 def test_non_contiguous_inputs(backend, device):
     ids, qweight, scales, _ = _inputs((4,), 6, 16, 9, 4, device)
     ids_t = ids.t()  # [6, 4] non-contiguous
@@ -234,7 +203,7 @@ def test_auto_runs_the_extension_op_on_cpu():
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2])
-@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+@pytest.mark.parametrize("out_dtype", DTYPES, ids=str)
 def test_opcheck_extension_op(mode, out_dtype):
     ids, qweight, scales, pos_weight = _inputs((2,), 5, 12, 9, 4, "cpu")
     positions = torch.randint(0, 40, (2, 5)) if mode else None
@@ -276,28 +245,3 @@ def test_torch_compile_fullgraph():
         ).double()
     )
     assert_close(out, expected, atol_extra=1e-5)
-
-
-@settings(max_examples=30, deadline=None)
-@given(
-    batch=st.integers(1, 3),
-    seq=st.integers(1, 9),
-    dim_groups=st.sampled_from([(1, 1), (2, 2), (5, 1), (6, 3), (24, 4), (70, 7), (96, 1)]),
-    vocab=st.integers(1, 40),
-    mode=st.sampled_from(POS_MODES),
-    out_dtype=st.sampled_from(OUT_DTYPES),
-    scale_dtype=st.sampled_from(OUT_DTYPES),
-    offset=st.integers(0, 20),
-    scale=st.floats(-4.0, 4.0),
-)
-def test_cpp_matches_reference_property(
-    batch, seq, dim_groups, vocab, mode, out_dtype, scale_dtype, offset, scale
-):
-    dim, groups = dim_groups
-    ids, qweight, scales, pos_weight = _inputs(
-        (batch,), seq, dim, vocab, dim // groups, "cpu", seed=dim * seq, scale_dtype=scale_dtype
-    )
-    kwargs = {"scale": scale, "position_offset": offset, "out_dtype": out_dtype}
-    kwargs.update(_pos_kwargs(mode, pos_weight))
-    out = _run("cpp", ids, qweight, scales, **kwargs)
-    _check(out, ids, qweight, scales, "cpp", mode, seq + offset, **kwargs)

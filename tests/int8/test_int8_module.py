@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_close
-from test_int8_embedding import int8_cases
+from helpers import assert_close, backend_cases
 from torch import nn
 
 import fusedops
@@ -30,7 +29,7 @@ def _oracle(module, ids, **kwargs):
     )
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 @pytest.mark.parametrize("group_size", [None, 4])
 def test_from_nn_embedding(backend, device, group_size):
     torch.manual_seed(0)
@@ -49,7 +48,7 @@ def test_from_nn_embedding(backend, device, group_size):
     assert torch.equal(m.dequantize(), reference.dequantize_embedding(m.qweight, m.scales))
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 def test_from_fused_embedding_keeps_scale_and_positions(backend, device):
     torch.manual_seed(1)
     tok, pos = nn.Embedding(30, 16).to(device), nn.Embedding(64, 16).to(device)
@@ -71,7 +70,7 @@ def test_from_fused_embedding_keeps_scale_and_positions(backend, device):
     assert_close(out, float_out, atol_extra=4 * 0.5 * float(m.scales.float().max()) * 1.01)
 
 
-@pytest.mark.parametrize("backend,device", int8_cases())
+@pytest.mark.parametrize("backend,device", backend_cases(triton=False))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_from_sinusoidal_fused_embedding(backend, device, dtype):
     fused = FusedEmbedding(50, 24, sinusoidal=True, sinusoid_base=500.0, scale=2.0, dtype=dtype)

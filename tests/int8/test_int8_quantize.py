@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import DTYPES
 
 import fusedops
 from fusedops import reference
 
-SCALE_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # |q - w / scale| <= 1/2 up to the fp32 rounding of w / scale (|w / scale| <= 127.x).
 HALF_STEP = 0.5 + 2.0**-16
 
@@ -25,7 +25,7 @@ def _per_feature_scales(scales, dim):
     return scales.double().repeat_interleave(dim // scales.shape[1], dim=-1)  # [V, D]
 
 
-@pytest.mark.parametrize("scale_dtype", SCALE_DTYPES, ids=str)
+@pytest.mark.parametrize("scale_dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("group_size", [None, 32, 64, 128])
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_error_at_most_half_a_step(scale_dtype, group_size, weight_dtype):
@@ -73,7 +73,7 @@ def test_scale_is_absmax_over_127_and_rounding_is_half_even():
     assert scales.item() == torch.tensor(3.0 / 127, dtype=torch.float32).item()
 
 
-@pytest.mark.parametrize("scale_dtype", SCALE_DTYPES, ids=str)
+@pytest.mark.parametrize("scale_dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("group_size", [None, 4])
 def test_zero_rows_and_groups_dequantize_to_exact_zeros(scale_dtype, group_size):
     weight = _table(6, 16, seed=2)
@@ -99,7 +99,7 @@ def test_tiny_rows_never_nan():
     # absmax / 127 underflows to 0 in fp16 for a 1e-12 row: that row must become zeros, not NaN.
     weight = torch.full((2, 8), 1e-12)
     weight[1] = 1e-30  # an fp32 subnormal scale
-    for scale_dtype in SCALE_DTYPES:
+    for scale_dtype in DTYPES:
         qweight, scales = fusedops.quantize_embedding(weight, scale_dtype=scale_dtype)
         dequant = reference.dequantize_embedding(qweight, scales)
         assert not bool(torch.isnan(dequant).any()), scale_dtype

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import DTYPES, assert_close
 
 import fusedops  # loads fusedops._C
 import fusedops.ops.cpp_fakes  # noqa: F401  (the fake of cpp_rope, for opcheck)
 
 OP = torch.ops.fusedops.cpp_rope
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ISAS = ["auto", "generic"]
 # (B, Hq, Hk, S, D, R): full and partial rotary, R/2 with and without a tail past the vector
 # width, S crossing the 16-token block, decode (S = 1, heads split across threads), GQA.
@@ -304,12 +303,21 @@ def test_fp16_bf16_tables_with_fp32_operands(isa):
         assert torch.equal(out_q, _oracle(q, tc.to(tdtype), ts.to(tdtype), 32, False, False))
 
 
-def test_empty_inputs():
-    for shape in ((0, 2, 3, 8), (1, 2, 0, 8), (1, 0, 3, 8)):
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
+def test_empty_inputs(interleaved):
+    """No batch, no tokens or no q heads: nothing is read or written (an offset past the cache
+    names no position when there are no tokens), and k heads are rotated without q heads."""
+    gen = torch.Generator().manual_seed(8)
+    cache_c, cache_s, tok_c, tok_s = _angles(1, 3, 4, 5, gen, offset=2)  # [5, 4], [1, 3, 4]
+    st = [0, 4, 1]
+    for shape, offset in (((0, 2, 3, 8), 0), ((1, 2, 0, 8), 10)):
         q = torch.randn(shape)
-        c = torch.randn(5, 4)
-        out = torch.empty_like(q)
-        OP(q, None, c, c, [0, 4, 1], [0, 4, 1], None, 0, True, False, 8, False, out, None)
+        out_q, _ = _run(q, None, cache_c, st, cache_s, st, offset=offset, interleaved=interleaved)
+        assert out_q.shape == shape
+    q, k = torch.randn(1, 0, 3, 8), torch.randn(1, 2, 3, 8)  # Hq = 0, Hk = 2
+    out_q, out_k = _run(q, k, cache_c, st, cache_s, st, offset=2, interleaved=interleaved)
+    assert out_q.shape == q.shape
+    assert torch.equal(out_k, _oracle(k, tok_c, tok_s, 8, interleaved, False))
 
 
 def _err_case():

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import HAS_CUDA, assert_close
+from helpers import DTYPES, TRITON_DEVICE, assert_close
 
 from fusedops.kernels.rope import rope_forward
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 MAX_POS = 23
 # (B, Hq, Hk, S, D, R): a single token, odd head counts (SmolLM2's 9/3), MQA, partial rotary
 # (Phi-like 80/32, NeoX-like 25 %), a non-power-of-two D, R = 2 (one pair), a tiny D.
@@ -94,11 +92,11 @@ def _tables(form, batch, seq, rot_half, interleaved, dtype, seed=1):
     kwargs = {
         "cos_strides": strides,
         "sin_strides": strides,
-        "positions": None if positions is None else positions.to(DEVICE),
+        "positions": None if positions is None else positions.to(TRITON_DEVICE),
         "position_offset": offset,
         "cache": cache,
     }
-    return cos.to(DEVICE), sin.to(DEVICE), kwargs, cos_rows, sin_rows
+    return cos.to(TRITON_DEVICE), sin.to(TRITON_DEVICE), kwargs, cos_rows, sin_rows
 
 
 def _expected(x, cos_rows, sin_rows, rotary_dim, interleaved, backward=False):
@@ -118,8 +116,8 @@ def _expected(x, cos_rows, sin_rows, rotary_dim, interleaved, backward=False):
 
 def _qk(batch, hq, hk, seq, dim, dtype, seed=0):
     g = _gen(seed)
-    q = torch.randn(batch, hq, seq, dim, generator=g).to(dtype).to(DEVICE)
-    k = torch.randn(batch, hk, seq, dim, generator=g).to(dtype).to(DEVICE)
+    q = torch.randn(batch, hq, seq, dim, generator=g).to(dtype).to(TRITON_DEVICE)
+    k = torch.randn(batch, hk, seq, dim, generator=g).to(dtype).to(TRITON_DEVICE)
     return q, k
 
 
@@ -185,12 +183,12 @@ def test_bshd_views_and_padded_rows(dtype, interleaved):
     """q and out_q as [B, S, H, D].transpose(1, 2) views; k and out_k with padded rows."""
     batch, hq, hk, seq, dim, rdim = 2, 5, 3, 3, 24, 16
     g = _gen(4)
-    q = torch.randn(batch, seq, hq, dim, generator=g).to(dtype).to(DEVICE).transpose(1, 2)
-    k_base = torch.randn(batch, hk, seq, dim + 7, generator=g).to(dtype).to(DEVICE)
+    q = torch.randn(batch, seq, hq, dim, generator=g).to(dtype).to(TRITON_DEVICE).transpose(1, 2)
+    k_base = torch.randn(batch, hk, seq, dim + 7, generator=g).to(dtype).to(TRITON_DEVICE)
     k = k_base[..., 3 : 3 + dim]  # row stride D + 7, misaligned start
-    out_q = torch.full((batch, seq, hq, dim), float("nan"), dtype=dtype, device=DEVICE)
+    out_q = torch.full((batch, seq, hq, dim), float("nan"), dtype=dtype, device=TRITON_DEVICE)
     out_q = out_q.transpose(1, 2)
-    out_k = torch.full((batch, hk, seq, dim + 5), float("nan"), dtype=dtype, device=DEVICE)
+    out_k = torch.full((batch, hk, seq, dim + 5), float("nan"), dtype=dtype, device=TRITON_DEVICE)
     out_k = out_k[..., 1 : 1 + dim]
     cos, sin, kwargs, c_rows, s_rows = _tables(
         "positions", batch, seq, rdim // 2, interleaved, dtype
@@ -236,7 +234,7 @@ def test_positions_outside_the_cache_are_masked(interleaved):
     cos, sin, kwargs, c_rows, s_rows = _tables(
         "positions", batch, seq, rdim // 2, interleaved, None
     )
-    positions = torch.tensor([[-1, 2, MAX_POS, 5]], device=DEVICE)
+    positions = torch.tensor([[-1, 2, MAX_POS, 5]], device=TRITON_DEVICE)
     kwargs["positions"] = positions
     out_q, out_k = _poisoned(q), _poisoned(k)
     _call(q, k, cos, sin, out_q, out_k, kwargs, interleaved=interleaved, rotary_dim=rdim)
@@ -251,22 +249,34 @@ def test_positions_outside_the_cache_are_masked(interleaved):
     assert_close(out_k, _expected(k, c_rows, s_rows, rdim, interleaved))
 
 
-def test_empty_inputs_launch_nothing():
-    q = torch.empty(2, 3, 0, 16, device=DEVICE)
-    cos = torch.ones(4, 8, device=DEVICE)
-    rope_forward(
-        q,
-        None,
-        cos,
-        cos,
-        q,
-        None,
-        cos_strides=(0, 8, 1),
-        sin_strides=(0, 8, 1),
-        positions=None,
-        position_offset=0,
-        cache=True,
-        interleaved=False,
-        rotary_dim=16,
-        backward=False,
-    )
+@pytest.mark.parametrize(
+    "q_shape,k_shape",
+    [((2, 3, 0, 16), None), ((0, 3, 4, 16), (0, 1, 4, 16)), ((2, 0, 4, 16), (2, 0, 4, 16))],
+    ids=["no-tokens", "no-batch", "no-heads"],
+)
+def test_empty_inputs_launch_nothing(monkeypatch, q_shape, k_shape):
+    """Nothing to rotate: no kernel launch (a 0-sized grid is an error on CUDA)."""
+    import fusedops.kernels.rope as rope_module
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError(f"rope_kernel launched with grid {grid} for empty inputs")
+
+    monkeypatch.setattr(rope_module, "rope_kernel", NoLaunch())
+    q = torch.empty(q_shape, device=TRITON_DEVICE)
+    k = None if k_shape is None else torch.empty(k_shape, device=TRITON_DEVICE)
+    cos, sin, kwargs, _, _ = _tables("offset", 2, 4, 8, False, torch.float32)
+    out_q, out_k = _poisoned(q), None if k is None else _poisoned(k)
+    _call(q, k, cos, sin, out_q, out_k, kwargs, interleaved=False, rotary_dim=16)
+    assert out_q.shape == q_shape and (k is None or out_k.shape == k_shape)
+
+
+@pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
+def test_k_heads_without_q_heads(interleaved):
+    """Hq = 0 with Hk > 0 (an empty q): k is still rotated."""
+    q, k = _qk(2, 0, 3, 4, 16, torch.float32)
+    cos, sin, kwargs, c_rows, s_rows = _tables("positions", 2, 4, 8, interleaved, torch.float32)
+    out_q, out_k = _poisoned(q), _poisoned(k)
+    _call(q, k, cos, sin, out_q, out_k, kwargs, interleaved=interleaved, rotary_dim=16)
+    assert out_q.shape == q.shape
+    assert_close(out_k, _expected(k, c_rows, s_rows, 16, interleaved), msg="k")
