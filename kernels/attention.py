@@ -27,11 +27,13 @@ import torch
 import triton
 import triton.language as tl
 
+from fusedops.constants import LOG2E
+
 from . import INTERPRET
+from ._tuning import configs_in, make_configs, pow2_bucket
 
 MIN_BLOCK_D = 16
 MAX_BLOCK_D = 256
-_LOG2E = 1.4426950408889634
 
 # Candidate tiles (BLOCK_M, BLOCK_N, num_warps, num_stages), filtered per BLOCK_D by rule in
 # forward_config_space.
@@ -57,7 +59,8 @@ def block_d_for(head_dim: int) -> int:
 
 # fp32 inputs run their matmuls as tf32x3 (hi/lo tf32 splits of both operands), which takes
 # about three times the registers of an fp16 tile: their tiles are the ones measured clean (0
-# spills, 0 stack) on sm_80 and sm_90 by tests/test_gpu_compile_attention.py, per BLOCK_D.
+# spills, 0 stack) on sm_80 and sm_90 by tests/attention/test_gpu_compile_attention.py, per
+# BLOCK_D.
 _FP32_TILES = {
     16: ((64, 16, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (32, 16, 4, 2)),
     32: ((64, 16, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (32, 16, 4, 2)),
@@ -67,10 +70,17 @@ _FP32_TILES = {
 }
 
 
-def dot_precision(elem_size: int) -> str:
-    """``input_precision`` of the kernel's dots: fp32-accurate tensor-core products for fp32
-    inputs (``tf32x3``); fp16/bf16 ignore the argument (native tensor-core products)."""
-    return "tf32x3" if elem_size == 4 else "ieee"
+def dot_precision(dtype: torch.dtype, head_dim: int, *, backward: bool = False) -> str:
+    """``input_precision`` of the attention kernels' ``tl.dot`` (forward, or ``backward``).
+
+    fp16/bf16 run natively on the tensor cores (the argument is ignored for them: "ieee").
+    fp32 keeps fp32 accuracy: "tf32x3" (three tf32 tensor-core products), except in the
+    backward at BLOCK_D 256, where every tf32x3 tile spilled: "ieee" there (fp32 FMAs on the
+    CUDA cores: slower, never less accurate). Plain tf32 (~1e-3 relative error) is never used.
+    """
+    if dtype != torch.float32 or (backward and block_d_for(head_dim) > 128):
+        return "ieee"
+    return "tf32x3"
 
 
 def forward_config_space(head_dim: int, elem_size: int = 2) -> list[tuple[int, int, int, int]]:
@@ -111,27 +121,19 @@ def forward_config_space(head_dim: int, elem_size: int = 2) -> list[tuple[int, i
 
 def _configs() -> list[triton.Config]:
     if INTERPRET:
-        bm, bn, w, st = INTERPRET_CONFIG
-        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)]
+        return make_configs([INTERPRET_CONFIG], "BLOCK_M", "BLOCK_N")
     seen = set()
     for d in (16, 32, 64, 128, 256):
         seen.update(forward_config_space(d, 2))
         seen.update(forward_config_space(d, 4))
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-        for bm, bn, w, st in sorted(seen)
-    ]
+    return make_configs(sorted(seen), "BLOCK_M", "BLOCK_N")
 
 
 def _prune(configs, named_args, **kwargs):
     if INTERPRET:
         return configs[:1]
     allowed = set(forward_config_space(kwargs["BLOCK_D"], named_args["q_ptr"].element_size()))
-    fitting = [
-        c
-        for c in configs
-        if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed
-    ]
+    fitting = configs_in(configs, allowed, "BLOCK_M", "BLOCK_N", stages=True)
     # Short query sequences (decode, chunks): a 128-row tile would be mostly masked rows.
     if named_args["seq_q_bucket"] <= 64:
         short = [c for c in fitting if c.kwargs["BLOCK_M"] <= 64]
@@ -141,7 +143,7 @@ def _prune(configs, named_args, **kwargs):
 
 def seq_bucket(n: int) -> int:
     """Autotune key for a sequence length: the next power of two, capped at 8192."""
-    return min(triton.next_power_of_2(max(n, 1)), 8192)
+    return pow2_bucket(n, 8192)
 
 
 @triton.jit
@@ -381,7 +383,7 @@ def attention_forward(
         n_heads_q // n_heads_kv,
         seq_bucket(seq_q),
         seq_bucket(seq_k),
-        float(softmax_scale) * _LOG2E,
+        float(softmax_scale) * LOG2E,
         *q.stride()[:3],
         *k.stride()[:3],
         *v.stride()[:3],
@@ -393,7 +395,7 @@ def attention_forward(
         CAUSAL=bool(causal),
         HAS_MASK=key_padding_mask is not None,
         UPCAST=INTERPRET,
-        DOT_PRECISION=dot_precision(q.element_size()),
+        DOT_PRECISION=dot_precision(q.dtype, head_dim),
         BLOCK_D=block_d_for(head_dim),
     )
 
@@ -403,6 +405,7 @@ __all__ = [
     "attention_forward",
     "block_d_for",
     "check_grid",
+    "dot_precision",
     "forward_config_space",
     "mask_args",
 ]

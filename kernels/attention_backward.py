@@ -25,17 +25,20 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
-from .attention import block_d_for, check_grid, mask_args, seq_bucket
+from fusedops.constants import LOG2E
 
-LOG2E = 1.4426950408889634
+from . import INTERPRET
+from ._tuning import configs_in, make_configs
+from .attention import block_d_for, check_grid, dot_precision, mask_args, seq_bucket
+
+_LOG2E = tl.constexpr(LOG2E)  # as the kernels read it
 
 
 # Per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates of each kernel,
 # kept to those compiled clean (0 spills, tensor cores) for sm_80 and sm_90 by
-# tests/test_gpu_compile_attention_backward.py. dk/dv keeps a BLOCK_N key tile and two fp32
-# [BLOCK_N, BLOCK_D] accumulators resident and streams BLOCK_M query rows; dq keeps a BLOCK_M
-# query tile (wgmma needs BLOCK_M >= 64) and streams BLOCK_N keys.
+# tests/attention/test_gpu_compile_attention_backward.py. dk/dv keeps a BLOCK_N key tile and
+# two fp32 [BLOCK_N, BLOCK_D] accumulators resident and streams BLOCK_M query rows; dq keeps a
+# BLOCK_M query tile (wgmma needs BLOCK_M >= 64) and streams BLOCK_N keys.
 _DKDV_SPACE = {
     16: ((32, 64, 4, 1), (32, 64, 8, 1), (64, 64, 8, 1), (64, 128, 8, 1)),
     32: ((32, 64, 4, 1), (32, 64, 8, 2), (64, 64, 8, 1), (64, 64, 4, 2)),
@@ -69,16 +72,6 @@ _DQ_SPACE_FP32 = {
 }
 
 
-def dot_precision(dtype: torch.dtype, head_dim: int) -> str:
-    """``tl.dot`` input precision: fp16/bf16 run natively on the tensor cores (the argument is
-    ignored for them). fp32 keeps fp32 accuracy: "tf32x3" (three tf32 tensor-core products)
-    up to BLOCK_D 128; at BLOCK_D 256 tf32x3 spills, so "ieee" (fp32 FMAs, no tensor cores:
-    slower, never less accurate). Plain tf32 (~1e-3 relative error) is never used."""
-    if dtype != torch.float32:
-        return "tf32"
-    return "tf32x3" if block_d_for(head_dim) <= 128 else "ieee"
-
-
 def backward_config_space(
     head_dim: int, kernel: str = "dkdv", fp32: bool = False
 ) -> list[tuple[int, int, int, int]]:
@@ -103,10 +96,7 @@ def _all_configs(kernel: str) -> list[triton.Config]:
             for cfg in backward_config_space(d, kernel, fp32):
                 if cfg not in seen:
                     seen.append(cfg)
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n, w, s in seen
-    ]
+    return make_configs(seen, "BLOCK_M", "BLOCK_N")
 
 
 def _pruner(kernel: str):
@@ -114,11 +104,7 @@ def _pruner(kernel: str):
         """Keep the configs of this call's head dim (one small one under the interpreter)."""
         fp32 = named_args["q_ptr"].dtype == torch.float32
         allowed = backward_config_space(kwargs["BLOCK_D"], kernel, fp32)
-        fitting = [
-            c
-            for c in configs
-            if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in allowed
-        ]
+        fitting = configs_in(configs, allowed, "BLOCK_M", "BLOCK_N", stages=True)
         if INTERPRET:
             # No benchmarking without a driver; small tiles keep the interpreter's tests cheap.
             return [min(fitting, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
@@ -295,7 +281,7 @@ def _bwd_dkdv(
             if CAUSAL:
                 ok = ok & (offs_n[:, None] <= offs_m[None, :] + (seq_k - seq_q))
             # lse = -inf only for rows with no allowed key, whose entries `ok` drops here.
-            lse2 = lse * 1.4426950408889634
+            lse2 = lse * _LOG2E
             p_t = tl.where(ok, tl.math.exp2(s_t * qk_scale - lse2[None, :]), 0.0)
             if UPCAST:
                 dv += tl.dot(p_t, do, input_precision=PRECISION)
@@ -415,7 +401,7 @@ def _bwd_dq(
         do = do.to(tl.float32)
     lse_row = lse_ptr + b * stride_lb + hq * stride_lh
     lse = tl.load(lse_row + offs_m64 * stride_ls, mask=m_ok, other=0.0)
-    lse2 = lse * 1.4426950408889634
+    lse2 = lse * _LOG2E
     delta = tl.load(delta_ptr + (b * n_heads_q + hq) * seq_q + offs_m64, mask=m_ok, other=0.0)
 
     k_base = k_ptr + b * stride_kb + hk * stride_kh
@@ -529,7 +515,7 @@ def attention_backward(
         HAS_MASK=key_padding_mask is not None,
         GROUP=group,
         UPCAST=INTERPRET,
-        PRECISION=dot_precision(q.dtype, head_dim),
+        PRECISION=dot_precision(q.dtype, head_dim, backward=True),
     )
     scale = float(softmax_scale)
     scalars = (

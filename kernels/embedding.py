@@ -18,11 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID
+from fusedops.sinusoid import sinusoid_coefficient
 
-POS_NONE, POS_LEARNED, POS_SINUSOID = 0, 1, 2
-# Sinusoid positions must lie in [0, SINUSOID_MAX_POSITION): the angle reduction is exact there.
-SINUSOID_MAX_POSITION = 1 << 16
+from ._tuning import make_configs, pow2_bucket, short_tile_pruner
 
 # Feature tiles never exceed this many columns; wider rows use more programs along axis 1.
 MAX_BLOCK_D = 1024
@@ -40,7 +39,7 @@ def block_d_for(dim: int) -> int:
 
 def rows_bucket(n_rows: int) -> int:
     """Autotune key for the row count: the next power of two, capped at 2**16."""
-    return min(triton.next_power_of_2(max(n_rows, 1)), 1 << 16)
+    return pow2_bucket(n_rows, 1 << 16)
 
 
 def forward_candidates(block_d: int) -> list[tuple[int, int]]:
@@ -65,29 +64,18 @@ def forward_config_space() -> list[tuple[int, int, int]]:
     return space
 
 
-def _prune_forward(configs, named_args, **kwargs):
-    """Keep the configs whose tile fits this call's feature block and row count."""
-    block_d = kwargs["BLOCK_D"]
-    bucket = named_args["n_rows_bucket"]
-    allowed = forward_candidates(block_d)
-    fitting = [c for c in configs if (c.kwargs["BLOCK_M"], c.num_warps) in allowed]
-    # Tiles taller than the whole input only add masked rows; keep the shortest at least.
-    short = [c for c in fitting if c.kwargs["BLOCK_M"] <= bucket]
-    fitting = short or [min(fitting, key=lambda c: (c.kwargs["BLOCK_M"], c.num_warps))]
-    if INTERPRET:
-        # The interpreter cannot benchmark (no driver) and costs time per program instance:
-        # run the single tallest tile.
-        return [max(fitting, key=lambda c: (c.kwargs["BLOCK_M"], -c.num_warps))]
-    return fitting
+_prune_forward = short_tile_pruner(forward_candidates, "BLOCK_D", "BLOCK_M", "n_rows_bucket")
 
 
 def _forward_configs() -> list[triton.Config]:
-    pairs = sorted({(m, w) for m, _, w in forward_config_space()})
-    return [triton.Config({"BLOCK_M": m}, num_warps=w, num_stages=1) for m, w in pairs]
+    return make_configs(
+        sorted({(m, w) for m, _, w in forward_config_space()}), "BLOCK_M", num_stages=1
+    )
 
 
 # Cody-Waite split of pi/2 in 8-bit pieces (+ the fp32 rest): k * piece is exact for
-# k < 2**16, i.e. angles below ~1e5, which the launcher guarantees (positions < 65536).
+# k < 2**16, i.e. angles below ~1e5, which the ops layer guarantees (positions below
+# SINUSOID_MAX_POSITION = 65536).
 _PIO2_A = tl.constexpr(1.5703125)
 _PIO2_B = tl.constexpr(0.000484466552734375)
 _PIO2_C = tl.constexpr(-6.407499313354492e-07)
@@ -99,6 +87,9 @@ _S3 = tl.constexpr(-1.9515295891e-4)
 _C1 = tl.constexpr(4.166664568298827e-2)
 _C2 = tl.constexpr(-1.388731625493765e-3)
 _C3 = tl.constexpr(2.443315711809948e-5)
+# The positional modes, as the kernel compares them.
+_POS_NONE = tl.constexpr(POS_NONE)
+_POS_LEARNED = tl.constexpr(POS_LEARNED)
 
 
 @triton.jit
@@ -132,7 +123,7 @@ def _sin_or_cos(angle, odd):
 def embedding_fwd_kernel(
     ids_ptr,  # [N] int32/int64 flattened token ids
     weight_ptr,  # [V, D] token table
-    pos_weight_ptr,  # [P, D] learned positional table (read only when POS_MODE == 1)
+    pos_weight_ptr,  # [P, D] learned positional table (read only when POS_MODE is learned)
     positions_ptr,  # [N] int32/int64 positions (read only when HAS_POSITIONS)
     out_ptr,  # [N, D] output, weight dtype
     n_rows,
@@ -147,7 +138,7 @@ def embedding_fwd_kernel(
     scale,
     position_offset,
     sin_coef,  # fp32(ln(base) / D), sinusoid mode only
-    POS_MODE: tl.constexpr,  # 0 none / 1 learned / 2 sinusoid: dead branches compile away
+    POS_MODE: tl.constexpr,  # fusedops.constants.POS_*: dead branches compile away
     HAS_POSITIONS: tl.constexpr,  # explicit positions tensor vs position_offset + s
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -167,7 +158,7 @@ def embedding_fwd_kernel(
     w = tl.load(w_ptrs, mask=id_ok[:, None] & col_ok[None, :], other=0.0)
     acc = w.to(tl.float32) * scale  # [BM, BD] fp32
 
-    if POS_MODE != 0:
+    if POS_MODE != _POS_NONE:
         if HAS_POSITIONS:
             pos = tl.load(positions_ptr + rows, mask=row_ok, other=0).to(tl.int64)  # [BM]
         else:
@@ -175,7 +166,7 @@ def embedding_fwd_kernel(
             # remainder is a slow subroutine that made ptxas spill.
             local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] int32
             pos = position_offset + (local % seq_len).to(tl.int64)  # [BM]
-        if POS_MODE == 1:
+        if POS_MODE == _POS_LEARNED:
             pos_ok = row_ok & (pos >= 0) & (pos < num_positions)
             p_ptrs = pos_weight_ptr + pos[:, None] * stride_p + cols[None, :]
             p = tl.load(p_ptrs, mask=pos_ok[:, None] & col_ok[None, :], other=0.0)
@@ -279,11 +270,7 @@ def embedding_bwd_atomic_kernel(
 # ---------------------------------------------------------------------------- launchers
 
 
-@functools.cache
-def _sin_coef(dim: int, base: float) -> float:
-    from fusedops.reference import sinusoid_coefficient
-
-    return sinusoid_coefficient(dim, base)
+_sin_coef = functools.cache(sinusoid_coefficient)
 
 
 def embedding_forward(

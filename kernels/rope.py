@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from ._tuning import make_configs, pow2_bucket, short_tile_pruner
 
 # Rotary half-widths are padded to a power of two in [MIN_BLOCK_R2, MAX_BLOCK_R2]: head dims up
 # to 2 * MAX_BLOCK_R2 = 512 features are rotated in one tile per head.
@@ -51,7 +51,7 @@ def block_p_for(head_dim: int, rotary_dim: int) -> int:
 
 def heads_bucket(n_heads: int) -> int:
     """Autotune key for the head count: the next power of two, capped at MAX_BLOCK_H."""
-    return min(triton.next_power_of_2(max(n_heads, 1)), MAX_BLOCK_H)
+    return pow2_bucket(n_heads, MAX_BLOCK_H)
 
 
 def rope_candidates(block_r2: int) -> list[tuple[int, int]]:
@@ -81,22 +81,10 @@ def rope_config_space() -> list[tuple[int, int, int]]:
 
 def _configs() -> list[triton.Config]:
     pairs = sorted({(h, w) for h, _, w in rope_config_space()})
-    return [triton.Config({"BLOCK_H": h}, num_warps=w, num_stages=1) for h, w in pairs]
+    return make_configs(pairs, "BLOCK_H", num_stages=1)
 
 
-def _prune(configs, named_args, **kwargs):
-    """Keep the configs that fit this call's tile width and head count."""
-    allowed = rope_candidates(kwargs["BLOCK_R2"])
-    fitting = [c for c in configs if (c.kwargs["BLOCK_H"], c.num_warps) in allowed]
-    # Head blocks taller than the largest head count only add masked rows; keep the shortest.
-    bucket = named_args["n_heads_bucket"]
-    short = [c for c in fitting if c.kwargs["BLOCK_H"] <= bucket]
-    fitting = short or [min(fitting, key=lambda c: (c.kwargs["BLOCK_H"], c.num_warps))]
-    if INTERPRET:
-        # No benchmarking without a driver, and the interpreter pays per program and per loop
-        # step: run the tallest head block.
-        return [max(fitting, key=lambda c: (c.kwargs["BLOCK_H"], -c.num_warps))]
-    return fitting
+_prune = short_tile_pruner(rope_candidates, "BLOCK_R2", "BLOCK_H", "n_heads_bucket")
 
 
 @triton.jit

@@ -1,9 +1,9 @@
 """fusedops: fused Triton / C++ / CUDA kernels for the input side of transformers.
 
 Public ops dispatch per call: CUDA tensors run the Triton kernels, CPU tensors the C++ kernels
-of ``fusedops._C`` (the INT8 embedding has no Triton kernel: it runs the extension's CPU or CUDA
-kernel); ``use_backend("triton" | "cpp" | "reference")`` or ``$FUSEDOPS_BACKEND`` force one.
-See README.md for the rules.
+of ``fusedops._C`` (attention on CPU runs PyTorch's SDPA; the INT8 embedding has no Triton
+kernel: it runs the extension's CPU or CUDA kernel); ``use_backend("triton" | "cpp" |
+"reference")`` or ``$FUSEDOPS_BACKEND`` force one. See README.md for the rules.
 """
 
 from fusedops import nn, reference
@@ -11,9 +11,10 @@ from fusedops._backend import current_backend, use_backend
 from fusedops.nn.attention import attention_hf
 from fusedops.ops.attention import attention
 from fusedops.ops.embedding import fused_embedding
-from fusedops.ops.int8_embedding import int8_embedding, quantize_embedding
+from fusedops.ops.int8_embedding import int8_embedding
 from fusedops.ops.rope import apply_rotary, apply_rotary_varlen
-from fusedops.reference import rope_cos_sin
+from fusedops.quantization import quantize_embedding
+from fusedops.rope_tables import rope_cos_sin
 
 __all__ = [
     "apply_rotary",

@@ -2,7 +2,9 @@
 
 Tests compare the kernels against these functions and benchmarks time them as the "eager"
 baseline. They favour clarity over speed and use only differentiable PyTorch ops, so autograd
-gives the reference gradients.
+gives the reference gradients. The helpers they share with the kernel paths (sinusoid
+coefficient, int8 quantization, RoPE cos/sin tables, varlen positions, attention masks) live in
+modules of their own and are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from fusedops.masks import attention_mask
+from fusedops.quantization import dequantize_embedding, quantize_embedding
+from fusedops.rope_tables import rope_cos_sin
+from fusedops.sinusoid import sinusoid_coefficient
+from fusedops.varlen import varlen_positions
+
 __all__ = [
     "apply_rotary",
     "apply_rotary_varlen",
+    "attention",
+    "attention_mask",
     "dequantize_embedding",
     "fused_embedding",
     "int8_embedding",
@@ -25,16 +35,8 @@ __all__ = [
     "rotate_half",
     "sinusoid_coefficient",
     "sinusoid_table",
+    "varlen_positions",
 ]
-
-INT8_MAX = 127  # symmetric int8 range [-127, 127] (-128 is never produced)
-SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-@torch.compiler.assume_constant_result
-def sinusoid_coefficient(dim: int, base: float = 10000.0) -> float:
-    """``ln(base) / dim`` rounded once to fp32: the only scalar the sinusoid kernels receive."""
-    return float(torch.tensor(math.log(base) / dim, dtype=torch.float32))
 
 
 def sinusoid_table(
@@ -117,88 +119,6 @@ def fused_embedding(
     return out.to(weight.dtype)
 
 
-def quantize_embedding(
-    weight: torch.Tensor,
-    *,
-    group_size: int | None = None,
-    scale_dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric absmax int8 quantization of an embedding table (an offline step).
-
-    Each row of ``weight`` is split into ``G`` groups of ``group_size`` features (one group, the
-    whole row, when ``group_size`` is None). Per group, in fp32:
-
-    - ``scale = absmax(group) / 127``, then rounded to ``scale_dtype`` (the stored scale);
-    - ``q = round_half_even(w / stored_scale)`` clamped to ``[-127, 127]``;
-    - a group whose absmax is 0 gets ``scale = 0`` and ``q = 0`` (dequantizes to exact zeros).
-
-    Dividing by the *stored* scale keeps ``|q * scale - w| <= scale / 2`` for every element
-    whatever ``scale_dtype`` is (a scale rounded down only pushes the extreme element to 127.x,
-    which the clamp turns into an error of at most ``absmax * 2^-9 < scale / 2``).
-
-    Args:
-        weight: ``[V, D]`` float table (fp32/fp16/bf16/fp64), finite.
-        group_size: features per scale; must divide ``D``. None: one scale per row.
-        scale_dtype: dtype of the stored scales: fp32, fp16 or bf16.
-    Returns:
-        ``(qweight, scales)``: int8 ``[V, D]`` and ``scale_dtype`` ``[V, G]`` (``G = 1`` for
-        per-row, else ``D // group_size``), both contiguous, on ``weight``'s device.
-    Raises:
-        TypeError for a non-float table or an unsupported ``scale_dtype``; ValueError for a
-        table that is not 2-D, non-finite values, a ``group_size`` that does not divide ``D``,
-        or a scale that overflows ``scale_dtype``.
-    """
-    op = "quantize_embedding"
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{op}: weight must be a torch.Tensor, got {type(weight).__name__}")
-    if not weight.is_floating_point():
-        raise TypeError(f"{op}: weight must be a float tensor, got {weight.dtype}")
-    if weight.dim() != 2:
-        raise ValueError(f"{op}: weight must be [V, D], got shape {tuple(weight.shape)}")
-    if scale_dtype not in SCALE_DTYPES:
-        raise TypeError(
-            f"{op}: scale_dtype must be float32, float16 or bfloat16, got {scale_dtype}"
-        )
-    vocab, dim = weight.shape
-    if group_size is None:
-        group_size = dim
-    elif isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"{op}: group_size must be a positive int or None, got {group_size!r}")
-    if dim % group_size != 0:
-        raise ValueError(f"{op}: group_size {group_size} does not divide embedding dim D={dim}")
-    w = weight.detach().to(torch.float32)
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError(f"{op}: weight contains NaN or infinite values")
-    groups = w.reshape(vocab, dim // group_size, group_size)  # [V, G, group]
-    absmax = groups.abs().amax(dim=-1)  # [V, G] fp32
-    scales = (absmax / INT8_MAX).to(scale_dtype)  # [V, G], the stored scale
-    if not bool(torch.isfinite(scales).all()):
-        raise ValueError(
-            f"{op}: a scale (absmax / 127, up to {float(absmax.max()) / INT8_MAX:g}) "
-            f"overflows scale_dtype {scale_dtype}"
-        )
-    stored = scales.to(torch.float32).unsqueeze(-1)  # [V, G, 1]
-    nonzero = stored != 0  # also catches a tiny scale that underflowed in fp16/bf16
-    q = torch.round(groups / torch.where(nonzero, stored, 1.0))  # round half to even
-    q = torch.where(nonzero, q.clamp(-INT8_MAX, INT8_MAX), 0.0)
-    qweight = q.to(torch.int8).reshape(vocab, dim).contiguous()  # [V, D]
-    return qweight, scales.contiguous()
-
-
-def dequantize_embedding(
-    qweight: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """``w'[v, d] = fp32(q[v, d]) * fp32(scales[v, d // (D // G)])`` (one fp32 rounding).
-
-    ``qweight`` int8 ``[..., D]`` (a table ``[V, D]`` or gathered rows), ``scales``
-    ``[..., G]`` with ``G`` dividing ``D``. Returns ``[..., D]`` in ``dtype`` (the fp32 product
-    converted; fp64 keeps it exact).
-    """
-    dim, groups = qweight.shape[-1], scales.shape[-1]
-    per_feature = scales.to(torch.float32).repeat_interleave(dim // groups, dim=-1)  # [..., D]
-    return (qweight.to(torch.float32) * per_feature).to(dtype)
-
-
 def int8_embedding(
     input_ids: torch.Tensor,
     qweight: torch.Tensor,
@@ -246,8 +166,6 @@ def int8_embedding(
 # --------------------------------------------------------------------------------------------
 # Rotary position embedding (RoPE)
 # --------------------------------------------------------------------------------------------
-
-ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -362,14 +280,6 @@ def apply_rotary(
     return one(q), None if k is None else one(k)
 
 
-def varlen_positions(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """Position of each packed token in its sequence: ``t - cu_seqlens[i]`` for token ``t`` of
-    sequence ``i`` (``cu_seqlens[i] <= t < cu_seqlens[i + 1]``). int64 ``[T]``, no host sync."""
-    tokens = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)  # [T]
-    seq_idx = torch.searchsorted(cu_seqlens, tokens, right=True) - 1  # [T]
-    return (tokens - cu_seqlens[seq_idx]).long()
-
-
 def apply_rotary_varlen(
     x: torch.Tensor,
     cos: torch.Tensor,
@@ -388,170 +298,6 @@ def apply_rotary_varlen(
         view, None, cos, sin, positions=positions, interleaved=interleaved, rotary_dim=rotary_dim
     )
     return out.squeeze(0).permute(1, 0, 2)  # [T, H, D]
-
-
-def _rope_inv_freq(
-    dim: int,
-    max_positions: int,
-    base: float,
-    scaling: dict | None,
-    device: torch.device | str | None,
-) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies ``[dim / 2]`` (fp32) and the cos/sin scale for a Hugging Face
-    ``rope_scaling`` dict (the formulas of each rope type's paper)."""
-    op = "rope_cos_sin"
-    scaling = dict(scaling or {})
-    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-    if rope_type not in ROPE_TYPES:
-        raise ValueError(f"{op}: unknown rope_type {rope_type!r}; expected one of {ROPE_TYPES}")
-
-    def need(key: str):
-        if scaling.get(key) is None:
-            raise ValueError(f"{op}: rope_type {rope_type!r} needs scaling[{key!r}]")
-        return scaling[key]
-
-    exponent = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim  # [R/2]
-    attention_scaling = 1.0
-    if rope_type == "dynamic":
-        # NTK-aware: the base grows with the context length the cache covers.
-        factor = float(need("factor"))
-        trained = int(scaling.get("original_max_position_embeddings") or max_positions)
-        length = max(max_positions, trained)
-        base = base * ((factor * length / trained) - (factor - 1)) ** (dim / (dim - 2))
-    inv_freq = 1.0 / (base**exponent)  # [R/2] fp32
-    if rope_type == "linear":
-        inv_freq = inv_freq / float(need("factor"))
-    elif rope_type == "yarn":
-        trained = int(need("original_max_position_embeddings"))
-        factor = scaling.get("factor") or max_positions / trained
-        attention_scaling = scaling.get("attention_factor")
-        if attention_scaling is None:
-
-            def mscale(scale: float, m: float = 1.0) -> float:
-                return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-            m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
-            attention_scaling = (
-                mscale(factor, m) / mscale(factor, m_all) if m and m_all else (mscale(factor))
-            )
-        fast = scaling.get("beta_fast") or 32
-        slow = scaling.get("beta_slow") or 1
-
-        def correction_dim(rotations: float) -> float:
-            # The feature pair whose wavelength makes `rotations` turns over the trained context.
-            return dim * math.log(trained / (rotations * 2 * math.pi)) / (2 * math.log(base))
-
-        low, high = correction_dim(fast), correction_dim(slow)
-        if scaling.get("truncate", True):
-            low, high = math.floor(low), math.ceil(high)
-        low, high = max(low, 0), min(high, dim - 1)
-        if low == high:
-            high += 0.001
-        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
-        keep = (1 - ramp).to(inv_freq.device)  # 1: extrapolate (high frequencies), 0: interpolate
-        wavelength_scale = base**exponent  # [R/2]
-        interpolated = 1.0 / (factor * wavelength_scale)
-        inv_freq = interpolated * (1 - keep) + inv_freq * keep
-    elif rope_type == "longrope":
-        trained = int(need("original_max_position_embeddings"))
-        factor = scaling.get("factor") or max_positions / trained
-        attention_scaling = scaling.get("attention_factor")
-        if attention_scaling is None:
-            attention_scaling = (
-                1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(trained))
-            )
-        key = "long_factor" if max_positions > trained else "short_factor"
-        ext = torch.tensor(need(key), dtype=torch.float32, device=device)
-        if ext.shape != exponent.shape:
-            raise ValueError(
-                f"{op}: scaling[{key!r}] has {ext.numel()} values, expected {dim // 2}"
-            )
-        inv_freq = 1.0 / (ext * base**exponent)
-    elif rope_type == "llama3":
-        factor = float(need("factor"))
-        low_ff, high_ff = float(need("low_freq_factor")), float(need("high_freq_factor"))
-        trained = int(need("original_max_position_embeddings"))
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > trained / low_ff, inv_freq / factor, inv_freq)
-        smooth = (trained / wavelen - low_ff) / (high_ff - low_ff)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= trained / high_ff) & (wavelen <= trained / low_ff)
-        inv_freq = torch.where(medium, smoothed, scaled)
-    return inv_freq, float(attention_scaling)
-
-
-def rope_cos_sin(
-    head_dim: int,
-    max_positions: int,
-    *,
-    base: float = 10000.0,
-    scaling: dict | None = None,
-    partial_rotary_factor: float = 1.0,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cos/sin cache of RoPE for every Hugging Face rope type.
-
-    ``R = int(head_dim * partial_rotary_factor)``; ``inv_freq [R/2]`` follows the rope type of
-    ``scaling`` (a Hugging Face ``rope_scaling`` / ``rope_parameters`` dict: ``rope_type`` one of
-    default, linear, dynamic, yarn, longrope, llama3, with that type's keys), in fp32 as
-    transformers computes it. ``angle[p, j] = fp32(p) * inv_freq[j]`` (one fp32 multiply) and
-    ``cos = cos(angle) * attention_scaling`` (yarn/longrope scale, else 1), likewise ``sin``.
-
-    ``dynamic`` builds the cache for a context of ``max_positions`` (against
-    ``original_max_position_embeddings``, default ``max_positions``); ``longrope`` uses
-    ``long_factor`` when ``max_positions`` exceeds ``original_max_position_embeddings``.
-
-    Returns:
-        ``(cos, sin)``, each ``[max_positions, R/2]`` in ``dtype`` on ``device``.
-    """
-    op = "rope_cos_sin"
-    for name, value in (("head_dim", head_dim), ("max_positions", max_positions)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
-    if not (isinstance(base, (int, float)) and base > 0):
-        raise ValueError(f"{op}: base must be a positive number, got {base!r}")
-    if not 0 < partial_rotary_factor <= 1:
-        raise ValueError(
-            f"{op}: partial_rotary_factor must be in (0, 1], got {partial_rotary_factor!r}"
-        )
-    dim = int(head_dim * partial_rotary_factor)
-    if dim < 2 or dim % 2:
-        raise ValueError(
-            f"{op}: rotary dim int(head_dim * partial_rotary_factor) = {dim} must be even and >= 2"
-        )
-    if scaling is not None and not isinstance(scaling, dict):
-        raise TypeError(f"{op}: scaling must be a dict or None, got {type(scaling).__name__}")
-    inv_freq, attention_scaling = _rope_inv_freq(dim, max_positions, float(base), scaling, device)
-    pos = torch.arange(max_positions, device=inv_freq.device, dtype=torch.float32)  # [P]
-    angle = pos[:, None] * inv_freq[None, :]  # [P, R/2] fp32
-    cos = torch.cos(angle) * attention_scaling
-    sin = torch.sin(angle) * attention_scaling
-    return cos.to(dtype), sin.to(dtype)
-
-
-def attention_mask(
-    seq_q: int,
-    seq_k: int,
-    *,
-    causal: bool,
-    key_padding_mask: torch.Tensor | None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor | None:
-    """Boolean ``[B or 1, 1, Sq, Sk]`` mask (True = attend), or None when every key is allowed.
-
-    Causal is bottom-right aligned: query ``i`` may attend key ``j`` iff ``j <= i + Sk - Sq``
-    (the last query sees every key, as in KV-cache decode); ``key_padding_mask [B, Sk]``
-    (True = attend) is combined with it."""
-    mask = None
-    if causal:
-        i = torch.arange(seq_q, device=device).unsqueeze(1)
-        j = torch.arange(seq_k, device=device).unsqueeze(0)
-        mask = (j <= i + (seq_k - seq_q)).view(1, 1, seq_q, seq_k)
-    if key_padding_mask is not None:
-        pad = key_padding_mask.to(device=device, dtype=torch.bool).view(-1, 1, 1, seq_k)
-        mask = pad if mask is None else mask & pad
-    return mask
 
 
 def attention(

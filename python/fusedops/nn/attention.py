@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusedops import reference
-from fusedops.ops.attention import OP, attention
+from fusedops.masks import attention_mask
+from fusedops.ops import attention, check_attention_args
 
 
 class FusedAttention(nn.Module):
@@ -75,7 +75,7 @@ def _hf_mask_to_padding(
         # The last query row sees every unpadded key under bottom-right causal (and any row does
         # without causal): it is the padding mask if the mask has the supported form.
         padding = mask[:, 0, -1, :] if causal else mask[:, 0, :, :].any(dim=1)
-        expected = reference.attention_mask(
+        expected = attention_mask(
             seq_q, seq_k, causal=causal, key_padding_mask=padding, device=mask.device
         ).expand(batch, 1, seq_q, seq_k)
         empty = ~expected.any(dim=-1, keepdim=True)  # rows with no allowed key: don't care
@@ -126,10 +126,7 @@ def attention_hf(
     for name in ("sliding_window", "softcap"):
         if kwargs.get(name) is not None:
             raise ValueError(f"{HF_OP}: {name}={kwargs[name]!r} is not supported")
-    if not isinstance(query, torch.Tensor) or query.dim() != 4:
-        raise ValueError(f"{HF_OP}: query must be a 4-D tensor [B, Hq, Sq, D]")
-    if not isinstance(key, torch.Tensor) or key.dim() != 4:
-        raise ValueError(f"{HF_OP}: key must be a 4-D tensor [B, Hkv, Sk, D]")
+    check_attention_args(HF_OP, query, key, value, softmax_scale=scaling)
     batch, _, seq_q, _ = query.shape
     seq_k = key.shape[2]
     if attention_mask is None:
@@ -147,11 +144,14 @@ def attention_hf(
                 f"{HF_OP}: attention_mask must be a boolean tensor (True = attend), got {got}; "
                 "additive float masks are not supported"
             )
+        if attention_mask.device != query.device:
+            raise ValueError(
+                f"{HF_OP}: attention_mask is on {attention_mask.device} but the other inputs "
+                f"are on {query.device}"
+            )
         padding, causal = _hf_mask_to_padding(attention_mask, batch, seq_q, seq_k)
-    try:
-        out = attention(
-            query, key, value, causal=causal, softmax_scale=scaling, key_padding_mask=padding
-        )
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(str(exc).replace(f"{OP}:", f"{HF_OP}:", 1)) from None
+    # Checked above with this function's name: attention() accepts what passed.
+    out = attention(
+        query, key, value, causal=causal, softmax_scale=scaling, key_padding_mask=padding
+    )
     return out.transpose(1, 2).contiguous(), None

@@ -7,8 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fusedops.ops._lookup_checks import check_padding_idx
-from fusedops.ops.embedding import fused_embedding
+from fusedops.ops import check_padding_idx, fused_embedding
 
 
 class FusedEmbedding(nn.Module):

@@ -10,10 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusedops import reference
 from fusedops.nn.embedding import FusedEmbedding
-from fusedops.ops._lookup_checks import check_padding_idx
-from fusedops.ops.int8_embedding import int8_embedding
+from fusedops.ops import check_padding_idx, int8_embedding
+from fusedops.quantization import dequantize_embedding, quantize_embedding
 
 _NAME = "Int8Embedding"
 _FORMAT = "fusedops.Int8Embedding/1"  # safetensors metadata tag
@@ -61,6 +60,10 @@ class Int8Embedding(nn.Module):
         sinusoidal: add the fixed sinusoid instead (exclusive with ``num_positions``).
         sinusoid_base: its frequency base.
         out_dtype: dtype of the output (fp32/fp16/bf16).
+        check_indices: range-check ids and positions in ``forward`` (``IndexError``); with
+            ``False`` a CUDA forward never syncs the device (CUDA-graph capturable) and masks
+            out-of-range rows instead, see :func:`fusedops.int8_embedding`. A runtime setting
+            (an attribute, not saved by :meth:`save_safetensors`).
         device: where the buffers live.
     """
 
@@ -82,6 +85,7 @@ class Int8Embedding(nn.Module):
         sinusoidal: bool = False,
         sinusoid_base: float = 10000.0,
         out_dtype: torch.dtype = torch.float32,
+        check_indices: bool = True,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
@@ -111,6 +115,7 @@ class Int8Embedding(nn.Module):
         self.sinusoidal = bool(sinusoidal)
         self.sinusoid_base = float(sinusoid_base)
         self.out_dtype = out_dtype
+        self.check_indices = bool(check_indices)
         groups = 1 if group_size is None else embedding_dim // group_size
         self.register_buffer(
             "qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device)
@@ -135,13 +140,15 @@ class Int8Embedding(nn.Module):
         group_size: int | None = None,
         scale_dtype: torch.dtype = torch.float32,
         out_dtype: torch.dtype | None = None,
+        check_indices: bool = True,
     ) -> Int8Embedding:
         """Quantize a trained ``nn.Embedding`` or :class:`FusedEmbedding`.
 
         The table is quantized with :func:`fusedops.quantize_embedding` (absmax / 127 per row
         or per group). From a ``FusedEmbedding`` the ``scale``, the sinusoid settings and a
         learned positional table (copied, kept in its float dtype) carry over. ``out_dtype``
-        defaults to the source table's dtype. The result is a snapshot on the source's device:
+        defaults to the source table's dtype; ``check_indices`` is the constructor's. The
+        result is a snapshot on the source's device:
         later changes to the source do not reach it.
         """
         if not isinstance(embedding, (nn.Embedding, FusedEmbedding)):
@@ -171,11 +178,10 @@ class Int8Embedding(nn.Module):
             sinusoidal=embedding.sinusoidal if fused else False,
             sinusoid_base=embedding.sinusoid_base if fused else 10000.0,
             out_dtype=out_dtype,
+            check_indices=check_indices,
             device=weight.device,
         )
-        qweight, scales = reference.quantize_embedding(
-            weight, group_size=group_size, scale_dtype=scale_dtype
-        )
+        qweight, scales = quantize_embedding(weight, group_size=group_size, scale_dtype=scale_dtype)
         module.qweight = qweight
         module.scales = scales
         if pos_weight is not None:
@@ -210,11 +216,12 @@ class Int8Embedding(nn.Module):
             sinusoidal=self.sinusoidal,
             sinusoid_base=self.sinusoid_base,
             padding_idx=self.padding_idx,
+            check_indices=self.check_indices,
         )
 
     def dequantize(self) -> torch.Tensor:
         """The dequantized token table ``[V, D]`` fp32 (``q * scale`` per element)."""
-        return reference.dequantize_embedding(self.qweight, self.scales)
+        return dequantize_embedding(self.qweight, self.scales)
 
     def memory_bytes(self) -> int:
         """Bytes of the stored tensors: ``qweight`` + ``scales`` (+ ``pos_weight``)."""
@@ -300,4 +307,6 @@ class Int8Embedding(nn.Module):
         if self.sinusoidal:
             parts.append(f"sinusoidal=True, base={self.sinusoid_base:g}")
         parts.append(f"out_dtype={_dtype_name(self.out_dtype)}")
+        if not self.check_indices:
+            parts.append("check_indices=False")
         return ", ".join(parts)

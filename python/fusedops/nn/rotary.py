@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusedops.ops.rope import apply_rotary
-from fusedops.reference import rope_cos_sin
+from fusedops.ops import apply_rotary
+from fusedops.rope_tables import rope_cos_sin
 
 
 class RotaryEmbedding(nn.Module):

@@ -1,6 +1,12 @@
-"""Custom ops (``torch.library``) with fake impls, autograd and device dispatch."""
+"""Custom ops (``torch.library``) with fake impls, autograd and device dispatch.
 
-from fusedops.ops.attention import attention
+Besides the ops, the argument checks that modules and wrappers share, raising errors that name
+the caller (``check_padding_idx("FusedEmbedding", 11, 10)`` raises ``ValueError:
+FusedEmbedding: padding_idx 11 outside [-10, 10)``).
+"""
+
+from fusedops.ops._lookup_checks import check_padding_idx
+from fusedops.ops.attention import attention, check_attention_args
 from fusedops.ops.embedding import fused_embedding
 from fusedops.ops.int8_embedding import int8_embedding, quantize_embedding
 from fusedops.ops.rope import apply_rotary, apply_rotary_varlen
@@ -9,6 +15,8 @@ __all__ = [
     "apply_rotary",
     "apply_rotary_varlen",
     "attention",
+    "check_attention_args",
+    "check_padding_idx",
     "fused_embedding",
     "int8_embedding",
     "quantize_embedding",

@@ -9,12 +9,14 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
 POISON_ENV = "FUSEDOPS_POISON_OUTPUTS"
+# Read once, when fusedops is imported (tests set it first): outputs are then NaN-filled, so an
+# element a kernel forgets to write fails the comparison instead of passing by luck.
+POISON_OUTPUTS = os.environ.get(POISON_ENV) == "1"
 
 
 def empty_output(shape: tuple[int, ...] | list[int], dtype: torch.dtype, device: torch.device):
-    """An uninitialised output; NaN-filled when ``$FUSEDOPS_POISON_OUTPUTS=1`` (tests set it,
-    so an element a kernel forgets to write fails the comparison instead of passing by luck)."""
-    if os.environ.get(POISON_ENV) == "1":
+    """An uninitialised output (NaN-filled under ``$FUSEDOPS_POISON_OUTPUTS=1``)."""
+    if POISON_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
@@ -23,9 +25,13 @@ def empty_output_like(x: torch.Tensor) -> torch.Tensor:
     """:func:`empty_output` with ``x``'s shape, dtype, device and layout (strides of a dense
     tensor are kept, so e.g. ``[B, S, H, D]`` views stay that way)."""
     out = torch.empty_like(x)
-    if os.environ.get(POISON_ENV) == "1":
-        out.fill_(float("nan"))
-    return out
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def unit_stride(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when ``stride(-1) == 1`` (the layout the kernels read), else a contiguous
+    copy (e.g. of an expanded upstream gradient, whose strides are 0)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def check_tensor(op: str, name: str, value: object) -> torch.Tensor:

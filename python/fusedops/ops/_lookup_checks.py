@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID, SINUSOID_MAX_POSITION
 from fusedops.ops._common import (
     INDEX_DTYPES,
     check_dtype,
@@ -18,10 +19,6 @@ from fusedops.ops._common import (
     check_same_device,
     check_tensor,
 )
-
-POS_NONE, POS_LEARNED, POS_SINUSOID = 0, 1, 2  # same codes as kernels/ and csrc/
-# Sinusoid positions lie in [0, 2**16): there the kernels' angle reduction is exact (~1e-7).
-SINUSOID_MAX_POSITION = 1 << 16  # = kernels.embedding.SINUSOID_MAX_POSITION, csrc's limit
 
 
 def check_input_ids(op: str, input_ids: object, device: torch.device) -> None:

@@ -8,16 +8,16 @@
   runs the FA2 forward launcher ``kernels/attention.py`` (online softmax, never materialises the
   ``[Sq, Sk]`` scores) and its autograd the backward op ``fusedops::attention_backward``, which
   runs ``kernels/attention_backward.py`` (deterministic, no atomics).
-* ``cpp`` (the ``auto`` choice on CPU): PyTorch's ``scaled_dot_product_attention`` (its fused
-  CPU flash kernel) with an explicit boolean mask built here: bottom-right causal combined with
-  the padding mask; ``is_causal=True`` when ``Sq == Sk`` without padding (the same mask, SDPA's
-  faster path); GQA through ``enable_gqa`` (no copies of k/v). Rows with no allowed key are
-  given an all-True mask row (SDPA would return NaN) and zeroed afterwards. When ``return_lse``
-  is asked for, or a gradient is needed, the lse is ``logsumexp`` of the masked scores (one extra
-  ``q k^T``, materialised). Without ``return_lse`` SDPA is called directly, and autograd runs
-  SDPA's own backward. With ``return_lse`` and a gradient the custom op runs instead: its
-  backward recomputes the probabilities from the lse in fp32 (plain PyTorch, materialises
-  ``[Sq, Sk]``; slower).
+* ``cpp`` (the ``auto`` choice on CPU) is PyTorch's ``scaled_dot_product_attention`` (SDPA, its
+  fused CPU flash kernel; no ``fusedops._C`` op) with an explicit boolean mask built here:
+  bottom-right causal combined with the padding mask; ``is_causal=True`` when ``Sq == Sk``
+  without padding (the same mask, SDPA's faster path); GQA through ``enable_gqa`` (no copies of
+  k/v). Rows with no allowed key are given an all-True mask row (SDPA would return NaN) and
+  zeroed afterwards. When ``return_lse`` is asked for, or a gradient is needed, the lse is
+  ``logsumexp`` of the masked scores (one extra ``q k^T``, materialised). Without
+  ``return_lse`` SDPA is called directly, and autograd runs SDPA's own backward. With
+  ``return_lse`` and a gradient the custom op runs instead: its backward recomputes the
+  probabilities from the lse in fp32 (plain PyTorch, materialises ``[Sq, Sk]``; slower).
 * ``reference``: :func:`fusedops.reference.attention` (plain PyTorch, fp32 math).
 """
 
@@ -29,26 +29,30 @@ import torch
 import torch.nn.functional as F
 
 from fusedops import reference
-from fusedops._backend import resolve_backend
+from fusedops._backend import OpBackends, resolve_backend
+from fusedops.masks import attention_mask
 from fusedops.ops._common import (
     FLOAT_DTYPES,
     check_same_device,
     check_tensor,
     empty_output,
+    unit_stride,
 )
+from fusedops.ops._dispatch import autograd_function, implementation, needs_grad, run
 
 OP = "attention"
+BACKENDS = OpBackends()  # "cpp" is SDPA: no extension op
 MIN_HEAD_DIM = 16
 MAX_HEAD_DIM = 256
 
 
 # ------------------------------------------------------------------------------------------
-# CPU path: torch SDPA with an explicit mask (backend "cpp")
+# The SDPA implementation (backend "cpp")
 # ------------------------------------------------------------------------------------------
 
 
 def _mask(q, k, causal, key_padding_mask):
-    return reference.attention_mask(
+    return attention_mask(
         q.shape[2], k.shape[2], causal=causal, key_padding_mask=key_padding_mask, device=q.device
     )
 
@@ -93,8 +97,9 @@ def _scores(q, k, mask, scale):
     return s if mask is None else s.masked_fill(~mask, float("-inf"))
 
 
-def _torch_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
-    """FA2's backward equations in plain fp32 PyTorch (materialises ``[Sq, Sk]``)."""
+def _sdpa_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
+    """Backward of the SDPA forward from its lse: FA2's equations in plain fp32 PyTorch
+    (materialises ``[Sq, Sk]``)."""
     heads_q, heads_kv = q.shape[1], k.shape[1]
     group = heads_q // heads_kv
     mask = _mask(q, k, causal, key_padding_mask)
@@ -116,20 +121,51 @@ def _torch_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _sdpa_forward_with_lse(q, k, v, key_padding_mask, causal, scale):
+    out, lse = _sdpa_forward(q, k, v, key_padding_mask, causal, scale, True)
+    return out.contiguous(), lse.float().contiguous()
+
+
 # ------------------------------------------------------------------------------------------
-# Custom ops
+# The Triton implementation
 # ------------------------------------------------------------------------------------------
 
 
-def _outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _triton_forward(q, k, v, key_padding_mask, causal, scale):
+    from fusedops.kernels.attention import attention_forward
+
     b, h, s, d = q.shape
-    return empty_output((b, h, s, d), q.dtype, q.device), empty_output(
-        (b, h, s), torch.float32, q.device
+    out = empty_output((b, h, s, d), q.dtype, q.device)
+    lse = empty_output((b, h, s), torch.float32, q.device)
+    attention_forward(
+        q, k, v, out, lse, causal=causal, softmax_scale=scale, key_padding_mask=key_padding_mask
     )
+    return out, lse
 
 
-@torch.library.custom_op("fusedops::attention", mutates_args=())
-def attention_op(
+def _triton_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
+    from fusedops.kernels.attention_backward import attention_backward
+
+    dq = empty_output(tuple(q.shape), q.dtype, q.device)
+    dk = empty_output(tuple(k.shape), k.dtype, k.device)
+    dv = empty_output(tuple(v.shape), v.dtype, v.device)
+    attention_backward(
+        q, k, v, out, lse, dout, dq, dk, dv, causal=causal, softmax_scale=scale,
+        key_padding_mask=key_padding_mask,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+_FORWARD = {"cpp": _sdpa_forward_with_lse, "triton": _triton_forward}
+_BACKWARD = {"cpp": _sdpa_backward, "triton": _triton_backward}
+
+
+# ------------------------------------------------------------------------------------------
+# Custom ops and autograd
+# ------------------------------------------------------------------------------------------
+
+
+def _attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -140,29 +176,10 @@ def attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B, Hq, Sq, D] in q's dtype, lse [B, Hq, Sq] fp32)`` of validated inputs
     (stride(-1) == 1; ``key_padding_mask`` contiguous bool ``[B, Sk]`` or None)."""
-    if backend == "cpp":
-        out, lse = _sdpa_forward(q, k, v, key_padding_mask, causal, softmax_scale, True)
-        return out.contiguous(), lse.float().contiguous()
-    if backend != "triton":
-        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
-    from fusedops.kernels.attention import attention_forward
-
-    out, lse = _outputs(q)
-    attention_forward(
-        q, k, v, out, lse, causal=causal, softmax_scale=softmax_scale,
-        key_padding_mask=key_padding_mask,
-    )  # fmt: skip
-    return out, lse
+    return implementation(OP, _FORWARD, backend)(q, k, v, key_padding_mask, causal, softmax_scale)
 
 
-@attention_op.register_fake
-def _(q, k, v, key_padding_mask, causal, softmax_scale, backend):
-    b, h, s, d = q.shape
-    return q.new_empty((b, h, s, d)), q.new_empty((b, h, s), dtype=torch.float32)
-
-
-@torch.library.custom_op("fusedops::attention_backward", mutates_args=())
-def attention_backward_op(
+def _attention_backward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -175,29 +192,26 @@ def attention_backward_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` shaped like ``q``, ``k``, ``v`` (GQA grads summed over the group)."""
-    if backend == "cpp":
-        return _torch_backward(q, k, v, out, lse, dout, key_padding_mask, causal, softmax_scale)
-    if backend != "triton":
-        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
-    from fusedops.kernels.attention_backward import attention_backward
+    return implementation(OP, _BACKWARD, backend)(
+        q, k, v, out, lse, dout, key_padding_mask, causal, softmax_scale
+    )
 
-    dq = empty_output(tuple(q.shape), q.dtype, q.device)
-    dk = empty_output(tuple(k.shape), k.dtype, k.device)
-    dv = empty_output(tuple(v.shape), v.dtype, v.device)
-    attention_backward(
-        q, k, v, out, lse, dout, dq, dk, dv, causal=causal, softmax_scale=softmax_scale,
-        key_padding_mask=key_padding_mask,
-    )  # fmt: skip
-    return dq, dk, dv
+
+attention_op = torch.library.custom_op("fusedops::attention", _attention, mutates_args=())
+attention_backward_op = torch.library.custom_op(
+    "fusedops::attention_backward", _attention_backward, mutates_args=()
+)
+
+
+@attention_op.register_fake
+def _(q, k, v, *args):
+    b, h, s, d = q.shape
+    return q.new_empty((b, h, s, d)), q.new_empty((b, h, s), dtype=torch.float32)
 
 
 @attention_backward_op.register_fake
-def _(q, k, v, out, lse, dout, key_padding_mask, causal, softmax_scale, backend):
-    return (
-        q.new_empty(q.shape),
-        k.new_empty(k.shape),
-        v.new_empty(v.shape),
-    )
+def _(q, k, v, *args):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
@@ -211,15 +225,14 @@ def _backward(ctx, grad_out, grad_lse):
     # grad_lse is ignored: the public API returns lse as a constant (documented).
     q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
     causal, scale, backend = ctx.args
-    if grad_out.stride(-1) != 1:
-        grad_out = grad_out.contiguous()
-    dq, dk, dv = attention_backward_op(
-        q, k, v, out, lse, grad_out, key_padding_mask, causal, scale, backend
-    )
+    args = (q, k, v, out, lse, unit_stride(grad_out), key_padding_mask, causal, scale, backend)
+    # With create_graph the op runs and raises: there is no double backward.
+    dq, dk, dv = run(attention_backward_op, _attention_backward, torch.is_grad_enabled(), *args)
     return dq, dk, dv, None, None, None, None
 
 
 attention_op.register_autograd(_backward, setup_context=_setup_context)
+_Attention = autograd_function("_Attention", _attention, _setup_context, _backward)
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,75 +240,90 @@ attention_op.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------------------------------
 
 
-def _check_qkv(q, k, v):
+def _check_qkv(op, q, k, v):
     for name, t in (("q", q), ("k", k), ("v", v)):
-        check_tensor(OP, name, t)
+        check_tensor(op, name, t)
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(
-                f"{OP}: {name} must have dtype in (float32, float16, bfloat16), got {t.dtype}"
+                f"{op}: {name} must have dtype in (float32, float16, bfloat16), got {t.dtype}"
             )
         if t.dim() != 4:
-            raise ValueError(f"{OP}: {name} must be 4-D [B, H, S, D], got shape {tuple(t.shape)}")
+            raise ValueError(f"{op}: {name} must be 4-D [B, H, S, D], got shape {tuple(t.shape)}")
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
-            raise TypeError(f"{OP}: {name} dtype {t.dtype} differs from q dtype {q.dtype}")
-        check_same_device(OP, name, t, q.device)
+            raise TypeError(f"{op}: {name} dtype {t.dtype} differs from q dtype {q.dtype}")
+        check_same_device(op, name, t, q.device)
     batch, heads_q, _, dim = q.shape
-    if k.shape != v.shape:
+    k_shape = k.shape
+    if k_shape != v.shape:
         raise ValueError(
-            f"{OP}: k and v must have the same shape [B, Hkv, Sk, D], got {tuple(k.shape)} "
+            f"{op}: k and v must have the same shape [B, Hkv, Sk, D], got {tuple(k_shape)} "
             f"and {tuple(v.shape)}"
         )
-    if k.shape[0] != batch or k.shape[3] != dim:
+    k_batch, heads_kv, _, k_dim = k_shape
+    if k_batch != batch or k_dim != dim:
         raise ValueError(
-            f"{OP}: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch and head dim "
+            f"{op}: k {tuple(k_shape)} must match q {tuple(q.shape)} in batch and head dim "
             "([B, Hkv, Sk, D] vs [B, Hq, Sq, D])"
         )
-    heads_kv = k.shape[1]
     if heads_kv < 1 or heads_q % heads_kv:
         raise ValueError(
-            f"{OP}: the number of query heads Hq={heads_q} must be a multiple of the number of "
+            f"{op}: the number of query heads Hq={heads_q} must be a multiple of the number of "
             f"kv heads Hkv={heads_kv}"
         )
     if not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM:
         raise ValueError(
-            f"{OP}: head dim D={dim} outside the supported range [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
+            f"{op}: head dim D={dim} outside the supported range [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
         )
 
 
-def _check_mask(mask, batch, seq_k, device):
+def _check_mask(op, mask, batch, seq_k, device):
     if mask is None:
         return None
-    check_tensor(OP, "key_padding_mask", mask)
+    check_tensor(op, "key_padding_mask", mask)
     if mask.dtype != torch.bool:
         raise TypeError(
-            f"{OP}: key_padding_mask must be a bool tensor (True = attend), got {mask.dtype}"
+            f"{op}: key_padding_mask must be a bool tensor (True = attend), got {mask.dtype}"
         )
     if tuple(mask.shape) != (batch, seq_k):
         raise ValueError(
-            f"{OP}: key_padding_mask must be [B, Sk] = [{batch}, {seq_k}], got {tuple(mask.shape)}"
+            f"{op}: key_padding_mask must be [B, Sk] = [{batch}, {seq_k}], got {tuple(mask.shape)}"
         )
-    check_same_device(OP, "key_padding_mask", mask, device)
+    check_same_device(op, "key_padding_mask", mask, device)
     return mask.contiguous()
 
 
-def _check_scale(softmax_scale, dim) -> float:
+def _check_scale(op, softmax_scale, dim) -> float:
     if softmax_scale is None:
         return 1.0 / math.sqrt(dim)
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-        raise TypeError(f"{OP}: softmax_scale must be a float or None, got {softmax_scale!r}")
+        raise TypeError(f"{op}: softmax_scale must be a float or None, got {softmax_scale!r}")
     scale = float(softmax_scale)
     if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"{OP}: softmax_scale must be finite and > 0, got {softmax_scale!r}")
+        raise ValueError(f"{op}: softmax_scale must be finite and > 0, got {softmax_scale!r}")
     return scale
 
 
-def _kernel_layout(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def check_attention_args(
+    op: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    return_lse: bool = False,
+) -> tuple[float, torch.Tensor | None]:
+    """Check the arguments of :func:`attention` as ``op`` (the name errors start with, e.g. a
+    wrapper's); return the softmax scale and the contiguous key padding mask (or None)."""
+    _check_qkv(op, q, k, v)
+    if not isinstance(causal, bool):
+        raise TypeError(f"{op}: causal must be a bool, got {causal!r}")
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"{op}: return_lse must be a bool, got {return_lse!r}")
+    scale = _check_scale(op, softmax_scale, q.shape[3])
+    return scale, _check_mask(op, key_padding_mask, q.shape[0], k.shape[2], q.device)
 
 
 def attention(
@@ -330,14 +358,17 @@ def attention(
         with ``attention:`` and names the bad value); RuntimeError if the requested backend
         cannot run.
     """
-    _check_qkv(q, k, v)
-    if not isinstance(causal, bool):
-        raise TypeError(f"{OP}: causal must be a bool, got {causal!r}")
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"{OP}: return_lse must be a bool, got {return_lse!r}")
-    scale = _check_scale(softmax_scale, q.shape[3])
-    mask = _check_mask(key_padding_mask, q.shape[0], k.shape[2], q.device)
-    backend = resolve_backend(OP, q.device)
+    scale, mask = check_attention_args(
+        OP,
+        q,
+        k,
+        v,
+        causal=causal,
+        softmax_scale=softmax_scale,
+        key_padding_mask=key_padding_mask,
+        return_lse=return_lse,
+    )
+    backend = resolve_backend(OP, q.device, BACKENDS)
     if backend == "reference":
         result = reference.attention(
             q, k, v, causal=causal, softmax_scale=scale, key_padding_mask=mask, return_lse=True
@@ -345,17 +376,21 @@ def attention(
         return result if return_lse else result[0]
     if q.numel() == 0 or k.shape[2] == 0:
         # Nothing to attend (an empty batch/head/sequence, or no keys: every row is empty).
-        # A where() on a constant False gives zeros that stay connected to q in autograd (zero
-        # gradient) without multiplying q by 0 (inf * 0 would be NaN).
+        # A where() on a constant False gives zeros that stay connected to q, k and v in
+        # autograd (zero gradients) without multiplying them by 0 (inf * 0 would be NaN).
         never = torch.zeros((), dtype=torch.bool, device=q.device)
-        out = torch.where(never, q, torch.zeros((), dtype=q.dtype, device=q.device))
+        inputs = q + (k.sum() + v.sum())  # [B, Hq, Sq, D]: never selected
+        out = torch.where(never, inputs, torch.zeros((), dtype=q.dtype, device=q.device))
         lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
         return (out, lse) if return_lse else out
-    q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
-    if backend == "cpp" and not (return_lse and _needs_grad(q, k, v)):
-        # CPU: SDPA directly (its own fused backward when a gradient is needed); the custom op
-        # (lse + a materialising fp32 backward) only when the lse is asked for with a gradient.
+    q, k, v = unit_stride(q), unit_stride(k), unit_stride(v)
+    grad = needs_grad(q, k, v)
+    if backend == "cpp" and not (return_lse and grad):
+        # SDPA directly (its own fused backward when a gradient is needed); the custom op (lse
+        # + a materialising fp32 backward) only when the lse is asked for with a gradient.
         out, lse = _sdpa_forward(q, k, v, mask, causal, scale, return_lse)
         return (out, lse.float().detach()) if return_lse else out
-    out, lse = attention_op(q, k, v, mask, causal, scale, backend)
+    out, lse = run(
+        attention_op, _attention, grad, q, k, v, mask, causal, scale, backend, autograd=_Attention
+    )
     return (out, lse.detach()) if return_lse else out

@@ -3,8 +3,8 @@
 ``fused_embedding`` computes ``out[..., s, :] = weight[input_ids[..., s]] * scale + P[pos(s)]``
 where ``P`` is a learned table, an in-kernel sinusoid, or absent. The custom ops
 ``fusedops::fused_embedding`` and ``fusedops::fused_embedding_backward`` run the Triton kernels
-(CUDA, or CPU through Triton's interpreter) or the C++ kernels of ``fusedops._C`` (CPU); the
-``reference`` backend runs plain PyTorch and never reaches these ops.
+(CUDA, or CPU through Triton's interpreter) or the C++ kernels of ``fusedops._C`` (CPU); a call
+that needs no gradient runs the kernel directly. The ``reference`` backend runs plain PyTorch.
 """
 
 from __future__ import annotations
@@ -12,10 +12,17 @@ from __future__ import annotations
 import torch
 
 from fusedops import reference
-from fusedops._backend import resolve_backend
-from fusedops.ops._common import FLOAT_DTYPES, check_dtype, check_tensor, empty_output
+from fusedops._backend import OpBackends, resolve_backend
+from fusedops.constants import POS_LEARNED
+from fusedops.ops._common import (
+    FLOAT_DTYPES,
+    check_dtype,
+    check_tensor,
+    empty_output,
+    unit_stride,
+)
+from fusedops.ops._dispatch import autograd_function, implementation, needs_grad, run
 from fusedops.ops._lookup_checks import (
-    POS_LEARNED,
     check_input_ids,
     check_padding_idx,
     check_positional,
@@ -25,11 +32,20 @@ from fusedops.ops._lookup_checks import (
 )
 
 OP = "fused_embedding"
+BACKENDS = OpBackends(cpp_op="fusedops::cpp_embedding_fwd")
 
 
-def _launch_triton_forward(ids, weight, pos_weight, positions, scale, offset, mode, base, out):
+# ------------------------------------------------------------------------------------------
+# Implementations per backend (validated, normalised arguments)
+# ------------------------------------------------------------------------------------------
+
+
+def _forward_triton(ids, weight, pos_weight, positions, scale, offset, mode, base, check):
     from fusedops.kernels.embedding import embedding_forward
 
+    if check:
+        check_ranges(OP, ids, weight.shape[0], pos_weight, positions, offset, mode)
+    out = empty_output((*ids.shape, weight.shape[1]), weight.dtype, weight.device)
     embedding_forward(
         ids.reshape(-1),
         weight,
@@ -45,8 +61,45 @@ def _launch_triton_forward(ids, weight, pos_weight, positions, scale, offset, mo
     return out
 
 
-@torch.library.custom_op("fusedops::fused_embedding", mutates_args=())
-def fused_embedding_op(
+def _forward_cpp(ids, weight, pos_weight, positions, scale, offset, mode, base, check):
+    # The C++ kernel range-checks ids and positions itself (cheap on CPU: no device sync).
+    return torch.ops.fusedops.cpp_embedding_fwd.default(
+        ids, weight, scale, pos_weight, positions, offset, mode, base
+    )
+
+
+def _backward_triton(grad_out, indices, num_rows, scale, padding_idx, deterministic):
+    from fusedops.kernels.embedding import embedding_backward
+
+    dim = grad_out.shape[-1]
+    out = empty_output((num_rows, dim), grad_out.dtype, grad_out.device)
+    return embedding_backward(
+        unit_stride(grad_out.reshape(-1, dim)),  # [N, D]
+        indices.reshape(-1).contiguous(),
+        out,
+        scale=scale,
+        padding_idx=padding_idx,
+        deterministic=deterministic,
+    )
+
+
+def _backward_cpp(grad_out, indices, num_rows, scale, padding_idx, deterministic):
+    # Always deterministic: each row sums its tokens in order.
+    return torch.ops.fusedops.cpp_embedding_bwd.default(
+        grad_out.contiguous(), indices.contiguous(), num_rows, scale, padding_idx
+    )
+
+
+_FORWARD = {"cpp": _forward_cpp, "triton": _forward_triton}
+_BACKWARD = {"cpp": _backward_cpp, "triton": _backward_triton}
+
+
+# ------------------------------------------------------------------------------------------
+# Custom ops and autograd
+# ------------------------------------------------------------------------------------------
+
+
+def _fused_embedding(
     input_ids: torch.Tensor,
     weight: torch.Tensor,
     pos_weight: torch.Tensor | None,
@@ -67,25 +120,7 @@ def fused_embedding_op(
     ``backend`` is ``"triton"`` or ``"cpp"``. Returns [..., S, D] in ``weight.dtype``.
     ``padding_idx`` (-1: none) and ``deterministic`` only shape the backward.
     """
-    if backend == "cpp":
-        return torch.ops.fusedops.cpp_embedding_fwd(
-            input_ids,
-            weight,
-            scale,
-            pos_weight,
-            positions,
-            position_offset,
-            pos_mode,
-            sinusoid_base,
-        )
-    if backend != "triton":
-        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
-    if check_indices:
-        check_ranges(
-            OP, input_ids, weight.shape[0], pos_weight, positions, position_offset, pos_mode
-        )
-    out = empty_output((*input_ids.shape, weight.shape[1]), weight.dtype, weight.device)
-    return _launch_triton_forward(
+    return implementation(OP, _FORWARD, backend)(
         input_ids,
         weight,
         pos_weight,
@@ -94,30 +129,11 @@ def fused_embedding_op(
         position_offset,
         pos_mode,
         sinusoid_base,
-        out,
+        check_indices,
     )
 
 
-@fused_embedding_op.register_fake
-def _(
-    input_ids,
-    weight,
-    pos_weight,
-    positions,
-    scale,
-    position_offset,
-    pos_mode,
-    sinusoid_base,
-    padding_idx,
-    deterministic,
-    check_indices,
-    backend,
-):
-    return weight.new_empty((*input_ids.shape, weight.shape[1]))
-
-
-@torch.library.custom_op("fusedops::fused_embedding_backward", mutates_args=())
-def fused_embedding_backward_op(
+def _fused_embedding_backward(
     grad_out: torch.Tensor,
     indices: torch.Tensor,
     num_rows: int,
@@ -133,31 +149,26 @@ def fused_embedding_backward_op(
     with row ``padding_idx`` (``-1``: none) left zero. Deterministic sums each row in token
     order in fp32; the C++ kernel is always deterministic.
     """
-    dim = grad_out.shape[-1]
-    if backend == "cpp":
-        return torch.ops.fusedops.cpp_embedding_bwd(
-            grad_out.contiguous(), indices.contiguous(), num_rows, scale, padding_idx
-        )
-    if backend != "triton":
-        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
-    from fusedops.kernels.embedding import embedding_backward
-
-    out = empty_output((num_rows, dim), grad_out.dtype, grad_out.device)
-    grad_rows = grad_out.reshape(-1, dim)  # [N, D]
-    if grad_rows.numel() and grad_rows.stride(-1) != 1:
-        grad_rows = grad_rows.contiguous()
-    return embedding_backward(
-        grad_rows,
-        indices.reshape(-1).contiguous(),
-        out,
-        scale=scale,
-        padding_idx=padding_idx,
-        deterministic=deterministic,
+    return implementation(OP, _BACKWARD, backend)(
+        grad_out, indices, num_rows, scale, padding_idx, deterministic
     )
 
 
+fused_embedding_op = torch.library.custom_op(
+    "fusedops::fused_embedding", _fused_embedding, mutates_args=()
+)
+fused_embedding_backward_op = torch.library.custom_op(
+    "fusedops::fused_embedding_backward", _fused_embedding_backward, mutates_args=()
+)
+
+
+@fused_embedding_op.register_fake
+def _(input_ids, weight, *args):
+    return weight.new_empty((*input_ids.shape, weight.shape[1]))
+
+
 @fused_embedding_backward_op.register_fake
-def _(grad_out, indices, num_rows, scale, padding_idx, deterministic, backend):
+def _(grad_out, indices, num_rows, *args):
     return grad_out.new_empty((num_rows, grad_out.shape[-1]))
 
 
@@ -172,26 +183,34 @@ def _setup_context(ctx, inputs, output):
     ctx.padding_idx, ctx.deterministic, ctx.backend = padding_idx, det, be
 
 
+def _table_grad(grad, indices, num_rows, scale, padding_idx, ctx):
+    args = (grad, indices, num_rows, scale, padding_idx, ctx.deterministic, ctx.backend)
+    grad_mode = torch.is_grad_enabled()  # create_graph: the op raises (no double backward)
+    return run(fused_embedding_backward_op, _fused_embedding_backward, grad_mode, *args)
+
+
 def _backward(ctx, grad):
     # grad: [..., S, D] in weight dtype
     ids, positions = ctx.saved_tensors
     grad_weight = grad_pos = None
     if ctx.needs_input_grad[1]:
-        grad_weight = fused_embedding_backward_op(
-            grad, ids, ctx.num_rows, ctx.scale, ctx.padding_idx, ctx.deterministic, ctx.backend
-        )
+        grad_weight = _table_grad(grad, ids, ctx.num_rows, ctx.scale, ctx.padding_idx, ctx)
     if ctx.mode == POS_LEARNED and ctx.needs_input_grad[2]:
         if positions is None:  # pos(s) = offset + s for every batch row
             seq = ids.shape[-1]
             positions = torch.arange(ctx.offset, ctx.offset + seq, device=ids.device)
             positions = positions.expand(ids.shape)
-        grad_pos = fused_embedding_backward_op(
-            grad, positions, ctx.num_positions, 1.0, -1, ctx.deterministic, ctx.backend
-        )
+        grad_pos = _table_grad(grad, positions, ctx.num_positions, 1.0, -1, ctx)
     return None, grad_weight, grad_pos, *([None] * 9)
 
 
 fused_embedding_op.register_autograd(_backward, setup_context=_setup_context)
+_FusedEmbedding = autograd_function("_FusedEmbedding", _fused_embedding, _setup_context, _backward)
+
+
+# ------------------------------------------------------------------------------------------
+# Validation and the public function
+# ------------------------------------------------------------------------------------------
 
 
 def _validate(
@@ -293,7 +312,7 @@ def fused_embedding(
         sinusoid_base,
         padding_idx,
     )
-    backend = resolve_backend(OP, weight.device)
+    backend = resolve_backend(OP, weight.device, BACKENDS)
     mode = positional_mode(pos_weight, sinusoidal)
     if backend == "reference":
         if check_indices:
@@ -311,23 +330,10 @@ def fused_embedding(
             sinusoid_base=sinusoid_base,
             padding_idx=padding_idx,
         )
-    needs_grad = torch.is_grad_enabled() and (
-        weight.requires_grad or (pos_weight is not None and pos_weight.requires_grad)
-    )
-    if backend == "cpp" and not needs_grad:
-        # Inference: the C++ op directly, skipping the autograd custom op's Python dispatch
-        # (~15 us a call, as much as the kernel itself for a decode step).
-        return torch.ops.fusedops.cpp_embedding_fwd(
-            input_ids,
-            weight,
-            float(scale),
-            pos_weight,
-            positions,
-            position_offset,
-            mode,
-            float(sinusoid_base),
-        )
-    return fused_embedding_op(
+    return run(
+        fused_embedding_op,
+        _fused_embedding,
+        needs_grad(weight, pos_weight),
         input_ids,
         weight,
         pos_weight,
@@ -340,4 +346,5 @@ def fused_embedding(
         deterministic,
         check_indices,
         backend,
+        autograd=_FusedEmbedding,
     )

@@ -9,8 +9,10 @@ Backends (``fusedops.use_backend`` / ``$FUSEDOPS_BACKEND``):
 * ``auto`` / ``cpp``: the compiled extension's op ``fusedops::int8_embedding_fwd``, on CPU
   *and CUDA* tensors. Unlike the other ops (``auto`` picks Triton on CUDA), this op has no
   Triton kernel: its CUDA kernel is part of ``fusedops._C`` (built when CUDA is available), so
-  CUDA tensors go to the extension too. The extension checks ids and positions itself.
-* ``reference``: plain PyTorch (:func:`fusedops.reference.int8_embedding`), ids checked here.
+  CUDA tensors go to the extension too. The extension checks ids and positions itself (on
+  CUDA only with ``check_indices``; without, it masks them and the call never syncs).
+* ``reference``: plain PyTorch (:func:`fusedops.reference.int8_embedding`); with
+  ``check_indices`` the ids and positions are checked here.
 * ``triton``: a ``RuntimeError`` (there is no Triton kernel for this op).
 
 The op is inference-only: the int8 table has no gradient, and asking for one through
@@ -19,18 +21,17 @@ The op is inference-only: the int8 table has no gradient, and asking for one thr
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from fusedops import reference
-from fusedops._backend import check_cpp_usable, current_backend, resolve_backend
+from fusedops._backend import OpBackends, resolve_backend
 from fusedops.ops._common import (
     FLOAT_DTYPES,
     check_dtype,
     check_same_device,
     check_tensor,
 )
+from fusedops.ops._dispatch import needs_grad
 from fusedops.ops._lookup_checks import (
     check_input_ids,
     check_padding_idx,
@@ -39,53 +40,14 @@ from fusedops.ops._lookup_checks import (
     check_scale_and_offset,
     positional_mode,
 )
-from fusedops.reference import quantize_embedding
+from fusedops.quantization import quantize_embedding
 
 __all__ = ["int8_embedding", "quantize_embedding"]
 
 OP = "int8_embedding"
-CPP_OP = "fusedops::int8_embedding_fwd"
-
-
-@functools.cache  # only successes are cached: a failed check raises again next time
-def _check_extension_op(device_type: str) -> None:
-    """Raise unless ``fusedops._C`` is importable and has the int8 kernel for ``device_type``."""
-    check_cpp_usable(OP)
-    if not hasattr(torch.ops.fusedops, "int8_embedding_fwd"):
-        raise RuntimeError(
-            f"{OP}: the installed fusedops._C has no {CPP_OP} op (built before INT8 support); "
-            "rebuild with `pip install --no-build-isolation --no-deps -e .`"
-        )
-    if device_type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(CPP_OP, "CUDA"):
-        raise RuntimeError(
-            f"{OP}: fusedops._C was built without CUDA, so CUDA tensors cannot run the INT8 "
-            "lookup; rebuild with a CUDA torch and nvcc (FUSEDOPS_CUDA=1), or use "
-            "fusedops.use_backend('reference')"
-        )
-
-
-@torch.compiler.assume_constant_result
-def _resolve(device_type: str) -> str:
-    """``"cpp"`` (the extension op, CPU or CUDA kernel) or ``"reference"``."""
-    name = current_backend()
-    if name == "triton":
-        raise RuntimeError(
-            f"{OP}: there is no Triton kernel for int8_embedding; use the 'auto' or 'cpp' "
-            "backend (the C++/CUDA extension) or 'reference'"
-        )
-    if name == "reference":
-        return "reference"
-    if device_type == "cpu":
-        name = resolve_backend(OP, torch.device("cpu"))  # "cpp": extension importable
-        _check_extension_op(device_type)
-        return name
-    if device_type != "cuda":
-        raise RuntimeError(
-            f"{OP}: no kernel for device {device_type}; use fusedops.use_backend('reference') "
-            "to run the plain PyTorch version"
-        )
-    _check_extension_op(device_type)
-    return "cpp"
+BACKENDS = OpBackends(
+    triton=False, cpp_devices=("cpu", "cuda"), cpp_op="fusedops::int8_embedding_fwd"
+)
 
 
 def _check_table(qweight, scales) -> None:
@@ -140,9 +102,7 @@ def _validate(
         OP, input_ids, "qweight", dim, device, pos_weight, positions, sinusoidal, sinusoid_base
     )
     check_padding_idx(OP, padding_idx, qweight.shape[0])
-    if torch.is_grad_enabled() and (
-        scales.requires_grad or (pos_weight is not None and pos_weight.requires_grad)
-    ):
+    if needs_grad(scales, pos_weight):
         which = "scales" if scales.requires_grad else "pos_weight"
         raise RuntimeError(
             f"{OP} is inference-only: {which} requires grad but the INT8 lookup has no "
@@ -173,6 +133,7 @@ def int8_embedding(
     sinusoidal: bool = False,
     sinusoid_base: float = 10000.0,
     padding_idx: int | None = None,
+    check_indices: bool = True,
 ) -> torch.Tensor:
     """Fused INT8 embedding lookup: gather int8 rows, dequantize, scale, add positions.
 
@@ -194,6 +155,11 @@ def int8_embedding(
         sinusoidal: add the sinusoid of :func:`fusedops.reference.sinusoid_table`.
         sinusoid_base: its frequency base.
         padding_idx: accepted for ``nn.Embedding`` compatibility (forward unchanged).
+        check_indices: range-check ids and positions (raises ``IndexError``). On CUDA the
+            check reads the ids on the host (a device sync); with ``False`` the call is
+            sync-free, so it can be captured in a CUDA graph, and out-of-range ids and
+            positions are masked instead (their token or positional term reads as zero). On
+            CPU the kernel always checks.
     Returns:
         ``[..., S, D]`` in ``out_dtype`` on ``qweight``'s device.
     Raises:
@@ -215,9 +181,12 @@ def int8_embedding(
         padding_idx,
     )
     mode = positional_mode(pos_weight, sinusoidal)
-    backend = _resolve(qweight.device.type)
+    backend = resolve_backend(OP, qweight.device, BACKENDS)
     if backend == "reference":
-        check_ranges(OP, input_ids, qweight.shape[0], pos_weight, positions, position_offset, mode)
+        if check_indices:
+            check_ranges(
+                OP, input_ids, qweight.shape[0], pos_weight, positions, position_offset, mode
+            )
         return reference.int8_embedding(
             input_ids,
             qweight,
@@ -230,7 +199,7 @@ def int8_embedding(
             sinusoidal=sinusoidal,
             sinusoid_base=sinusoid_base,
         )
-    return torch.ops.fusedops.int8_embedding_fwd(
+    return torch.ops.fusedops.int8_embedding_fwd.default(
         input_ids,
         qweight,
         scales,
@@ -241,4 +210,5 @@ def int8_embedding(
         mode,
         float(sinusoid_base),
         out_dtype,
+        check_indices,
     )

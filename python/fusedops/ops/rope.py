@@ -6,18 +6,18 @@ are normalised here, without copies, into the kernel form: the tensor itself plu
 strides ``(batch, row, col)`` and a ``cache`` flag (row = position) vs gathered (row = s).
 The custom ops ``fusedops::apply_rotary`` (functional, differentiable) and
 ``fusedops::apply_rotary_`` (in place) run the Triton launcher ``kernels/rope.py`` (CUDA, or CPU
-through Triton's interpreter) or the C++ op ``fusedops::cpp_rope`` (CPU); the ``reference``
-backend runs plain PyTorch and never reaches them.
+through Triton's interpreter) or the C++ op ``fusedops::cpp_rope`` (CPU); a call that needs no
+gradient runs the kernel directly. The ``reference`` backend runs plain PyTorch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from fusedops import reference
-from fusedops._backend import resolve_backend
+from fusedops._backend import OpBackends, resolve_backend
 from fusedops.ops._common import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
@@ -26,64 +26,27 @@ from fusedops.ops._common import (
     check_same_device,
     check_tensor,
     empty_output_like,
+    unit_stride,
 )
+from fusedops.ops._dispatch import autograd_function, implementation, needs_grad, run
+from fusedops.varlen import varlen_positions
 
 OP = "apply_rotary"
 OP_VARLEN = "apply_rotary_varlen"
+BACKENDS = OpBackends(cpp_op="fusedops::cpp_rope")
 
 
 # ------------------------------------------------------------------------------------------
-# Kernel launches (validated, normalised arguments)
+# Implementations per backend (validated, normalised arguments)
 # ------------------------------------------------------------------------------------------
 
 
-def _launch(
-    q,
-    k,
-    cos,
-    sin,
-    cos_strides,
-    sin_strides,
-    positions,
-    offset,
-    cache,
-    interleaved,
-    rot,
-    bwd,
-    check,
-    backend,
-    out_q,
-    out_k,
-) -> None:
-    """Run the kernel of ``backend`` writing ``out_q``/``out_k`` (which may be ``q``/``k``).
-
-    ``check``: range-check ``positions`` against the cache first (the C++ op always does)."""
-    if q.numel() == 0 and (k is None or k.numel() == 0):
-        return  # nothing to rotate (B, H, S or D is 0)
-    if check and positions is not None and backend != "cpp":
-        _check_position_range(OP, positions, cos.shape[0])
-    if backend == "cpp":
-        torch.ops.fusedops.cpp_rope(
-            q,
-            k,
-            cos,
-            sin,
-            list(cos_strides),
-            list(sin_strides),
-            positions,
-            offset,
-            cache,
-            interleaved,
-            rot,
-            bwd,
-            out_q,
-            out_k,
-        )
-        return
-    if backend != "triton":
-        raise ValueError(f"{OP}: unknown kernel backend {backend!r}")
+def _rotate_triton(q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter,
+                   rot, bwd, check, out_q, out_k) -> None:  # fmt: skip
     from fusedops.kernels.rope import rope_forward
 
+    if check and positions is not None:
+        _check_position_range(OP, positions, cos.shape[0])
     rope_forward(
         q,
         k,
@@ -96,19 +59,41 @@ def _launch(
         positions=positions,
         position_offset=offset,
         cache=cache,
-        interleaved=interleaved,
+        interleaved=inter,
         rotary_dim=rot,
         backward=bwd,
     )
 
 
-def _grad_layout(g: torch.Tensor) -> torch.Tensor:
-    """Kernels need ``stride(-1) == 1`` (an expanded upstream gradient has stride 0)."""
-    return g if g.stride(-1) == 1 else g.contiguous()
+def _rotate_cpp(q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter,
+                rot, bwd, check, out_q, out_k) -> None:  # fmt: skip
+    # The C++ op range-checks positions itself (cheap on CPU: no device sync).
+    torch.ops.fusedops.cpp_rope.default(
+        q, k, cos, sin, list(cos_strides), list(sin_strides), positions, offset, cache, inter,
+        rot, bwd, out_q, out_k,
+    )  # fmt: skip
 
 
-@torch.library.custom_op("fusedops::apply_rotary", mutates_args=())
-def apply_rotary_op(
+_ROTATE = {"cpp": _rotate_cpp, "triton": _rotate_triton}
+
+
+def _launch(q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter, rot,
+            bwd, check, backend, out_q, out_k) -> None:  # fmt: skip
+    """Run ``backend``'s kernel, writing ``out_q``/``out_k`` (which may be ``q``/``k``)."""
+    if q.numel() == 0 and (k is None or k.numel() == 0):
+        return  # nothing to rotate (B, H, S or D is 0)
+    implementation(OP, _ROTATE, backend)(
+        q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter, rot, bwd,
+        check, out_q, out_k,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------
+# Custom ops and autograd
+# ------------------------------------------------------------------------------------------
+
+
+def _apply_rotary(
     q: torch.Tensor,
     k: torch.Tensor | None,
     cos: torch.Tensor,
@@ -128,35 +113,56 @@ def apply_rotary_op(
 
     ``cos``/``sin`` are read at ``base + b * stride_b + row * stride_row + j * stride_col``
     (``j < R/2``; row = position in cache mode, ``s`` otherwise); ``positions`` contiguous int
-    ``[B or 1, S]`` or None (``position_offset + s``). ``backward`` negates sin (the gradient).
-    Returns ``(q_out, k_out)`` laid out like the inputs; ``k_out`` is empty when ``k`` is None.
+    ``[B or 1, S]`` or None (``position_offset + s``). ``backward`` negates sin (the gradient);
+    ``check_indices`` range-checks ``positions`` against the cache first (the C++ op always
+    does). Returns ``(q_out, k_out)`` laid out like the inputs; ``k_out`` is empty when ``k``
+    is None.
     """
     out_q = empty_output_like(q)
     out_k = empty_output_like(k) if k is not None else q.new_empty(0)
     _launch(
-        q,
-        k,
-        cos,
-        sin,
-        cos_strides,
-        sin_strides,
-        positions,
-        position_offset,
-        cache,
-        interleaved,
-        rotary_dim,
-        backward,
-        check_indices,
-        backend,
-        out_q,
-        out_k if k is not None else None,
-    )
+        q, k, cos, sin, cos_strides, sin_strides, positions, position_offset, cache, interleaved,
+        rotary_dim, backward, check_indices, backend, out_q, out_k if k is not None else None,
+    )  # fmt: skip
     return out_q, out_k
 
 
+def _apply_rotary_inplace(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cos_strides: list[int],
+    sin_strides: list[int],
+    positions: torch.Tensor | None,
+    position_offset: int,
+    cache: bool,
+    interleaved: bool,
+    rotary_dim: int,
+    check_indices: bool,
+    backend: str,
+) -> None:
+    """:func:`_apply_rotary` writing into ``q`` and ``k`` (forward rotation only)."""
+    _launch(
+        q, k, cos, sin, cos_strides, sin_strides, positions, position_offset, cache, interleaved,
+        rotary_dim, False, check_indices, backend, q, k,
+    )  # fmt: skip
+
+
+apply_rotary_op = torch.library.custom_op("fusedops::apply_rotary", _apply_rotary, mutates_args=())
+apply_rotary_inplace_op = torch.library.custom_op(
+    "fusedops::apply_rotary_", _apply_rotary_inplace, mutates_args=("q", "k")
+)
+
+
 @apply_rotary_op.register_fake
-def _(q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter, rot, bwd, ci, be):
+def _(q, k, *args):
     return torch.empty_like(q), torch.empty_like(k) if k is not None else q.new_empty(0)
+
+
+@apply_rotary_inplace_op.register_fake
+def _(q, k, *args):
+    return None
 
 
 def _setup_context(ctx, inputs, output):
@@ -172,70 +178,21 @@ def _backward(ctx, grad_q, grad_k):
     # grad_q: [B, Hq, S, D]; grad_k: [B, Hk, S, D] (or an empty tensor when k is None)
     cos, sin, positions = ctx.saved_tensors
     cos_strides, sin_strides, offset, cache, inter, rot, bwd, be = ctx.args
-    if not ctx.has_k:
-        grad_k = None
-    gq, gk = apply_rotary_op(
-        _grad_layout(grad_q),
-        None if grad_k is None else _grad_layout(grad_k),
-        cos,
-        sin,
-        cos_strides,
-        sin_strides,
-        positions,
-        offset,
-        cache,
-        inter,
-        rot,
-        not bwd,
-        False,
-        be,
-    )
+    grad_q = unit_stride(grad_q)  # an expanded upstream gradient has stride 0
+    grad_k = unit_stride(grad_k) if ctx.has_k else None
+    gq, gk = run(
+        apply_rotary_op,
+        _apply_rotary,
+        needs_grad(grad_q, grad_k),  # double backward: the rotation is linear, rotate back
+        grad_q, grad_k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter,
+        rot, not bwd, False, be,
+        autograd=_ApplyRotary,
+    )  # fmt: skip
     return gq, gk if ctx.has_k else None, *([None] * 12)
 
 
 apply_rotary_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("fusedops::apply_rotary_", mutates_args=("q", "k"))
-def apply_rotary_inplace_op(
-    q: torch.Tensor,
-    k: torch.Tensor | None,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    cos_strides: list[int],
-    sin_strides: list[int],
-    positions: torch.Tensor | None,
-    position_offset: int,
-    cache: bool,
-    interleaved: bool,
-    rotary_dim: int,
-    check_indices: bool,
-    backend: str,
-) -> None:
-    """:func:`apply_rotary_op` writing into ``q`` and ``k`` (forward rotation only)."""
-    _launch(
-        q,
-        k,
-        cos,
-        sin,
-        cos_strides,
-        sin_strides,
-        positions,
-        position_offset,
-        cache,
-        interleaved,
-        rotary_dim,
-        False,
-        check_indices,
-        backend,
-        q,
-        k,
-    )
-
-
-@apply_rotary_inplace_op.register_fake
-def _(q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter, rot, ci, be):
-    return None
+_ApplyRotary = autograd_function("_ApplyRotary", _apply_rotary, _setup_context, _backward)
 
 
 # ------------------------------------------------------------------------------------------
@@ -243,8 +200,7 @@ def _(q, k, cos, sin, cos_strides, sin_strides, positions, offset, cache, inter,
 # ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RotaryTable:
+class RotaryTable(NamedTuple):
     """cos/sin in kernel form: base tensors + element strides ``(batch, row, col)``."""
 
     cos: torch.Tensor
@@ -253,6 +209,15 @@ class RotaryTable:
     sin_strides: list[int]
     cache: bool
     rows: int  # cache: max_pos; gathered: S
+
+
+def _kernel_strides(t: torch.Tensor, col_step: int) -> list[int]:
+    """Element strides ``(batch, row, col)`` of a cache ``[rows, C]`` (batch 0) or of gathered
+    ``[B or 1, S, C]`` (batch 0 when shared); ``col_step`` 2 reads every other column."""
+    stride = t.stride()
+    if len(stride) == 2:
+        return [0, stride[0], stride[1] * col_step]
+    return [0 if t.shape[0] == 1 else stride[0], stride[1], stride[2] * col_step]
 
 
 def _normalise_table(
@@ -276,34 +241,27 @@ def _normalise_table(
     for name, t in (("cos", cos), ("sin", sin)):
         check_dtype(op, name, t, FLOAT_DTYPES)
         check_same_device(op, name, t, device)
-    if cos.shape != sin.shape:
+    shape = cos.shape
+    if shape != sin.shape:
         raise ValueError(
-            f"{op}: cos and sin must have the same shape, got {tuple(cos.shape)} and "
-            f"{tuple(sin.shape)}"
+            f"{op}: cos and sin must have the same shape, got {tuple(shape)} and {tuple(sin.shape)}"
         )
-    if cos.dim() not in (2, 3) or cos.shape[-1] not in (rot // 2, rot):
+    ndim = len(shape)
+    if ndim not in (2, 3) or shape[-1] not in (rot // 2, rot):
         raise ValueError(
             f"{op}: cos/sin must be a cache [max_pos, {rot // 2} or {rot}] or gathered "
-            f"[B or 1, S, {rot // 2} or {rot}] for rotary_dim {rot}, got {tuple(cos.shape)}"
+            f"[B or 1, S, {rot // 2} or {rot}] for rotary_dim {rot}, got {tuple(shape)}"
         )
-    if cos.dim() == 3 and (cos.shape[0] not in (1, batch) or cos.shape[1] != seq):
+    if ndim == 3 and (shape[0] not in (1, batch) or shape[1] != seq):
         raise ValueError(
             f"{op}: gathered cos/sin must be [{batch} or 1, {seq}, R or R/2] to match q, "
-            f"got {tuple(cos.shape)}"
+            f"got {tuple(shape)}"
         )
-    if cos.dim() == 2 and cos.shape[0] < 1:
-        raise ValueError(f"{op}: the cos/sin cache has no rows: {tuple(cos.shape)}")
-    col_step = 2 if interleaved and cos.shape[-1] == rot and rot > 1 else 1
-
-    def strides(t: torch.Tensor) -> list[int]:
-        if t.dim() == 2:
-            return [0, t.stride(0), t.stride(1) * col_step]
-        batch_stride = 0 if t.shape[0] == 1 else t.stride(0)
-        return [batch_stride, t.stride(1), t.stride(2) * col_step]
-
-    return RotaryTable(
-        cos, sin, strides(cos), strides(sin), cache=cos.dim() == 2, rows=cos.shape[-2]
-    )
+    if ndim == 2 and shape[0] < 1:
+        raise ValueError(f"{op}: the cos/sin cache has no rows: {tuple(shape)}")
+    col_step = 2 if interleaved and shape[-1] == rot and rot > 1 else 1
+    cos_strides, sin_strides = _kernel_strides(cos, col_step), _kernel_strides(sin, col_step)
+    return RotaryTable(cos, sin, cos_strides, sin_strides, ndim == 2, shape[-2])
 
 
 def _check_rotary_dim(op: str, dim: int, rotary_dim: int | None) -> int:
@@ -378,7 +336,8 @@ def _validate(op, q, k, cos, sin, positions, position_offset, rotary_dim, interl
         check_same_device(op, "k", k, device)
         if k.dtype != q.dtype:
             raise TypeError(f"{op}: k dtype {k.dtype} differs from q dtype {q.dtype}")
-        if (k.shape[0], k.shape[2], k.shape[3]) != (batch, seq, dim):
+        k_batch, _, k_seq, k_dim = k.shape
+        if (k_batch, k_seq, k_dim) != (batch, seq, dim):
             raise ValueError(
                 f"{op}: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch, sequence "
                 "and head dim ([B, Hk, S, D] vs [B, Hq, S, D])"
@@ -400,10 +359,6 @@ def _kernel_layout(op: str, x: torch.Tensor, inplace: bool, name: str) -> torch.
             f"got strides {x.stride()}"
         )
     return x.contiguous()
-
-
-def _needs_grad(*tensors: torch.Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def apply_rotary(
@@ -447,26 +402,37 @@ def apply_rotary(
         TypeError / ValueError for bad dtypes, shapes, devices or options; IndexError for
         positions outside the cache; RuntimeError if the requested backend cannot run.
     """
+    return _rotary(
+        OP, q, k, cos, sin, positions, position_offset, interleaved, rotary_dim, inplace,
+        check_indices,
+    )  # fmt: skip
+
+
+def _rotary(
+    op, q, k, cos, sin, positions, position_offset, interleaved, rotary_dim, inplace,
+    check_indices,
+):  # fmt: skip
+    """:func:`apply_rotary` with errors naming ``op``."""
     rot, table, positions = _validate(
-        OP, q, k, cos, sin, positions, position_offset, rotary_dim, interleaved, check_indices
+        op, q, k, cos, sin, positions, position_offset, rotary_dim, interleaved, check_indices
     )
     if not isinstance(inplace, bool):
-        raise TypeError(f"{OP}: inplace must be a bool, got {inplace!r}")
-    if _needs_grad(cos, sin):
+        raise TypeError(f"{op}: inplace must be a bool, got {inplace!r}")
+    if needs_grad(cos, sin):
         raise ValueError(
-            f"{OP}: cos/sin require grad, but they are treated as constants (no gradient "
+            f"{op}: cos/sin require grad, but they are treated as constants (no gradient "
             "flows to them); pass cos.detach() / sin.detach()"
         )
-    needs_grad = _needs_grad(q, k)
-    if inplace and needs_grad:
+    grad = needs_grad(q, k)
+    if inplace and grad:
         raise ValueError(
-            f"{OP}: inplace=True cannot be used when q or k requires grad (autograd needs the "
+            f"{op}: inplace=True cannot be used when q or k requires grad (autograd needs the "
             "inputs); use inplace=False or run under torch.no_grad()"
         )
-    backend = resolve_backend(OP, q.device)
+    backend = resolve_backend(op, q.device, BACKENDS)
     if backend == "reference":
         if check_indices and positions is not None:
-            _check_position_range(OP, positions, table.rows)
+            _check_position_range(op, positions, table.rows)
         out_q, out_k = reference.apply_rotary(
             q,
             k,
@@ -483,9 +449,11 @@ def apply_rotary(
         if k is not None:
             k.copy_(out_k)
         return q, k
-    q = _kernel_layout(OP, q, inplace, "q")
-    k = None if k is None else _kernel_layout(OP, k, inplace, "k")
+    q = _kernel_layout(op, q, inplace, "q")
+    k = None if k is None else _kernel_layout(op, k, inplace, "k")
     args = (
+        q,
+        k,
         table.cos,
         table.sin,
         table.cos_strides,
@@ -497,30 +465,18 @@ def apply_rotary(
         rot,
     )
     if inplace:
-        apply_rotary_inplace_op(q, k, *args, check_indices, backend)
+        run(apply_rotary_inplace_op, _apply_rotary_inplace, False, *args, check_indices, backend)
         return q, k
-    if backend == "cpp" and not needs_grad:
-        # Inference: the C++ op directly, skipping the autograd custom op's Python dispatch.
-        out_q = empty_output_like(q)
-        out_k = None if k is None else empty_output_like(k)
-        torch.ops.fusedops.cpp_rope(
-            q,
-            k,
-            table.cos,
-            table.sin,
-            table.cos_strides,
-            table.sin_strides,
-            positions,
-            position_offset,
-            table.cache,
-            interleaved,
-            rot,
-            False,
-            out_q,
-            out_k,
-        )
-        return out_q, out_k
-    out_q, out_k = apply_rotary_op(q, k, *args, False, check_indices, backend)
+    out_q, out_k = run(
+        apply_rotary_op,
+        _apply_rotary,
+        grad,
+        *args,
+        False,
+        check_indices,
+        backend,
+        autograd=_ApplyRotary,
+    )
     return out_q, None if k is None else out_k
 
 
@@ -576,20 +532,12 @@ def apply_rotary_varlen(
         steps = cu_seqlens[1:] - cu_seqlens[:-1]
         if bool((steps < 0).any()):
             raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {cu_seqlens.tolist()}")
-    positions = reference.varlen_positions(cu_seqlens.contiguous(), total).unsqueeze(0)  # [1, T]
+    positions = varlen_positions(cu_seqlens.contiguous(), total).unsqueeze(0)  # [1, T]
+    if check_indices:
+        _check_position_range(op, positions, cos.shape[0])
     view = x.permute(1, 0, 2).unsqueeze(0)  # [1, H, T, D], a view
-    try:
-        out, _ = apply_rotary(
-            view,
-            None,
-            cos,
-            sin,
-            positions=positions,
-            interleaved=interleaved,
-            rotary_dim=rotary_dim,
-            inplace=inplace,
-            check_indices=check_indices,
-        )
-    except (TypeError, ValueError, IndexError) as exc:
-        raise type(exc)(str(exc).replace(f"{OP}:", f"{op}:", 1)) from None
+    out, _ = _rotary(
+        op, view, None, cos, sin, positions, 0, interleaved, rotary_dim, inplace,
+        check_indices=False,  # checked above, with this op's name
+    )  # fmt: skip
     return x if inplace else out.squeeze(0).permute(1, 0, 2)
