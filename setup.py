@@ -5,7 +5,7 @@ as ``fusedops.kernels``. The extension ``fusedops._C`` is built from ``csrc/`` a
 already installed in the environment, so install with ``pip install --no-build-isolation .``.
 
 CUDA: ``FUSEDOPS_CUDA=auto`` (default) builds the CUDA kernels when the installed torch is a CUDA
-build and ``nvcc`` is found, and otherwise the CPU-only extension exactly as before;
+build and ``nvcc`` is found, and otherwise the CPU-only extension;
 ``FUSEDOPS_CUDA=1`` requires CUDA (a clear error if it cannot be built); ``FUSEDOPS_CUDA=0``
 never builds it. The toolkit root is taken from ``CUDA_HOME``/``CUDA_PATH`` when they hold an
 ``nvcc``, else derived from the real compiler behind the ``nvcc`` on PATH (which may be a
@@ -161,7 +161,7 @@ def _extensions():
     )
     # -ffp-contract=off: no FMA contraction (aarch64 gcc contracts by default), so the kernels
     # round exactly like the fp32 reference and the sinusoid is bit-identical across ISAs.
-    # C++17 as before; torch >= 2.14 headers need C++20 (std::strong_ordering, requires).
+    # C++17; torch >= 2.14 headers need C++20 (std::strong_ordering, requires).
     cxx_std = "-std=c++20" if _torch_version() >= (2, 14) else "-std=c++17"
     cxx_flags = ["-O3", cxx_std, "-ffp-contract=off", *omp_compile]
     # -g0/-s: Python's CFLAGS add -g, which makes the .so ~50x larger.
@@ -198,6 +198,7 @@ ext_modules, cmdclass = _extensions()
 setup(
     packages=[
         "fusedops",
+        "fusedops.benchmarking",
         "fusedops.ops",
         "fusedops.nn",
         "fusedops.testing",

@@ -1,4 +1,5 @@
-// Raw-pointer CPU kernels of the fused embedding (no at::Tensor here; bindings.cpp wraps them).
+// Raw-pointer CPU kernels of the fused embedding (no at::Tensor here; embedding_bindings.cpp wraps
+// them).
 //
 // Element types T: float, c10::Half, c10::BFloat16 (arithmetic in fp32, one round-to-nearest-
 // even conversion per output element). Index types I: int32_t, int64_t.
@@ -11,10 +12,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "lookup_constants.h"
+
 namespace fusedops {
 namespace cpu {
-
-enum class PosMode : int { kNone = 0, kLearned = 1, kSinusoid = 2 };
 
 template <typename T, typename I>
 struct EmbeddingFwdArgs {
@@ -56,13 +57,13 @@ struct EmbeddingBwdArgs {
 template <typename T, typename I>
 void embedding_bwd(const EmbeddingBwdArgs<T, I>& args);
 
+// The sinusoid's row P[pos, :] (fusedops_math.h) into prow (capacity 2 * ceil(D/2) floats: an odd
+// D writes one spare element); inv_freq[i] = sinusoid_inv_freq(i, coef) for i < ceil(D/2).
+void sinusoid_row(int64_t pos, const float* inv_freq, int64_t dim, float* prow);
+
 // Index of the first v[k] outside [0, hi), or -1 when all are inside (hi >= 0).
 template <typename I>
 int64_t find_first_outside(const I* v, int64_t n, int64_t hi);
-
-// Index of the first v[k] < 0, or -1.
-template <typename I>
-int64_t find_first_negative(const I* v, int64_t n);
 
 // True when positions[b * seq_len + s] == positions[s] for every b (positions shared across the
 // batch, e.g. arange(S) broadcast): the forward then computes each positional row once.

@@ -1,4 +1,4 @@
-// Per-element arithmetic shared by the CPU kernels and (later) the CUDA kernels.
+// Per-element arithmetic shared by the CPU kernels and the CUDA kernel.
 //
 // Everything here is torch-free and `FUSEDOPS_HD`, so the CPU tests exercise exactly the code a
 // GPU kernel runs. The functions are branch-free straight-line code on purpose: the CPU kernels

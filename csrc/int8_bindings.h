@@ -12,6 +12,7 @@
 
 namespace fusedops {
 
+// The public op named in error messages.
 constexpr const char* kInt8Op = "int8_embedding";
 
 struct Int8Call {
@@ -24,8 +25,8 @@ struct Int8Call {
 };
 
 // Checks everything that needs no reading of index values (dtypes, shapes, devices, the
-// position_offset range), allocates the output and fills the kernel arguments. Every tensor
-// must be on `device_type` (and, for CUDA, on input_ids' device).
+// position_offset range: host values only), allocates the output and fills the kernel arguments.
+// Every tensor must be on `device_type` (and, for CUDA, on input_ids' device).
 Int8Call int8_prepare(const at::Tensor& input_ids, const at::Tensor& qweight,
                       const at::Tensor& scales, double scale,
                       const std::optional<at::Tensor>& pos_weight,
@@ -33,11 +34,12 @@ Int8Call int8_prepare(const at::Tensor& input_ids, const at::Tensor& qweight,
                       int64_t pos_mode, double sinusoid_base, at::ScalarType out_dtype,
                       c10::DeviceType device_type);
 
-// IndexError with the same messages on every device (value: the first bad index).
-[[noreturn]] void int8_bad_id(int64_t value, int64_t rows);
-[[noreturn]] void int8_bad_position(int64_t value, int64_t pos_mode, int64_t pos_rows);
-
-// Positions are limited to [0, 2^16) for the sinusoid, like every fused_embedding backend.
-constexpr int64_t kInt8SinusoidMaxPosition = int64_t{1} << 16;
+// The CPU kernel without the index checks (the fusedops._C test hook of the masking rule).
+at::Tensor int8_embedding_fwd_masked_cpu(const at::Tensor& input_ids, const at::Tensor& qweight,
+                                         const at::Tensor& scales, double scale,
+                                         const std::optional<at::Tensor>& pos_weight,
+                                         const std::optional<at::Tensor>& positions,
+                                         int64_t position_offset, int64_t pos_mode,
+                                         double sinusoid_base, at::ScalarType out_dtype);
 
 }  // namespace fusedops

@@ -3,6 +3,11 @@
 // and output allocation are shared with the CPU impl (int8_bindings.cpp); the kernel is the
 // raw-pointer launcher of int8_embedding_cuda_kernel.cu, enqueued on the current stream.
 //
+// check_indices=True: ids and positions are range-checked on the device and the first bad value
+// is read back (a device sync) to raise the CPU op's IndexError. check_indices=False: nothing on
+// the device is read by the host (no sync, so the call can be captured in a CUDA graph); the
+// kernel masks out-of-range ids and positions (int8_math.h).
+//
 // Only c10/cuda headers: ATen/cuda/CUDAContext.h pulls in cusparse/cublas headers that a plain
 // toolkit may lack, and is not needed for a stream and a device guard.
 #include <ATen/core/Tensor.h>
@@ -10,6 +15,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "bindings_common.h"
 #include "int8_bindings.h"
 #include "int8_embedding_cuda_kernel.h"
 
@@ -17,8 +23,7 @@ namespace fusedops {
 namespace {
 
 // The first value of v outside [0, hi), or -1 when all are inside. One device reduction and a
-// host sync (the error must name the value, like the CPU op; an id is never read out of bounds
-// either way: the kernel writes zeros for an invalid row).
+// host sync (the error names the value, like the CPU op).
 int64_t first_outside_cuda(const at::Tensor& v, int64_t hi, int64_t* value) {
   const at::Tensor bad = v.lt(0).logical_or_(v.ge(hi)).reshape({-1});
   if (!bad.any().item<bool>()) return -1;
@@ -27,28 +32,31 @@ int64_t first_outside_cuda(const at::Tensor& v, int64_t hi, int64_t* value) {
   return k;
 }
 
+void check_indices_cuda(const Int8Call& call) {
+  const Int8EmbeddingArgs& a = call.args;
+  int64_t value = 0;
+  if (first_outside_cuda(call.ids, a.num_rows, &value) >= 0) bad_id(kInt8Op, value, a.num_rows);
+  if (a.positions != nullptr &&
+      first_outside_cuda(call.pos_ids, int8_position_limit(a), &value) >= 0) {
+    bad_position(kInt8Op, value, a.pos_mode, a.pos_rows);
+  }
+}
+
 at::Tensor int8_embedding_fwd_cuda(const at::Tensor& input_ids, const at::Tensor& qweight,
                                    const at::Tensor& scales, double scale,
                                    const std::optional<at::Tensor>& pos_weight,
                                    const std::optional<at::Tensor>& positions,
                                    int64_t position_offset, int64_t pos_mode,
-                                   double sinusoid_base, at::ScalarType out_dtype) {
+                                   double sinusoid_base, at::ScalarType out_dtype,
+                                   bool check_indices) {
   const c10::cuda::CUDAGuard guard(input_ids.device());
   Int8Call call = int8_prepare(input_ids, qweight, scales, scale, pos_weight, positions,
                                position_offset, pos_mode, sinusoid_base, out_dtype,
                                c10::DeviceType::CUDA);
   if (call.empty) return call.out;
-  const Int8EmbeddingArgs& a = call.args;
-  int64_t value = 0;
-  if (first_outside_cuda(call.ids, a.num_rows, &value) >= 0) int8_bad_id(value, a.num_rows);
-  if (a.positions != nullptr) {
-    const int64_t hi = a.pos_mode == 1 ? a.pos_rows : kInt8SinusoidMaxPosition;
-    if (first_outside_cuda(call.pos_ids, hi, &value) >= 0) {
-      int8_bad_position(value, a.pos_mode, a.pos_rows);
-    }
-  }
+  if (check_indices) check_indices_cuda(call);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input_ids.device().index()).stream();
-  const cudaError_t err = cuda::int8_embedding_fwd(a, stream);
+  const cudaError_t err = cuda::int8_embedding_fwd(call.args, stream);
   TORCH_CHECK(err == cudaSuccess, kInt8Op, ": CUDA kernel launch failed: ",
               cudaGetErrorString(err));
   return call.out;

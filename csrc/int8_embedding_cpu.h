@@ -8,8 +8,8 @@ namespace fusedops {
 namespace cpu {
 
 // out[n, :] = cast(dequant(qweight[ids[n], :]) * scale + P[pos(n), :]) for every token n.
-// The caller validates ids and positions first; the kernel still never reads outside the
-// tables (an out-of-range id gives a zero row, an out-of-range learned position no term).
+// Ids and positions out of range are masked as int8_math.h says, never read (the op's binding
+// rejects them before the call).
 void int8_embedding_fwd(const Int8EmbeddingArgs& args);
 
 }  // namespace cpu

@@ -1,6 +1,10 @@
 // CUDA kernels of the INT8 embedding lookup (torch-free: compiled by nvcc alone in the tests).
 // Arithmetic: int8_math.h, the same __host__ __device__ functions the CPU kernel runs.
 //
+// Ids and positions outside their range (which reach the kernel when the binding skips its check,
+// check_indices=False) are masked, never read: int8_token_row / int8_position_in_range of
+// int8_math.h, the rule the CPU kernel follows too.
+//
 // Work split: one warp per token row, grid-stride over rows (int64 row and element offsets).
 // Each lane owns 16-element chunks of the row: one 16-byte load of int8 (LDG.E.128), its group
 // scale (a broadcast load: the lanes of a warp read the same few scales), the positional chunk
@@ -12,7 +16,7 @@
 // and a block per row would leave most of its threads idle for D <= 4096 (<= 256 chunks).
 // The kernel is bound by the output writes (4x the int8 read for fp32 out); many independent
 // warps, each with 16-byte loads and stores in flight, is what keeps the memory system busy.
-// 8 warps per 256-thread block; no shared memory, no synchronization. ptxas: 58-60 registers
+// 8 warps per 256-thread block; no shared memory, no synchronization. ptxas: 60-62 registers
 // (sm_80) / 80 (sm_90) for the vectorized kernel, 0 spills, 0 stack; capping it at 64 registers
 // (__launch_bounds__(256, 4)) made ptxas spill ~120 bytes on sm_90, so it is left uncapped: 3
 // resident blocks = 24 warps per SM, each with 16-byte loads and 4x16-byte stores in flight,
@@ -37,7 +41,8 @@ __device__ __forceinline__ void load_pos16(const Int8EmbeddingArgs& a, int64_t p
                                            float p[16]) {
   const int64_t off = pos * a.pos_row_stride + c * 16;
   if (a.pos_kind == FloatKind::kF32) {
-    const float4* src = reinterpret_cast<const float4*>(static_cast<const float*>(a.pos_weight) + off);
+    const float4* src =
+        reinterpret_cast<const float4*>(static_cast<const float*>(a.pos_weight) + off);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const float4 v = __ldg(src + k);
@@ -47,7 +52,8 @@ __device__ __forceinline__ void load_pos16(const Int8EmbeddingArgs& a, int64_t p
       p[4 * k + 3] = v.w;
     }
   } else {
-    const uint4* src = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(a.pos_weight) + off);
+    const uint4* src =
+        reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(a.pos_weight) + off);
     const bool half = a.pos_kind == FloatKind::kF16;
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
@@ -69,14 +75,15 @@ __device__ __forceinline__ void store16(void* out, int64_t off, const float v[16
   if constexpr (K == FloatKind::kF32) {
     float4* dst = reinterpret_cast<float4*>(static_cast<float*>(out) + off);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) dst[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+    for (int k = 0; k < 4; ++k) {
+      dst[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+    }
   } else {
     uint32_t w[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const uint32_t lo = K == FloatKind::kF16 ? f32_to_half_bits(v[2 * j]) : f32_to_bf16_bits(v[2 * j]);
-      const uint32_t hi =
-          K == FloatKind::kF16 ? f32_to_half_bits(v[2 * j + 1]) : f32_to_bf16_bits(v[2 * j + 1]);
+      const uint32_t lo = f32_to_storage<K>(v[2 * j]);
+      const uint32_t hi = f32_to_storage<K>(v[2 * j + 1]);
       w[j] = lo | (hi << 16);
     }
     uint4* dst = reinterpret_cast<uint4*>(static_cast<uint16_t*>(out) + off);
@@ -95,42 +102,37 @@ __global__ void __launch_bounds__(kThreads) int8_embedding_vec_kernel(const Int8
   const uint32_t group_chunks = static_cast<uint32_t>(a.dim / a.num_groups / 16);
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
        n < a.num_tokens; n += warps) {
-    const int64_t id = int8_token_id(a, n);
-    const bool valid = id >= 0 && id < a.num_rows;
-    int64_t pos = 0;
-    bool has_pos = false;
-    if (a.pos_mode != 0) {
-      pos = int8_token_position(a, n);
-      has_pos = a.pos_mode == 2 || (pos >= 0 && pos < a.pos_rows);  // validated by the caller
-    }
-    const int64_t row = valid ? id : 0;
+    const Int8TokenIndex t = int8_token_index(a, n);  // row -1: zero token term
+    const int64_t row = t.row < 0 ? 0 : t.row;
     const int4* qrow = reinterpret_cast<const int4*>(a.qweight + row * a.qweight_row_stride);
     for (uint32_t c = lane; c < chunks; c += 32) {
-      float v[16];
-      if (valid) {
-        const int4 raw = __ldg(qrow + c);
+      int4 raw = make_int4(0, 0, 0, 0);
+      float s = 0.0f;
+      if (t.row >= 0) {
+        raw = __ldg(qrow + c);
         const uint32_t g = a.num_groups == 1 ? 0u : c / group_chunks;
-        const float s = load_as_f32(a.scales, a.scales_kind, row * a.scales_row_stride + g);
-        const uint32_t w[4] = {static_cast<uint32_t>(raw.x), static_cast<uint32_t>(raw.y),
-                               static_cast<uint32_t>(raw.z), static_cast<uint32_t>(raw.w)};
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          const int8_t q = static_cast<int8_t>((w[j / 4] >> (8 * (j % 4))) & 0xffu);
-          v[j] = int8_fused_value(q, s, a.scale);
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < 16; ++j) v[j] = 0.0f;
+        s = load_as_f32(a.scales, a.scales_kind, t.row * a.scales_row_stride + g);
       }
-      if (has_pos && valid) {
+      const uint32_t w[4] = {static_cast<uint32_t>(raw.x), static_cast<uint32_t>(raw.y),
+                             static_cast<uint32_t>(raw.z), static_cast<uint32_t>(raw.w)};
+      float v[16];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int8_t q = static_cast<int8_t>((w[j / 4] >> (8 * (j % 4))) & 0xffu);
+        v[j] = int8_fused_value(q, s, a.scale);
+      }
+      if (a.pos_mode != PosMode::kNone) {
         float p[16];
-        if (a.pos_mode == 1) {
-          load_pos16(a, pos, c, p);
+        if (!t.pos_ok) {
+#pragma unroll
+          for (int j = 0; j < 16; ++j) p[j] = 0.0f;
+        } else if (a.pos_mode == PosMode::kLearned) {
+          load_pos16(a, t.pos, c, p);
         } else {
 #pragma unroll
           for (int k = 0; k < 8; ++k) {
-            sinusoid_pair_fast(pos, static_cast<int64_t>(c) * 8 + k, a.sinusoid_coef, &p[2 * k],
-                               &p[2 * k + 1]);
+            sinusoid_pair_fast(t.pos, static_cast<int64_t>(c) * 8 + k, a.sinusoid_coef,
+                               &p[2 * k], &p[2 * k + 1]);
           }
         }
 #pragma unroll
@@ -141,53 +143,38 @@ __global__ void __launch_bounds__(kThreads) int8_embedding_vec_kernel(const Int8
   }
 }
 
-template <FloatKind K>
-__device__ __forceinline__ void store1(void* out, int64_t off, float v) {
-  if constexpr (K == FloatKind::kF32) {
-    static_cast<float*>(out)[off] = v;
-  } else if constexpr (K == FloatKind::kF16) {
-    static_cast<uint16_t*>(out)[off] = f32_to_half_bits(v);
-  } else {
-    static_cast<uint16_t*>(out)[off] = f32_to_bf16_bits(v);
-  }
-}
-
 // The per-element kernel for every other shape/alignment: a warp per row, a lane per element.
 template <FloatKind K>
 __global__ void __launch_bounds__(kThreads) int8_embedding_elem_kernel(const Int8EmbeddingArgs a) {
+  using Out = typename FloatStorage<K>::type;
   const int lane = static_cast<int>(threadIdx.x & 31u);
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   const int64_t gs = a.dim / a.num_groups;
   for (int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
        n < a.num_tokens; n += warps) {
-    const int64_t id = int8_token_id(a, n);
-    const bool valid = id >= 0 && id < a.num_rows;
-    int64_t pos = 0;
-    bool has_pos = false;
-    if (a.pos_mode != 0) {
-      pos = int8_token_position(a, n);
-      has_pos = a.pos_mode == 2 || (pos >= 0 && pos < a.pos_rows);
-    }
+    const Int8TokenIndex t = int8_token_index(a, n);  // row -1: zero token term
     for (int64_t d = lane; d < a.dim; d += 32) {
-      float v = 0.0f;
-      if (valid) {
-        const float s = load_as_f32(a.scales, a.scales_kind, id * a.scales_row_stride + d / gs);
-        const int8_t q = a.qweight[id * a.qweight_row_stride + d];
-        if (has_pos) {
-          float p;
-          if (a.pos_mode == 1) {
-            p = load_as_f32(a.pos_weight, a.pos_kind, pos * a.pos_row_stride + d);
-          } else {
-            float p_even, p_odd;
-            sinusoid_pair_fast(pos, d / 2, a.sinusoid_coef, &p_even, &p_odd);
-            p = (d % 2 == 0) ? p_even : p_odd;
-          }
-          v = int8_fused_value(q, s, a.scale, p);
-        } else {
-          v = int8_fused_value(q, s, a.scale);
-        }
+      int8_t q = 0;
+      float s = 0.0f;
+      if (t.row >= 0) {
+        q = a.qweight[t.row * a.qweight_row_stride + d];
+        s = load_as_f32(a.scales, a.scales_kind, t.row * a.scales_row_stride + d / gs);
       }
-      store1<K>(a.out, n * a.dim + d, v);
+      float v;
+      if (a.pos_mode != PosMode::kNone) {
+        float p = 0.0f;
+        if (t.pos_ok && a.pos_mode == PosMode::kLearned) {
+          p = load_as_f32(a.pos_weight, a.pos_kind, t.pos * a.pos_row_stride + d);
+        } else if (t.pos_ok) {
+          float p_even, p_odd;
+          sinusoid_pair_fast(t.pos, d / 2, a.sinusoid_coef, &p_even, &p_odd);
+          p = (d % 2 == 0) ? p_even : p_odd;
+        }
+        v = int8_fused_value(q, s, a.scale, p);
+      } else {
+        v = int8_fused_value(q, s, a.scale);
+      }
+      static_cast<Out*>(a.out)[n * a.dim + d] = f32_to_storage<K>(v);
     }
   }
 }
@@ -211,7 +198,7 @@ bool int8_embedding_vectorized(const Int8EmbeddingArgs& a) {
   if (a.dim <= 0 || a.num_groups <= 0 || a.dim % 16 != 0) return false;
   if ((a.dim / a.num_groups) % 16 != 0 || a.dim / 16 > int64_t{0x7fffffff}) return false;
   if (!aligned16(a.qweight) || a.qweight_row_stride % 16 != 0 || !aligned16(a.out)) return false;
-  if (a.pos_mode == 1 &&
+  if (a.pos_mode == PosMode::kLearned &&
       (!aligned16(a.pos_weight) || (a.pos_row_stride * elem_bytes(a.pos_kind)) % 16 != 0)) {
     return false;
   }

@@ -1,5 +1,5 @@
 // Torch binding of fusedops::cpp_rope (CPU): argument validation and the call of the raw-pointer
-// kernel in rope_cpu.cpp (the schema is declared in bindings.cpp's TORCH_LIBRARY).
+// kernel in rope_cpu.cpp (the schema is in schemas.cpp).
 //
 // cpp_rope(q, k?, cos, sin, cos_strides, sin_strides, positions?, position_offset, cache,
 //          interleaved, rotary_dim, backward, out_q!, out_k!?) -> ()
@@ -16,10 +16,7 @@
 #include <cstdint>
 #include <optional>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+#include "bindings_common.h"
 #include "embedding_cpu.h"
 #include "rope_cpu.h"
 
@@ -28,22 +25,9 @@ namespace {
 
 constexpr const char* kOp = "apply_rotary";
 
-bool is_float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
-}
-
-FloatKind float_kind(at::ScalarType t) {
-  return t == at::kFloat ? FloatKind::kF32 : t == at::kHalf ? FloatKind::kF16 : FloatKind::kBF16;
-}
-
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got ",
-                    t.device());
-}
-
 // q, k, out_q, out_k: [B, H, S, D] of a float dtype with a unit last stride.
 void check_operand(const at::Tensor& t, const char* name) {
-  check_cpu(t, name);
+  check_cpu(t, kOp, name);
   TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), kOp, ": ", name,
                    " must be float32/float16/bfloat16, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 4, kOp, ": ", name, " must be 4-D [B, H, S, D], got shape ",
@@ -84,7 +68,7 @@ void check_output(const at::Tensor& out, const at::Tensor& in, const char* name,
 // batches [0, batches), rows [0, rows), columns [0, cols); must lie inside t's own extent.
 void check_table(const at::Tensor& t, at::IntArrayRef strides, int64_t batches, int64_t rows,
                  int64_t cols, const char* name) {
-  check_cpu(t, name);
+  check_cpu(t, kOp, name);
   TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), kOp, ": ", name,
                    " must be float32/float16/bfloat16, got ", t.scalar_type());
   TORCH_CHECK_VALUE(strides.size() == 3, kOp, ": ", name,
@@ -112,25 +96,6 @@ void check_positions(const at::Tensor& pos, int64_t max_pos) {
   const int64_t bad = cpu::find_first_outside<I>(p, pos.numel(), max_pos);
   TORCH_CHECK_INDEX(bad < 0, kOp, ": position ", static_cast<int64_t>(bad < 0 ? 0 : p[bad]),
                     " outside the cos/sin cache [0, ", max_pos, ")");
-}
-
-// A functional call writes a fresh, untouched output (torch allocates large blocks with mmap on
-// every call). With transparent huge pages in "madvise" mode, asking for them before the first
-// write makes the page faults 2 MiB instead of 4 KiB: measured at q [2, 32, 1024, 128] fp32 this
-// halves the cost of a call with freshly allocated outputs. Advisory; errors are ignored, and a
-// buffer that is already populated is left as it is.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const size_t bytes = t.numel() * t.element_size();
-  if (bytes < 4 * kHuge || !t.is_contiguous()) return;
-  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (p + bytes) & ~(kHuge - 1);
-  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
 }
 
 cpu::RopeTensor operand(const at::Tensor& in, const at::Tensor& out) {
@@ -229,7 +194,7 @@ void rope_cpu(const at::Tensor& q, const std::optional<at::Tensor>& k, const at:
   const bool empty = batch == 0 || seq == 0 || dim == 0 || (q.size(1) + a.k.heads) == 0;
   at::Tensor pos;
   if (cache && positions.has_value()) {
-    check_cpu(*positions, "positions");
+    check_cpu(*positions, kOp, "positions");
     TORCH_CHECK_TYPE(
         positions->scalar_type() == at::kInt || positions->scalar_type() == at::kLong, kOp,
         ": positions must be int32 or int64, got ", positions->scalar_type());

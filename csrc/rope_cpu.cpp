@@ -20,10 +20,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define FUSEDOPS_ROPE_HAVE_AVX2_PATH 1
-#endif
+#include "cpu_vec.h"
 
 namespace fusedops {
 namespace cpu {
@@ -38,47 +35,41 @@ constexpr int64_t kGrainElems = int64_t{1} << 15;
 // vectorizes; local arrays make in-place rotation safe without alias checks).
 constexpr int64_t kChunk = 8;
 
-template <FloatKind K>
-struct Storage {
-  using type = uint16_t;  // fp16 / bf16 bits
-};
-template <>
-struct Storage<FloatKind::kF32> {
-  using type = float;
-};
-
-template <FloatKind K>
-inline float load_f32(const typename Storage<K>::type* p) {
-  if constexpr (K == FloatKind::kF32) {
-    return *p;
-  } else if constexpr (K == FloatKind::kF16) {
-    return half_bits_to_f32(*p);
-  } else {
-    return bf16_bits_to_f32(*p);
-  }
-}
-
-template <FloatKind K>
-inline void store_f32(typename Storage<K>::type* p, float v) {
-  if constexpr (K == FloatKind::kF32) {
-    *p = v;
-  } else if constexpr (K == FloatKind::kF16) {
-    *p = f32_to_half_bits(v);
-  } else {
-    *p = f32_to_bf16_bits(v);
-  }
-}
-
 // One row: x (input) -> y (output, may be x). c, s: the token's tables from fill_tables.
 using RowFn = void (*)(const void* x, void* y, const float* c, const float* s, int64_t rotary,
                        int64_t dim, bool copy_tail);
 
 template <FloatKind K>
 inline void copy_tail_of(const void* x, void* y, int64_t rotary, int64_t dim) {
-  using St = typename Storage<K>::type;
+  using St = typename FloatStorage<K>::type;
   if (dim > rotary) {
     std::memcpy(static_cast<St*>(y) + rotary, static_cast<const St*>(x) + rotary,
                 static_cast<size_t>(dim - rotary) * sizeof(St));
+  }
+}
+
+// The scalar rotation of pairs [j0, h) (half layout) / elements [d0, rotary) (interleaved): the
+// tails of the vector loops below.
+template <FloatKind K>
+inline void rotate_half_scalar(const typename FloatStorage<K>::type* x,
+                               typename FloatStorage<K>::type* y, const float* c, const float* s,
+                               int64_t j0, int64_t h) {
+  for (int64_t j = j0; j < h; ++j) {
+    const float a = storage_to_f32<K>(x[j]);
+    const float b = storage_to_f32<K>(x[h + j]);
+    y[j] = f32_to_storage<K>(a * c[j] - b * s[j]);
+    y[h + j] = f32_to_storage<K>(b * c[j] + a * s[j]);
+  }
+}
+template <FloatKind K>
+inline void rotate_interleaved_scalar(const typename FloatStorage<K>::type* x,
+                                      typename FloatStorage<K>::type* y, const float* c,
+                                      const float* s, int64_t d0, int64_t rotary) {
+  for (int64_t d = d0; d < rotary; d += 2) {
+    const float a = storage_to_f32<K>(x[d]);
+    const float b = storage_to_f32<K>(x[d + 1]);
+    y[d] = f32_to_storage<K>(a * c[d] + b * s[d]);
+    y[d + 1] = f32_to_storage<K>(b * c[d + 1] + a * s[d + 1]);
   }
 }
 
@@ -86,28 +77,23 @@ inline void copy_tail_of(const void* x, void* y, int64_t rotary, int64_t dim) {
 template <FloatKind K>
 void row_half_generic(const void* xv, void* yv, const float* c, const float* s, int64_t rotary,
                       int64_t dim, bool copy_tail) {
-  using St = typename Storage<K>::type;
+  using St = typename FloatStorage<K>::type;
   const St* x = static_cast<const St*>(xv);
   St* y = static_cast<St*>(yv);
   const int64_t h = rotary / 2;
   int64_t j = 0;
   for (; j + kChunk <= h; j += kChunk) {
     float a[kChunk], b[kChunk], ya[kChunk], yb[kChunk];
-    for (int64_t i = 0; i < kChunk; ++i) a[i] = load_f32<K>(x + j + i);
-    for (int64_t i = 0; i < kChunk; ++i) b[i] = load_f32<K>(x + h + j + i);
+    for (int64_t i = 0; i < kChunk; ++i) a[i] = storage_to_f32<K>(x[j + i]);
+    for (int64_t i = 0; i < kChunk; ++i) b[i] = storage_to_f32<K>(x[h + j + i]);
     for (int64_t i = 0; i < kChunk; ++i) {
       ya[i] = a[i] * c[j + i] - b[i] * s[j + i];
       yb[i] = b[i] * c[j + i] + a[i] * s[j + i];
     }
-    for (int64_t i = 0; i < kChunk; ++i) store_f32<K>(y + j + i, ya[i]);
-    for (int64_t i = 0; i < kChunk; ++i) store_f32<K>(y + h + j + i, yb[i]);
+    for (int64_t i = 0; i < kChunk; ++i) y[j + i] = f32_to_storage<K>(ya[i]);
+    for (int64_t i = 0; i < kChunk; ++i) y[h + j + i] = f32_to_storage<K>(yb[i]);
   }
-  for (; j < h; ++j) {
-    const float a = load_f32<K>(x + j);
-    const float b = load_f32<K>(x + h + j);
-    store_f32<K>(y + j, a * c[j] - b * s[j]);
-    store_f32<K>(y + h + j, b * c[j] + a * s[j]);
-  }
+  rotate_half_scalar<K>(x, y, c, s, j, h);
   if (copy_tail) copy_tail_of<K>(xv, yv, rotary, dim);
 }
 
@@ -116,35 +102,25 @@ void row_half_generic(const void* xv, void* yv, const float* c, const float* s, 
 template <FloatKind K>
 void row_interleaved_generic(const void* xv, void* yv, const float* c, const float* s,
                              int64_t rotary, int64_t dim, bool copy_tail) {
-  using St = typename Storage<K>::type;
+  using St = typename FloatStorage<K>::type;
   const St* x = static_cast<const St*>(xv);
   St* y = static_cast<St*>(yv);
   int64_t d = 0;
   for (; d + kChunk <= rotary; d += kChunk) {
     float a[kChunk], r[kChunk];
-    for (int64_t i = 0; i < kChunk; ++i) a[i] = load_f32<K>(x + d + i);
+    for (int64_t i = 0; i < kChunk; ++i) a[i] = storage_to_f32<K>(x[d + i]);
     for (int64_t i = 0; i < kChunk; ++i) r[i] = a[i] * c[d + i] + a[i ^ 1] * s[d + i];
-    for (int64_t i = 0; i < kChunk; ++i) store_f32<K>(y + d + i, r[i]);
+    for (int64_t i = 0; i < kChunk; ++i) y[d + i] = f32_to_storage<K>(r[i]);
   }
-  for (; d < rotary; d += 2) {
-    const float a = load_f32<K>(x + d);
-    const float b = load_f32<K>(x + d + 1);
-    store_f32<K>(y + d, a * c[d] + b * s[d]);
-    store_f32<K>(y + d + 1, b * c[d + 1] + a * s[d + 1]);
-  }
+  rotate_interleaved_scalar<K>(x, y, c, s, d, rotary);
   if (copy_tail) copy_tail_of<K>(xv, yv, rotary, dim);
 }
 
-#if defined(FUSEDOPS_ROPE_HAVE_AVX2_PATH)
-bool cpu_has_avx2_f16c() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  return has;
-}
-
+#if defined(FUSEDOPS_X86_SIMD)
 // 8 elements <-> 8 fp32 lanes. bf16: widening is a shift; narrowing rounds to nearest even
 // (NaN -> quiet NaN), the same values as f32_to_bf16_bits. fp16: F16C, round to nearest even.
 template <FloatKind K>
-__attribute__((target("avx2,f16c"))) inline __m256 load8(const typename Storage<K>::type* p) {
+__attribute__((target("avx2,f16c"))) inline __m256 load8(const typename FloatStorage<K>::type* p) {
   if constexpr (K == FloatKind::kF32) {
     return _mm256_loadu_ps(p);
   } else {
@@ -158,23 +134,15 @@ __attribute__((target("avx2,f16c"))) inline __m256 load8(const typename Storage<
 }
 
 template <FloatKind K>
-__attribute__((target("avx2,f16c"))) inline void store8(typename Storage<K>::type* p, __m256 v) {
+__attribute__((target("avx2,f16c"))) inline void store8(typename FloatStorage<K>::type* p,
+                                                        __m256 v) {
   if constexpr (K == FloatKind::kF32) {
     _mm256_storeu_ps(p, v);
   } else if constexpr (K == FloatKind::kF16) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                      _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   } else {
-    const __m256i x = _mm256_castps_si256(v);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
-    const __m256i bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb);
-    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(x, bias), 16);
-    const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    const __m256i bits = _mm256_blendv_epi8(rounded, quiet, nan);  // 8 x u16 in u32 lanes
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
-                     _mm_packus_epi32(_mm256_castsi256_si128(bits),
-                                      _mm256_extracti128_si256(bits, 1)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bf16_pack8(v));
   }
 }
 
@@ -182,7 +150,7 @@ template <FloatKind K>
 __attribute__((target("avx2,f16c"))) void row_half_avx2(const void* xv, void* yv, const float* c,
                                                         const float* s, int64_t rotary,
                                                         int64_t dim, bool copy_tail) {
-  using St = typename Storage<K>::type;
+  using St = typename FloatStorage<K>::type;
   const St* x = static_cast<const St*>(xv);
   St* y = static_cast<St*>(yv);
   const int64_t h = rotary / 2;
@@ -197,12 +165,7 @@ __attribute__((target("avx2,f16c"))) void row_half_avx2(const void* xv, void* yv
     store8<K>(y + j, ya);
     store8<K>(y + h + j, yb);
   }
-  for (; j < h; ++j) {
-    const float a = load_f32<K>(x + j);
-    const float b = load_f32<K>(x + h + j);
-    store_f32<K>(y + j, a * c[j] - b * s[j]);
-    store_f32<K>(y + h + j, b * c[j] + a * s[j]);
-  }
+  rotate_half_scalar<K>(x, y, c, s, j, h);
   if (copy_tail) copy_tail_of<K>(xv, yv, rotary, dim);
 }
 
@@ -211,7 +174,7 @@ __attribute__((target("avx2,f16c"))) void row_interleaved_avx2(const void* xv, v
                                                                const float* c, const float* s,
                                                                int64_t rotary, int64_t dim,
                                                                bool copy_tail) {
-  using St = typename Storage<K>::type;
+  using St = typename FloatStorage<K>::type;
   const St* x = static_cast<const St*>(xv);
   St* y = static_cast<St*>(yv);
   int64_t d = 0;
@@ -221,19 +184,14 @@ __attribute__((target("avx2,f16c"))) void row_interleaved_avx2(const void* xv, v
     store8<K>(y + d, _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(c + d)),
                                    _mm256_mul_ps(swapped, _mm256_loadu_ps(s + d))));
   }
-  for (; d < rotary; d += 2) {
-    const float a = load_f32<K>(x + d);
-    const float b = load_f32<K>(x + d + 1);
-    store_f32<K>(y + d, a * c[d] + b * s[d]);
-    store_f32<K>(y + d + 1, b * c[d + 1] + a * s[d + 1]);
-  }
+  rotate_interleaved_scalar<K>(x, y, c, s, d, rotary);
   if (copy_tail) copy_tail_of<K>(xv, yv, rotary, dim);
 }
 #endif
 
 // Tests force the portable rows on any CPU with FUSEDOPS_ROPE_GENERIC=1 (read per call).
 bool use_avx2() {
-#if defined(FUSEDOPS_ROPE_HAVE_AVX2_PATH)
+#if defined(FUSEDOPS_X86_SIMD)
   if (!cpu_has_avx2_f16c()) return false;
   const char* env = std::getenv("FUSEDOPS_ROPE_GENERIC");
   return env == nullptr || env[0] == '\0' || env[0] == '0';
@@ -244,7 +202,7 @@ bool use_avx2() {
 
 template <FloatKind K>
 RowFn pick_row(bool interleaved, bool avx2) {
-#if defined(FUSEDOPS_ROPE_HAVE_AVX2_PATH)
+#if defined(FUSEDOPS_X86_SIMD)
   if (avx2) return interleaved ? &row_interleaved_avx2<K> : &row_half_avx2<K>;
 #else
   (void)avx2;

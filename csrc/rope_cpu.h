@@ -13,7 +13,7 @@
 
 #include <cstdint>
 
-#include "int8_math.h"  // FloatKind and the exact 16-bit float conversions
+#include "float_convert.h"
 
 namespace fusedops {
 namespace cpu {

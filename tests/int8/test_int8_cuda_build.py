@@ -1,12 +1,13 @@
-"""Proof that the full CUDA extension builds and registers its kernels (issue 3, proof 2).
+"""Proof that the full CUDA extension builds and registers its kernels (no GPU needed).
 
 ``make cuda-build`` (run by ``make test`` wherever nvcc is on PATH) creates ``.venv-cuda`` at the
 repo root with a CUDA torch (torch==2.14.1, CUDA 13.0) and installs fusedops there with
 ``FUSEDOPS_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0"`` from a copy of the sources. This test imports
 that build with the second venv's python (no GPU needed) and checks with the dispatcher that
 every op of the C++ library has CPU and Meta kernels (Meta: the Python fakes of
-``fusedops.ops.cpp_fakes``) and that int8_embedding_fwd has a CUDA kernel. Skipped, with the
-reason, when ``.venv-cuda`` was not built.
+``fusedops.ops.cpp_fakes``), that int8_embedding_fwd has a CUDA kernel and its ``check_indices``
+argument, and that the CPU kernel of that build computes. Skipped, with the reason, when
+``.venv-cuda`` was not built.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ STAMP = os.path.join(CUDA_VENV, ".fusedops-cuda-stamp")
 BIN = "Scripts" if sys.platform == "win32" else "bin"
 CUDA_PYTHON = os.path.join(CUDA_VENV, BIN, "python")
 
-# Ops the C++ library defines (TORCH_LIBRARY in csrc/bindings.cpp) -> the kernels they need.
+# Ops the C++ library defines (TORCH_LIBRARY in csrc/schemas.cpp) -> the kernels they need.
 OPS = {
-    "cpp_embedding_fwd": ("CPU", "Meta"),  # the C++ embedding ops have no CUDA kernel: Triton
-    "cpp_embedding_bwd": ("CPU", "Meta"),  # serves CUDA tensors
+    "cpp_embedding_fwd": ("CPU", "Meta"),  # the C++ embedding and RoPE ops have no CUDA
+    "cpp_embedding_bwd": ("CPU", "Meta"),  # kernel: Triton serves CUDA tensors
+    "cpp_rope": ("CPU", "Meta"),
     "int8_embedding_fwd": ("CPU", "CUDA", "Meta"),
 }
 
@@ -51,9 +53,10 @@ q = torch.randint(-127, 128, (50, 64), dtype=torch.int8)
 scales = torch.rand(50, 4)
 ids = torch.randint(0, 50, (3, 7))
 out = torch.ops.fusedops.int8_embedding_fwd(ids, q, scales, 2.0, None, None, 0, 0, 1e4,
-                                            torch.float32)
+                                            torch.float32, False)
 ref = (q.float().view(50, 4, 16) * scales.view(50, 4, 1)).view(50, 64)[ids] * 2.0
 print(json.dumps({
+    "int8_schema": str(torch.ops.fusedops.int8_embedding_fwd.default._schema),
     "torch": torch.__version__, "torch_cuda": torch.version.cuda,
     "gpu": torch.cuda.is_available(), "fusedops_file": fusedops.__file__,
     "build_info": fusedops._C.build_info(), "keys": keys,
@@ -123,6 +126,12 @@ def test_dispatcher_kernels(probe, op):
     print(f"fusedops::{op}: {keys}")
     for key in OPS[op]:
         assert key in keys, f"fusedops::{op} has no {key} kernel in the CUDA build: {keys}"
+
+
+def test_int8_schema_has_check_indices(probe):
+    assert probe["int8_schema"].endswith(
+        "ScalarType out_dtype, bool check_indices=True) -> Tensor"
+    ), probe["int8_schema"]
 
 
 def test_cpu_kernel_of_cuda_build(probe):

@@ -1,4 +1,4 @@
-"""Proof of the INT8 embedding CUDA kernel without a GPU (issue 3, proof 1).
+"""Proof that the INT8 embedding CUDA kernel compiles for sm_80 and sm_90, without a GPU.
 
 ``csrc/int8_embedding_cuda_kernel.cu`` is torch-free: nvcc compiles it alone to a cubin for
 sm_80 and sm_90 with ``-Xptxas -v``. Every kernel must use 0 spill bytes and 0 stack, and the

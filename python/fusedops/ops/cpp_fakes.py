@@ -6,26 +6,26 @@ tensor reaches one of those ops (``torch.compile``, ``opcheck``, meta tensors).
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
-with contextlib.suppress(ImportError):  # the schemas the int8 check below looks for
-    import fusedops._C  # noqa: F401
+import fusedops._C  # noqa: F401  (defines the schemas registered below)
 
 
 @torch.library.register_fake("fusedops::cpp_embedding_fwd")
 def _embedding_fwd_fake(
     input_ids, weight, scale, pos_weight, positions, position_offset, pos_mode, sinusoid_base
 ):
+    # out: [*input_ids.shape, D] in the table's dtype
     return weight.new_empty((*input_ids.shape, weight.shape[1]))
 
 
 @torch.library.register_fake("fusedops::cpp_embedding_bwd")
 def _embedding_bwd_fake(grad_out, indices, num_rows, scale, padding_idx):
+    # grad_table: [num_rows, D]
     return grad_out.new_empty((num_rows, grad_out.shape[-1]))
 
 
+@torch.library.register_fake("fusedops::int8_embedding_fwd")
 def _int8_embedding_fwd_fake(
     input_ids,
     qweight,
@@ -37,18 +37,13 @@ def _int8_embedding_fwd_fake(
     pos_mode,
     sinusoid_base,
     out_dtype,
+    check_indices=True,
 ):
     # out: [*input_ids.shape, D] in out_dtype, on the table's device
     return qweight.new_empty((*input_ids.shape, qweight.shape[1]), dtype=out_dtype)
 
 
-# An extension built before INT8 support has no such op; registering a fake for a missing
-# schema raises, so register only when it exists (fusedops.ops.int8_embedding then reports
-# "rebuild" instead of this module failing to import).
-if hasattr(torch.ops.fusedops, "int8_embedding_fwd"):
-    torch.library.register_fake("fusedops::int8_embedding_fwd")(_int8_embedding_fwd_fake)
-
-
+@torch.library.register_fake("fusedops::cpp_rope")
 def _rope_fake(
     q,
     k,
@@ -67,8 +62,3 @@ def _rope_fake(
 ):
     # Writes out_q / out_k in place; returns nothing.
     return None
-
-
-# Same guard as the INT8 op: an extension built before RoPE support has no such schema.
-if hasattr(torch.ops.fusedops, "cpp_rope"):
-    torch.library.register_fake("fusedops::cpp_rope")(_rope_fake)

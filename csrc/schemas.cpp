@@ -1,0 +1,30 @@
+// The schemas of the C++ ops: the project's only TORCH_LIBRARY(fusedops) (the Python custom ops
+// join the namespace through fragments). Implementations: CPU in embedding_bindings.cpp,
+// int8_bindings.cpp and rope_bindings.cpp, CUDA in int8_bindings_cuda.cpp (CUDA builds only);
+// fake (meta) implementations in python/fusedops/ops/cpp_fakes.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fusedops, m) {
+  m.set_python_module("fusedops.ops.cpp_fakes");
+  // Fused embedding: token gather * scale + positional term (pos_mode: lookup_constants.h).
+  m.def(
+      "cpp_embedding_fwd(Tensor input_ids, Tensor weight, float scale, Tensor? pos_weight, "
+      "Tensor? positions, int position_offset, int pos_mode, float sinusoid_base) -> Tensor");
+  m.def(
+      "cpp_embedding_bwd(Tensor grad_out, Tensor indices, int num_rows, float scale, "
+      "int padding_idx) -> Tensor");
+  // INT8 embedding (inference). check_indices: the CPU kernel always range-checks ids and
+  // positions; the CUDA kernel does when it is true (a device sync) and otherwise masks
+  // out-of-range ones without a sync (int8_math.h).
+  m.def(
+      "int8_embedding_fwd(Tensor input_ids, Tensor qweight, Tensor scales, float scale, "
+      "Tensor? pos_weight, Tensor? positions, int position_offset, int pos_mode, "
+      "float sinusoid_base, ScalarType out_dtype, bool check_indices=True) -> Tensor");
+  // Rotary position embedding of q and k (one pass, writes out_q/out_k; out_q may be q).
+  // cos/sin are read at element (batch, row, col) through the given element strides, so views of
+  // a cache need no copy.
+  m.def(
+      "cpp_rope(Tensor q, Tensor? k, Tensor cos, Tensor sin, int[] cos_strides, "
+      "int[] sin_strides, Tensor? positions, int position_offset, bool cache, bool interleaved, "
+      "int rotary_dim, bool backward, Tensor(a!) out_q, Tensor(b!)? out_k) -> ()");
+}
