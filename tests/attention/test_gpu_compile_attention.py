@@ -1,32 +1,47 @@
 """Ahead-of-time compile of the attention forward kernel for sm_80 and sm_90 in every config.
 
 Every (BLOCK_M, BLOCK_N, warps, stages) the autotuner can pick for each padded head dim is
-compiled for fp16 and bf16 (and fp32, tf32x3, at the Llama head dim) with causal + padding
-masks on, plus the variants (no mask, not causal, non-power-of-two D) at one config. ptxas must
-report 0 spill bytes and 0 stack frame; the matmuls must be tensor-core instructions
-(``mma.sync`` on sm_80, ``wgmma`` on sm_90) and the k/v tiles must move as 128-bit global loads
-or ``cp.async`` copies. Registers and shared memory per config are printed (``pytest -s``) and
-written next to the compile cache.
+compiled for fp16 (and fp32, tf32x3, from its own table) with causal + padding masks on, plus
+the variants (no mask, not causal, non-power-of-two D) at one config. ptxas must report 0 spill
+bytes and 0 stack frame; the matmuls must be tensor-core instructions (``mma.sync`` on sm_80,
+``wgmma`` on sm_90), the k/v tiles must move as 128-bit global loads or ``cp.async`` copies, and
+batch/head/row offsets must be computed in 64 bits. bf16 compiles to the same code as fp16: the
+biggest tile of each head dim is compiled in bf16 too and must give identical figures. Tables of
+every config are written to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-from helpers import report_compiles
+import torch
 
 from fusedops.kernels import attention as k
-from fusedops.testing import CompileJob, compile_many
+from fusedops.testing import (
+    CompileJob,
+    assert_same_figures,
+    compile_families,
+    compile_many,
+    module_without_int64_casts,
+    report_compiles,
+    with_dtype_twins,
+)
 
 pytestmark = pytest.mark.gpu_compile
 
 ARCHS = (80, 90)
+HEAD_DIMS = (16, 32, 64, 128, 256)
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 INT_ARGS = ("seq_q", "seq_k", "group", "seq_q_bucket", "seq_k_bucket")
 _DIMS = (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("m", "bn"), ("o", "bhm"), ("l", "bhm"))
 STRIDES = tuple(f"stride_{t}{d}" for t, dims in _DIMS for d in dims)
+# The strides that multiply batch, head and row indices (a mask column stride and an lse row
+# stride of 1 are specialised at launch).
+OFFSETS = tuple(s for s in STRIDES if s not in ("stride_mn", "stride_lm"))
 # What the JIT specialises for 16-aligned contiguous tensors whose rows are multiples of 16
 # elements (D % 16 == 0; lse rows with Sq % 16 == 0 at the head/batch strides).
-DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "mask_ptr", "out_ptr", "lse_ptr")
-DIVISIBLE += tuple(s for s in STRIDES if s not in ("stride_mn", "stride_lm"))
+DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "mask_ptr", "out_ptr", "lse_ptr", *OFFSETS)
 
 
 def _signature(dtype: str) -> dict[str, str]:
@@ -57,7 +72,7 @@ def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True):
         "CAUSAL": causal,
         "HAS_MASK": has_mask,
         "UPCAST": False,
-        "DOT_PRECISION": k.dot_precision(4 if dtype == "fp32" else 2),
+        "DOT_PRECISION": k.dot_precision(TORCH_DTYPES[dtype], head_dim),
         "BLOCK_M": bm,
         "BLOCK_N": bn,
         "BLOCK_D": k.block_d_for(head_dim),
@@ -74,13 +89,12 @@ def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True):
 
 
 def _config_jobs() -> list[CompileJob]:
-    jobs = []
-    for head_dim in (16, 32, 64, 128, 256):
-        for cfg in k.forward_config_space(head_dim):
-            for dtype in ("fp16", "bf16"):
-                for arch in ARCHS:
-                    jobs.append(_job(dtype, arch, cfg, head_dim))
-    return jobs
+    return [
+        _job("fp16", arch, cfg, head_dim)
+        for head_dim in HEAD_DIMS
+        for cfg in k.forward_config_space(head_dim)
+        for arch in ARCHS
+    ]
 
 
 def _variant_jobs() -> list[CompileJob]:
@@ -91,11 +105,36 @@ def _variant_jobs() -> list[CompileJob]:
             for arch in ARCHS:
                 jobs.append(_job("fp16", arch, cfg, head_dim, causal=causal, has_mask=has_mask))
     # fp32 (tf32x3 products): every tile of its table.
-    for head_dim in (16, 32, 64, 128, 256):
+    for head_dim in HEAD_DIMS:
         for cfg in k.forward_config_space(head_dim, 4):
             for arch in ARCHS:
                 jobs.append(_job("fp32", arch, cfg, head_dim))
     return jobs
+
+
+def _fp16_twinned() -> list[CompileJob]:
+    """The fp16 jobs whose bf16 twins are compiled: the biggest tile of each head dim."""
+    jobs = []
+    for head_dim in HEAD_DIMS:
+        cfg = max(k.forward_config_space(head_dim), key=lambda c: (c[0] * c[1], c[3], c[2]))
+        jobs += [_job("fp16", arch, cfg, head_dim) for arch in ARCHS]
+    return jobs
+
+
+FAMILIES = {"configs": _config_jobs, "variants": _variant_jobs}
+
+
+def compile_jobs() -> dict[str, list[CompileJob]]:
+    """Every job of this module by family, with the bf16 twins (the pytest plugin in
+    fusedops.testing starts them in the background when collection ends)."""
+    return with_dtype_twins({name: make() for name, make in FAMILIES.items()}, _fp16_twinned())
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """(jobs, reports) by family, compiled in one queue."""
+    families = compile_jobs()
+    return families, compile_families(families)
 
 
 def _required_mma(job) -> bool | str:
@@ -106,18 +145,43 @@ def _required_mma(job) -> bool | str:
     return True
 
 
-@pytest.mark.parametrize("family", ["configs", "variants"])
-def test_every_forward_config_compiles_clean(family):
-    jobs = _config_jobs() if family == "configs" else _variant_jobs()
-    reports = compile_many(jobs)
-    labels = [f"{j.signature['q_ptr'][1:]:>4} D={j.constexprs['HEAD_DIM']:<3}" for j in jobs]
-    report_compiles(f"attention_forward_{family}", labels, reports)
+def _assert_clean(jobs, reports) -> None:
     for job, report in zip(jobs, reports, strict=True):
-        report.assert_clean(require_mma=_required_mma(job))
-        assert report.spill_stores == 0 and report.spill_loads == 0, report.summary()
-        assert report.stack_frame == 0, report.summary()
+        report.assert_clean(require_mma=_required_mma(job), int64_offsets=OFFSETS)
         c = report.counts
         assert c.get("ld.global.v4", 0) or c.get("cp.async", 0), report.summary()
+
+
+def _labels(jobs) -> list[str]:
+    return [f"{j.signature['q_ptr'][1:]:>4} D={j.constexprs['HEAD_DIM']:<3}" for j in jobs]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_forward_config_compiles_clean(compiled, family):
+    jobs, reports = compiled[0][family], compiled[1][family]
+    report_compiles(f"attention_forward_{family}", _labels(jobs), reports)
+    _assert_clean(jobs, reports)
+
+
+def test_bf16_twins_match_fp16(compiled):
+    jobs, reports = compiled[0]["bf16"], compiled[1]["bf16"]
+    report_compiles("attention_forward_bf16", _labels(jobs), reports)
+    for report, twin in zip(reports, compiled[1]["fp16 twins"], strict=True):
+        assert_same_figures(twin, report)
+    _assert_clean(jobs, reports)
+
+
+def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
+    """The kernel with its ``.to(tl.int64)`` casts removed fails the check."""
+    narrow = module_without_int64_casts(k, str(tmp_path))
+    cfg = min(k.forward_config_space(64), key=lambda c: (c[0] * c[1], c[3], c[2]))
+    jobs = [_job("fp16", arch, cfg, 64) for arch in ARCHS]
+    narrowed = [dataclasses.replace(job, kernel=narrow.attention_fwd_kernel) for job in jobs]
+    for report in compile_many(jobs):
+        report.assert_clean(int64_offsets=OFFSETS)
+    for report in compile_many(narrowed):
+        with pytest.raises(AssertionError, match="32-bit product"):
+            report.assert_clean(int64_offsets=OFFSETS)
 
 
 def test_forward_config_space_is_small_and_fits():

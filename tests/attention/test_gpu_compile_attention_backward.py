@@ -1,30 +1,43 @@
 """Ahead-of-time compile of the attention backward kernels for sm_80 and sm_90 (no GPU needed).
 
 Every (BLOCK_M, BLOCK_N, warps, stages) config of `backward_config_space` is compiled for both
-kernels (dk/dv by key blocks, dq by query blocks) at every padded head dim, in fp16, bf16 and
-fp32 (its own table) with causal masking and a key padding mask (the heaviest variant); the
-unmasked / non-causal / other-group variants at each head dim's first config; the delta
-preprocess once per head dim. ptxas must report 0 spill bytes and 0 stack frame; the matmuls must
-use tensor cores (``mma.sync`` on sm_80, ``wgmma`` on sm_90 where the MMA tile has >= 64 rows;
-fp32 at head dim 256 runs fp32 FMAs instead, see ``dot_precision``) and tiles of >= 16 bytes per
-thread 128-bit loads. The per-config table (registers, shared memory) is printed
-(``pytest -s``) and written next to the compile cache.
+kernels (dk/dv by key blocks, dq by query blocks) at every padded head dim, in fp16 and fp32 (its
+own table) with causal masking and a key padding mask (the heaviest variant); the unmasked /
+non-causal / other-group variants at each head dim's first config; the delta preprocess once per
+head dim. ptxas must report 0 spill bytes and 0 stack frame; the matmuls must use tensor cores
+(``mma.sync`` on sm_80, ``wgmma`` on sm_90 where the MMA tile has >= 64 rows; fp32 at head dim
+256 runs fp32 FMAs instead, see ``dot_precision``), tiles of >= 16 bytes per thread 128-bit
+loads, and batch/head/row offsets must be computed in 64 bits. bf16 compiles to the same code as
+fp16: the biggest tile of each kernel and head dim is compiled in bf16 too and must give
+identical figures (the preprocess: registers within a few). Tables of every config are written
+to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
-from helpers import report_compiles
 
 from fusedops.kernels import attention_backward as k
-from fusedops.testing import CompileJob, compile_many
+from fusedops.testing import (
+    CompileJob,
+    assert_same_figures,
+    compile_families,
+    compile_many,
+    module_without_int64_casts,
+    report_compiles,
+    with_dtype_twins,
+)
 
 pytestmark = pytest.mark.gpu_compile
 
 ARCHS = (80, 90)
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 HEAD_DIMS = (16, 32, 64, 80, 128, 256)  # 80: a padded BLOCK_D of 128
+# bf16 vs fp16 registers of one preprocess config (bf16 widens with shifts, fp16 with cvt).
+PREPROCESS_REGISTER_SLACK = 16
 TENSORS = ("q", "k", "v", "do")
 STRIDES = tuple(f"stride_{t}{d}" for t in TENSORS for d in ("b", "h", "s"))
 STRIDES += ("stride_lb", "stride_lh", "stride_ls", "stride_mb", "stride_mk")
@@ -33,6 +46,11 @@ INTS = ("seq_q", "seq_k", "n_heads_q", "seq_q_bucket", "seq_k_bucket")
 DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr", "delta_ptr", "mask_ptr")
 DIVISIBLE += ("dq_ptr", "dk_ptr", "dv_ptr")
 DIVISIBLE += tuple(f"stride_{t}{d}" for t in (*TENSORS, "dq", "dk", "dv") for d in ("b", "h", "s"))
+# The integer arguments that multiply batch, head and row indices: every stride but the two
+# specialised to 1, and the delta offset's (b * n_heads_q + h) * seq_q.
+OFFSETS = (*(s for s in STRIDES if s not in ("stride_ls", "stride_mk")), "n_heads_q", "seq_q")
+PREPROCESS_OFFSETS = tuple(f"stride_{t}{d}" for t in ("o", "do") for d in ("b", "h", "s"))
+PREPROCESS_OFFSETS += ("n_heads", "seq_q")
 
 
 def _signature(kernel: str, dtype: str) -> dict[str, str]:
@@ -59,7 +77,7 @@ def _job(kernel, dtype, arch, head_dim, config, *, causal=True, has_mask=True, g
         "HAS_MASK": has_mask,
         "GROUP": group,
         "UPCAST": False,
-        "PRECISION": k.dot_precision(TORCH_DTYPES[dtype], head_dim),
+        "PRECISION": k.dot_precision(TORCH_DTYPES[dtype], head_dim, backward=True),
         "BLOCK_M": block_m,
         "BLOCK_N": block_n,
         "stride_ls": 1,
@@ -79,74 +97,82 @@ def _job(kernel, dtype, arch, head_dim, config, *, causal=True, has_mask=True, g
 
 
 def _sweep_jobs() -> list[CompileJob]:
-    jobs = []
-    for head_dim in HEAD_DIMS:
-        for kernel in ("dkdv", "dq"):
-            for dtype in ("fp16", "bf16", "fp32"):
-                for config in k.backward_config_space(head_dim, kernel, dtype == "fp32"):
-                    for arch in ARCHS:
-                        jobs.append(_job(kernel, dtype, arch, head_dim, config))
-    return jobs
+    return [
+        _job(kernel, dtype, arch, head_dim, config)
+        for head_dim in HEAD_DIMS
+        for kernel in ("dkdv", "dq")
+        for dtype in ("fp16", "fp32")
+        for config in k.backward_config_space(head_dim, kernel, dtype == "fp32")
+        for arch in ARCHS
+    ]
 
 
 def _variant_jobs() -> list[CompileJob]:
-    jobs = []
-    for head_dim in HEAD_DIMS:
-        for dtype, causal, has_mask, group in (
-            ("bf16", True, True, 4),
-            ("fp16", False, False, 1),
-            ("fp16", True, False, 3),
-        ):
-            for kernel in ("dkdv", "dq"):
-                config = k.backward_config_space(head_dim, kernel, dtype == "fp32")[0]
-                for arch in ARCHS:
-                    jobs.append(
-                        _job(
-                            kernel,
-                            dtype,
-                            arch,
-                            head_dim,
-                            config,
-                            causal=causal,
-                            has_mask=has_mask,
-                            group=group,
-                        )
-                    )
-    return jobs
+    return [
+        _job(kernel, "fp16", arch, head_dim, k.backward_config_space(head_dim, kernel)[0],
+             causal=causal, has_mask=has_mask, group=group)
+        for head_dim in HEAD_DIMS
+        for causal, has_mask, group in ((False, False, 1), (True, False, 3))
+        for kernel in ("dkdv", "dq")
+        for arch in ARCHS
+    ]  # fmt: skip
+
+
+def _preprocess_job(dtype: str, arch: int, head_dim: int) -> CompileJob:
+    sig = {"o_ptr": f"*{dtype}", "do_ptr": f"*{dtype}", "delta_ptr": "*fp32"}
+    sig |= {"seq_q": "i32", "n_heads": "i32"}
+    sig |= {f"stride_{t}{d}": "i32" for t in ("o", "do") for d in ("b", "h", "s")}
+    sig |= {"HEAD_DIM": "constexpr", "BLOCK_D": "constexpr", "BLOCK_M": "constexpr"}
+    divisible = ("o_ptr", "do_ptr", "delta_ptr", *PREPROCESS_OFFSETS[:6])
+    constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": k.block_d_for(head_dim)}
+    constexprs["BLOCK_M"] = k.preprocess_block_m(head_dim)
+    return CompileJob(
+        k._bwd_preprocess, sig, constexprs, arch, num_warps=4, num_stages=1, divisible=divisible
+    )
 
 
 def _preprocess_jobs() -> list[CompileJob]:
+    return [
+        _preprocess_job(dtype, arch, head_dim)
+        for head_dim in HEAD_DIMS
+        for dtype in ("fp16", "fp32")
+        for arch in ARCHS
+    ]
+
+
+def _fp16_twinned() -> list[CompileJob]:
+    """The fp16 jobs whose bf16 twins are compiled: the biggest tile of each kernel and head
+    dim, and the preprocess at the widest head dim."""
     jobs = []
     for head_dim in HEAD_DIMS:
-        for dtype in ("fp16", "bf16", "fp32"):
-            for arch in ARCHS:
-                sig = {"o_ptr": f"*{dtype}", "do_ptr": f"*{dtype}", "delta_ptr": "*fp32"}
-                sig |= {"seq_q": "i32", "n_heads": "i32"}
-                sig |= {f"stride_{t}{d}": "i32" for t in ("o", "do") for d in ("b", "h", "s")}
-                sig |= {"HEAD_DIM": "constexpr", "BLOCK_D": "constexpr", "BLOCK_M": "constexpr"}
-                divisible = ("o_ptr", "do_ptr", "delta_ptr")
-                divisible += tuple(f"stride_{t}{d}" for t in ("o", "do") for d in ("b", "h", "s"))
-                constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": k.block_d_for(head_dim)}
-                constexprs["BLOCK_M"] = k.preprocess_block_m(head_dim)
-                jobs.append(
-                    CompileJob(
-                        k._bwd_preprocess,
-                        sig,
-                        constexprs,
-                        arch,
-                        num_warps=4,
-                        num_stages=1,
-                        divisible=divisible,
-                    )
-                )
-    return jobs
+        for kernel in ("dkdv", "dq"):
+            space = k.backward_config_space(head_dim, kernel)
+            config = max(space, key=lambda c: (c[0] * c[1], c[3], c[2]))
+            jobs += [_job(kernel, "fp16", arch, head_dim, config) for arch in ARCHS]
+    return jobs + [_preprocess_job("fp16", arch, max(HEAD_DIMS)) for arch in ARCHS]
+
+
+FAMILIES = {"configs": _sweep_jobs, "variants": _variant_jobs, "preprocess": _preprocess_jobs}
+
+
+def compile_jobs() -> dict[str, list[CompileJob]]:
+    """Every job of this module by family, with the bf16 twins (the pytest plugin in
+    fusedops.testing starts them in the background when collection ends)."""
+    return with_dtype_twins({name: make() for name, make in FAMILIES.items()}, _fp16_twinned())
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """(jobs, reports) by family, compiled in one queue."""
+    families = compile_jobs()
+    return families, compile_families(families)
 
 
 def _required_mma(job) -> bool | str:
     """sm_80: mma.sync. sm_90: wgmma where the tile allows it (fp16/bf16 and an MMA M dim of
     >= 64 rows: BLOCK_N of dk/dv, BLOCK_M of dq), else any tensor-core instruction. fp32 at
     BLOCK_D 256 runs its dots as fp32 FMAs ("ieee"): no tensor cores there."""
-    if job.constexprs["PRECISION"] == "ieee":
+    if job.constexprs["PRECISION"] == "ieee" and job.signature["q_ptr"] == "*fp32":
         return False
     if job.arch == 80:
         return "mma.sync"
@@ -166,17 +192,60 @@ def _owns_16_bytes(job) -> bool:
     return rows * c["BLOCK_D"] * elem // (32 * job.num_warps) >= 16
 
 
-@pytest.mark.parametrize("family", ["configs", "variants", "preprocess"])
-def test_every_config_compiles_clean(family):
-    make = {"configs": _sweep_jobs, "variants": _variant_jobs, "preprocess": _preprocess_jobs}
-    jobs = make[family]()
-    reports = compile_many(jobs)
-    labels = [f"{j.signature['do_ptr'][1:]:>4} D={j.constexprs['HEAD_DIM']:<3}" for j in jobs]
-    report_compiles(f"attention_backward_{family}", labels, reports)
+def _offsets(job) -> tuple[str, ...]:
+    """The 64-bit offset arguments of the job's kernel."""
+    if "o_ptr" in job.signature:
+        return PREPROCESS_OFFSETS
+    outs = ("dk", "dv") if "dk_ptr" in job.signature else ("dq",)
+    return OFFSETS + tuple(f"stride_{t}{d}" for t in outs for d in ("b", "h", "s"))
+
+
+def _assert_clean(jobs, reports) -> None:
     for job, report in zip(jobs, reports, strict=True):
-        report.assert_clean(require_mma=_required_mma(job) if family != "preprocess" else False)
-        assert report.spill_stores == 0 and report.spill_loads == 0, report.summary()
-        assert report.stack_frame == 0, report.summary()
-        if family != "preprocess" and _owns_16_bytes(job):
+        if job.kernel is k._bwd_preprocess:
+            report.assert_clean(
+                int64_offsets=_offsets(job), register_headroom=PREPROCESS_REGISTER_SLACK
+            )
+            continue
+        report.assert_clean(require_mma=_required_mma(job), int64_offsets=_offsets(job))
+        if _owns_16_bytes(job):
             c = report.counts
             assert c.get("ld.global.v4", 0) or c.get("cp.async", 0), report.summary()
+
+
+def _labels(jobs) -> list[str]:
+    return [f"{j.signature['do_ptr'][1:]:>4} D={j.constexprs['HEAD_DIM']:<3}" for j in jobs]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_config_compiles_clean(compiled, family):
+    jobs, reports = compiled[0][family], compiled[1][family]
+    report_compiles(f"attention_backward_{family}", _labels(jobs), reports)
+    _assert_clean(jobs, reports)
+
+
+def test_bf16_twins_match_fp16(compiled):
+    jobs, reports = compiled[0]["bf16"], compiled[1]["bf16"]
+    report_compiles("attention_backward_bf16", _labels(jobs), reports)
+    for job, report, twin in zip(jobs, reports, compiled[1]["fp16 twins"], strict=True):
+        slack = PREPROCESS_REGISTER_SLACK if job.kernel is k._bwd_preprocess else 0
+        assert_same_figures(twin, report, register_slack=slack)
+    _assert_clean(jobs, reports)
+
+
+def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
+    """The kernels with their ``.to(tl.int64)`` casts removed fail the check."""
+    narrow = module_without_int64_casts(k, str(tmp_path))
+    jobs = [
+        _job(kernel, "fp16", arch, 64, min(k.backward_config_space(64, kernel)))
+        for kernel in ("dkdv", "dq")
+        for arch in ARCHS
+    ]
+    jobs += [_preprocess_job("fp16", arch, 64) for arch in ARCHS]
+    kernels = {k._bwd_dkdv: narrow._bwd_dkdv, k._bwd_dq: narrow._bwd_dq}
+    kernels[k._bwd_preprocess] = narrow._bwd_preprocess
+    narrowed = [dataclasses.replace(job, kernel=kernels[job.kernel]) for job in jobs]
+    _assert_clean(jobs, compile_many(jobs))
+    for job, report in zip(narrowed, compile_many(narrowed), strict=True):
+        with pytest.raises(AssertionError, match="32-bit product"):
+            report.assert_clean(int64_offsets=_offsets(job))

@@ -1,24 +1,48 @@
 """Ahead-of-time compile of every embedding kernel config for sm_80 and sm_90 (no GPU needed).
 
-Each kernel is compiled in every config its launcher can pick, PTX is assembled by the ptxas in
-the triton wheel, and the report must show 0 spill bytes, 0 stack frame and 128-bit global loads
-on the row loads. The per-config table is printed (``pytest -s``) and written next to the
-compile cache.
+Each kernel is compiled in every config its launcher can pick, in fp32 and fp16, PTX assembled
+by the ptxas in the triton wheel: 0 spill bytes, 0 stack frame, 128-bit global loads on the row
+loads, and row offsets computed in 64 bits. bf16 shares fp16's code but for the conversions: its
+twins of a subset (the biggest tile of each feature width, every positional variant) must give
+fp16's figures (registers within a few), and every fp16 config keeps that many registers spare.
+Tables of every config are written to ``<sys.prefix>/fusedops-reports/`` (and printed with
+``pytest -s``).
 """
 
 from __future__ import annotations
 
-import pytest
-from helpers import assert_compiled_clean, report_compiles
+import dataclasses
 
+import pytest
+
+from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID
 from fusedops.kernels import embedding as k
-from fusedops.testing import CompileJob, compile_many
+from fusedops.testing import (
+    CompileJob,
+    assert_compiled_clean,
+    assert_same_figures,
+    compile_families,
+    compile_many,
+    module_without_int64_casts,
+    report_compiles,
+    with_dtype_twins,
+)
 
 pytestmark = pytest.mark.gpu_compile
 
 ARCHS = (80, 90)
-DTYPES = {"fp32": 4, "fp16": 2, "bf16": 2}  # name -> bytes per element
+DTYPES = {"fp32": 4, "fp16": 2}  # name -> bytes per element (bf16: twins of fp16 jobs)
+# bf16 vs fp16 registers of one config (bf16 widens with shifts, fp16 with cvt).
+REGISTER_SLACK = 16
 INT_ARGS = ("n_rows", "n_rows_bucket", "seq_len", "dim", "num_embeddings", "num_positions")
+# Integer arguments that multiply row indices: the offsets past 2**31 elements.
+FWD_OFFSETS = ("stride_w", "stride_p", "stride_o")
+BWD_OFFSETS = ("stride_g", "stride_o")
+# What the JIT specialises for 16-aligned tables and widths (D % 16 == 0): the case the vector
+# loads are for. Unaligned D compiles to scalar loads by design.
+FWD_DIVISIBLE = ("ids_ptr", "weight_ptr", "pos_weight_ptr", "positions_ptr", "out_ptr", "dim")
+FWD_DIVISIBLE += FWD_OFFSETS
+BWD_DIVISIBLE = ("grad_ptr", "out_ptr", "dim", *BWD_OFFSETS)
 
 
 def _fwd_signature(dtype: str, ids: str = "i64", positions: str = "i64") -> dict[str, str]:
@@ -36,114 +60,160 @@ def _fwd_signature(dtype: str, ids: str = "i64", positions: str = "i64") -> dict
     return sig | {"BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
 
 
-# What the JIT specialises for 16-aligned tables and widths (D % 16 == 0): the case the vector
-# loads are for. Unaligned D compiles to scalar loads by design.
-FWD_DIVISIBLE = (
-    "ids_ptr",
-    "weight_ptr",
-    "pos_weight_ptr",
-    "positions_ptr",
-    "out_ptr",
-    "dim",
-    "stride_w",
-    "stride_p",
-    "stride_o",
-)
+def _fwd_job(dtype, arch, block_m, block_d, warps, *, mode=POS_LEARNED, has_pos=False, ids="i64"):
+    constexprs = {"POS_MODE": mode, "HAS_POSITIONS": has_pos, "BLOCK_M": block_m}
+    return CompileJob(
+        k.embedding_fwd_kernel,
+        _fwd_signature(dtype, ids, ids),
+        constexprs | {"BLOCK_D": block_d},
+        arch,
+        num_warps=warps,
+        num_stages=1,
+        divisible=FWD_DIVISIBLE,
+    )
 
 
-def _forward_jobs() -> list[tuple[CompileJob, int]]:
-    """(job, bytes each thread loads per row tile) for every forward config and variant."""
-    jobs = []
-    # Every tile config the autotuner can pick, on the main variant (learned table).
-    for block_m, block_d, warps in k.forward_config_space():
-        for dtype, size in DTYPES.items():
-            for arch in ARCHS:
-                constexprs = {"POS_MODE": 1, "HAS_POSITIONS": False}
-                constexprs |= {"BLOCK_M": block_m, "BLOCK_D": block_d}
-                job = CompileJob(
-                    k.embedding_fwd_kernel,
-                    _fwd_signature(dtype),
-                    constexprs,
-                    arch,
-                    num_warps=warps,
-                    num_stages=1,
-                    divisible=FWD_DIVISIBLE,
-                )
-                jobs.append((job, block_m * block_d * size // (32 * warps)))
-    # Every positional variant and index dtype, at the config B*S rows of D=768 pick.
+def _bytes_per_thread(job: CompileJob) -> int:
+    """Bytes of one row tile each thread loads (the backward's sorted kernel: one row)."""
+    c, table = job.constexprs, job.signature.get("weight_ptr") or job.signature["grad_ptr"]
+    size = 4 if table == "*fp32" else 2
+    return c.get("BLOCK_M", 1) * c["BLOCK_D"] * size // (32 * job.num_warps)
+
+
+# (POS_MODE, HAS_POSITIONS) of every positional variant but the sweep's learned table.
+VARIANTS = ((POS_NONE, False), (POS_LEARNED, True), (POS_SINUSOID, False), (POS_SINUSOID, True))
+
+
+def _forward_jobs() -> list[CompileJob]:
+    """Every tile config on the learned-table variant; every positional variant and index
+    dtype at the config B*S rows of D=768 pick."""
+    jobs = [
+        _fwd_job(dtype, arch, block_m, block_d, warps)
+        for block_m, block_d, warps in k.forward_config_space()
+        for dtype in DTYPES
+        for arch in ARCHS
+    ]
     block_m, warps = k.forward_candidates(1024)[0]
-    for dtype in DTYPES:
-        for mode, has_pos in ((0, False), (1, True), (2, False), (2, True)):
-            for ids in ("i32", "i64"):
-                for arch in ARCHS:
-                    constexprs = {"POS_MODE": mode, "HAS_POSITIONS": has_pos}
-                    constexprs |= {"BLOCK_M": block_m, "BLOCK_D": 1024}
-                    job = CompileJob(
-                        k.embedding_fwd_kernel,
-                        _fwd_signature(dtype, ids, ids),
-                        constexprs,
-                        arch,
-                        num_warps=warps,
-                        num_stages=1,
-                        divisible=FWD_DIVISIBLE,
-                    )
-                    jobs.append((job, 16))
+    jobs += [
+        _fwd_job(dtype, arch, block_m, 1024, warps, mode=mode, has_pos=has_pos, ids=ids)
+        for dtype in DTYPES
+        for mode, has_pos in VARIANTS
+        for ids in ("i32", "i64")
+        for arch in ARCHS
+    ]
     return jobs
 
 
-def _backward_jobs() -> list[tuple[CompileJob, int]]:
+def _bwd_jobs(dtype: str, arch: int, block_d: int, warps: int) -> list[CompileJob]:
+    common = {"n_rows": "i32", "dim": "i32", "num_embeddings": "i32"}
+    common |= {"stride_g": "i32", "stride_o": "i32", "scale": "fp32", "padding_idx": "i32"}
+    sorted_sig = {"grad_ptr": f"*{dtype}", "sorted_ids_ptr": "*i64", "order_ptr": "*i64"}
+    sorted_sig |= {"out_ptr": f"*{dtype}"} | common | {"BLOCK_D": "constexpr"}
+    atomic_sig = {"grad_ptr": f"*{dtype}", "ids_ptr": "*i64", "out_ptr": "*fp32"} | common
+    atomic_sig |= {"BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
+    options = {"num_warps": warps, "num_stages": 1, "divisible": BWD_DIVISIBLE}
+    return [
+        CompileJob(
+            k.embedding_bwd_sorted_kernel, sorted_sig, {"BLOCK_D": block_d}, arch, **options
+        ),
+        CompileJob(
+            k.embedding_bwd_atomic_kernel,
+            atomic_sig,
+            {"BLOCK_M": k.ATOMIC_BLOCK_M, "BLOCK_D": block_d},
+            arch,
+            **options,
+        ),
+    ]
+
+
+def _backward_jobs() -> list[CompileJob]:
+    return [
+        job
+        for block_d, warps in k.backward_config_space()
+        for dtype in DTYPES
+        for arch in ARCHS
+        for job in _bwd_jobs(dtype, arch, block_d, warps)
+    ]
+
+
+def _fp16_twinned() -> list[CompileJob]:
+    """The fp16 jobs whose bf16 twins are compiled: the biggest tile (most bytes per thread)
+    of each feature width, every positional variant, the widest backward tiles."""
+    space = k.forward_config_space()
     jobs = []
-    sorted_sig = {"grad_ptr": "", "sorted_ids_ptr": "*i64", "order_ptr": "*i64", "out_ptr": ""}
-    atomic_sig = {"grad_ptr": "", "ids_ptr": "*i64", "out_ptr": "*fp32"}
-    common = {
-        "n_rows": "i32",
-        "dim": "i32",
-        "num_embeddings": "i32",
-        "stride_g": "i32",
-        "stride_o": "i32",
-        "scale": "fp32",
-        "padding_idx": "i32",
-    }
-    for block_d, warps in k.backward_config_space():
-        for dtype, size in DTYPES.items():
-            for arch in ARCHS:
-                sig = sorted_sig | {"grad_ptr": f"*{dtype}", "out_ptr": f"*{dtype}"} | common
-                sig |= {"BLOCK_D": "constexpr"}
-                job = CompileJob(
-                    k.embedding_bwd_sorted_kernel,
-                    sig,
-                    {"BLOCK_D": block_d},
-                    arch,
-                    num_warps=warps,
-                    num_stages=1,
-                    divisible=("grad_ptr", "out_ptr", "dim", "stride_g", "stride_o"),
-                )
-                jobs.append((job, block_d * size // (32 * warps)))
-                sig = atomic_sig | {"grad_ptr": f"*{dtype}"} | common
-                sig |= {"BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
-                constexprs = {"BLOCK_M": k.ATOMIC_BLOCK_M, "BLOCK_D": block_d}
-                job = CompileJob(
-                    k.embedding_bwd_atomic_kernel,
-                    sig,
-                    constexprs,
-                    arch,
-                    num_warps=warps,
-                    num_stages=1,
-                    divisible=("grad_ptr", "out_ptr", "dim", "stride_g", "stride_o"),
-                )
-                jobs.append((job, k.ATOMIC_BLOCK_M * block_d * size // (32 * warps)))
-    return jobs
+    for block_d in sorted({bd for _, bd, _ in space}):
+        tiles = [(m, w) for m, bd, w in space if bd == block_d]
+        block_m, warps = max(tiles, key=lambda t: (t[0] / t[1], t[0]))
+        jobs += [_fwd_job("fp16", arch, block_m, block_d, warps) for arch in ARCHS]
+    block_m, warps = k.forward_candidates(1024)[0]
+    jobs += [
+        _fwd_job("fp16", arch, block_m, 1024, warps, mode=mode, has_pos=has_pos)
+        for mode, has_pos in VARIANTS
+        for arch in ARCHS
+    ]
+    block_d, warps = k.backward_config_space()[-1]
+    return jobs + [job for arch in ARCHS for job in _bwd_jobs("fp16", arch, block_d, warps)]
 
 
-def _dtype_labels(jobs) -> list[str]:
+FAMILIES = {"forward": _forward_jobs, "backward": _backward_jobs}
+
+
+def compile_jobs() -> dict[str, list[CompileJob]]:
+    """Every job of this module by family, with the bf16 twins (the pytest plugin in
+    fusedops.testing starts them in the background when collection ends)."""
+    return with_dtype_twins({name: make() for name, make in FAMILIES.items()}, _fp16_twinned())
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """(jobs, reports) by family, compiled in one queue."""
+    families = compile_jobs()
+    return families, compile_families(families)
+
+
+def _labels(jobs) -> list[str]:
     """The table dtype of each job (grad_ptr for the backward kernels)."""
     keys = [("grad_ptr" if "grad_ptr" in job.signature else "weight_ptr") for job in jobs]
     return [f"{job.signature[key][1:]:>4}" for job, key in zip(jobs, keys, strict=True)]
 
 
-@pytest.mark.parametrize("family", ["forward", "backward"])
-def test_every_config_compiles_clean(family):
-    jobs = _forward_jobs() if family == "forward" else _backward_jobs()
-    reports = compile_many([job for job, _ in jobs])
-    report_compiles(f"embedding_{family}", _dtype_labels([job for job, _ in jobs]), reports)
-    assert_compiled_clean([nbytes for _, nbytes in jobs], reports)
+def _offsets(job) -> tuple[str, ...]:
+    return FWD_OFFSETS if job.kernel is k.embedding_fwd_kernel else BWD_OFFSETS
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_config_compiles_clean(compiled, family):
+    jobs, reports = compiled[0][family], compiled[1][family]
+    report_compiles(f"embedding_{family}", _labels(jobs), reports)
+    assert_compiled_clean(
+        reports,
+        [_bytes_per_thread(job) for job in jobs],
+        int64_offsets=_offsets(jobs[0]),
+        register_headroom=REGISTER_SLACK,
+    )
+
+
+def test_bf16_twins_match_fp16(compiled):
+    jobs, reports = compiled[0]["bf16"], compiled[1]["bf16"]
+    report_compiles("embedding_bf16", _labels(jobs), reports)
+    for job, report, twin in zip(jobs, reports, compiled[1]["fp16 twins"], strict=True):
+        assert_same_figures(twin, report, register_slack=REGISTER_SLACK)
+        report.assert_clean(
+            require_v4_loads=_bytes_per_thread(job) >= 16, int64_offsets=_offsets(job)
+        )
+
+
+def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
+    """The kernels with their ``.to(tl.int64)`` casts removed (int32 ids) fail the check."""
+    narrow = module_without_int64_casts(k, str(tmp_path))
+    block_m, warps = k.forward_candidates(1024)[0]
+    jobs = [_fwd_job("fp16", arch, block_m, 1024, warps, ids="i32") for arch in ARCHS]
+    jobs += [_bwd_jobs("fp16", arch, 1024, 4)[1] for arch in ARCHS]
+    kernels = {k.embedding_fwd_kernel: narrow.embedding_fwd_kernel}
+    kernels[k.embedding_bwd_atomic_kernel] = narrow.embedding_bwd_atomic_kernel
+    narrowed = [dataclasses.replace(job, kernel=kernels[job.kernel]) for job in jobs]
+    for job, report in zip(jobs, compile_many(jobs), strict=True):
+        report.assert_clean(int64_offsets=_offsets(job))
+    for job, report in zip(jobs, compile_many(narrowed), strict=True):
+        with pytest.raises(AssertionError, match="32-bit product"):
+            report.assert_clean(int64_offsets=_offsets(job))

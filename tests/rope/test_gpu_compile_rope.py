@@ -1,28 +1,46 @@
 """Ahead-of-time compile of the RoPE kernel for sm_80 and sm_90 in every config (no GPU needed).
 
-Every tile config the autotuner can pick is compiled for every dtype and both pair layouts; the
+Every tile config the autotuner can pick is compiled in fp32 and fp16 for both pair layouts; the
 feature variants (gathered cos/sin, explicit positions, backward, partial rotary, a column
 stride of 2, head dims that are not powers of two) at the configs real head dims pick. ptxas
-must report 0 spill bytes and 0 stack frame, and the head-row loads must be 128-bit wherever a
-thread owns >= 16 contiguous bytes. The per-config table is printed (``pytest -s``) and written
-next to the compile cache.
+must report 0 spill bytes and 0 stack frame, the head-row loads must be 128-bit wherever a
+thread owns >= 16 contiguous bytes, and batch/token/head offsets must be computed in 64 bits.
+bf16 shares fp16's code but for the conversions: its twins of a subset (the biggest tile of each
+frequency width, every variant at Llama's head dim) must give fp16's figures (registers within a
+few), and every fp16 config keeps that many registers spare. Tables of every config are written
+to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
-from helpers import assert_compiled_clean, report_compiles
 
 from fusedops.kernels import rope as k
-from fusedops.testing import CompileJob, compile_many
+from fusedops.testing import (
+    CompileJob,
+    assert_compiled_clean,
+    assert_same_figures,
+    compile_families,
+    compile_many,
+    module_without_int64_casts,
+    report_compiles,
+    with_dtype_twins,
+)
 
 pytestmark = pytest.mark.gpu_compile
 
 ARCHS = (80, 90)
-DTYPES = {"fp32": 4, "fp16": 2, "bf16": 2}  # name -> bytes per element
+DTYPES = {"fp32": 4, "fp16": 2}  # name -> bytes per element (bf16: twins of fp16 jobs)
+# bf16 vs fp16 registers of one config (bf16 widens with shifts, fp16 with cvt).
+REGISTER_SLACK = 16
 INT_ARGS = ("seq_len", "n_heads_q", "n_heads_k", "n_heads_bucket", "max_pos", "position_offset")
 TENSOR_STRIDES = tuple(f"stride_{t}{d}" for t in ("q", "k", "oq", "ok") for d in ("b", "h", "s"))
 TABLE_STRIDES = ("stride_cb", "stride_cr", "stride_cc", "stride_sb", "stride_sr", "stride_sc")
+# Integer arguments that multiply batch, token, head or position indices (the column strides
+# multiply column indices < BLOCK_R2 and stay 32-bit).
+OFFSETS = (*TENSOR_STRIDES, "stride_cb", "stride_cr", "stride_sb", "stride_sr", "stride_pb")
 # What the JIT specialises for 16-aligned tensors whose rows are multiples of 16 elements
 # (contiguous [B, H, S, D] or [B, S, H, D] views with D % 16 == 0, caches with R/2 % 16 == 0).
 DIVISIBLE = ("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "pos_ptr", "out_q_ptr", "out_k_ptr")
@@ -93,29 +111,22 @@ def _job(
     )
 
 
-def _bytes_per_thread(block_h, block_r2, warps, size):
-    # Contiguous bytes of one head-row tile a thread owns (each half for the half layout).
-    return block_h * block_r2 * size // (32 * warps)
+def _bytes_per_thread(job: CompileJob) -> int:
+    """Contiguous bytes of one head-row tile a thread owns (each half for the half layout)."""
+    c, size = job.constexprs, 4 if job.signature["q_ptr"] == "*fp32" else 2
+    return c["BLOCK_H"] * c["BLOCK_R2"] * size // (32 * job.num_warps)
 
 
-def _sweep_jobs() -> list[tuple[CompileJob, int]]:
+def _sweep_jobs(dtypes=DTYPES) -> list[CompileJob]:
     """Every autotuner config, dtype, arch and layout, at full rotary D = 2 * BLOCK_R2."""
-    jobs = []
-    for block_h, block_r2, warps in k.rope_config_space():
-        for dtype, size in DTYPES.items():
-            for arch in ARCHS:
-                for interleaved in (False, True):
-                    job = _job(
-                        dtype,
-                        arch,
-                        block_h,
-                        warps,
-                        head_dim=2 * block_r2,
-                        rotary_dim=2 * block_r2,
-                        interleaved=interleaved,
-                    )
-                    jobs.append((job, _bytes_per_thread(block_h, block_r2, warps, size)))
-    return jobs
+    return [
+        _job(dtype, arch, block_h, warps, head_dim=2 * block_r2, rotary_dim=2 * block_r2,
+             interleaved=interleaved)
+        for block_h, block_r2, warps in k.rope_config_space()
+        for dtype in dtypes
+        for arch in ARCHS
+        for interleaved in (False, True)
+    ]  # fmt: skip
 
 
 # (head_dim, rotary_dim) of real models: Llama (128), Phi-2 (80, partial 32), NeoX-style
@@ -132,37 +143,54 @@ VARIANTS = (
 )
 
 
-def _variant_jobs() -> list[tuple[CompileJob, int]]:
+def _variant_jobs(dtypes=DTYPES, dims=VARIANT_DIMS) -> list[CompileJob]:
     """Every variant at Llama's D = R = 128; the cache and HF-gathered forms at the others."""
     jobs = []
-    for head_dim, rotary_dim in VARIANT_DIMS:
+    for head_dim, rotary_dim in dims:
         block_r2 = k.block_r2_for(rotary_dim // 2)
         # The first candidate: what the autotuner keeps for few heads (e.g. 9 + 3).
         block_h, warps = k.rope_candidates(block_r2)[0]
         variants = (
             VARIANTS if (head_dim, rotary_dim) == (128, 128) else VARIANTS[:1] + VARIANTS[4:5]
         )
-        for cache, has_pos, backward, table, pos_dtype, col_stride in variants:
-            for dtype, size in DTYPES.items():
-                for arch in ARCHS:
-                    for interleaved in (False, True):
-                        job = _job(
-                            dtype,
-                            arch,
-                            block_h,
-                            warps,
-                            head_dim=head_dim,
-                            rotary_dim=rotary_dim,
-                            interleaved=interleaved,
-                            cache=cache,
-                            has_positions=has_pos,
-                            backward=backward,
-                            table=table or dtype,
-                            positions=pos_dtype,
-                            col_stride=col_stride,
-                        )
-                        jobs.append((job, _bytes_per_thread(block_h, block_r2, warps, size)))
+        jobs += [
+            _job(dtype, arch, block_h, warps, head_dim=head_dim, rotary_dim=rotary_dim,
+                 interleaved=interleaved, cache=cache, has_positions=has_pos, backward=backward,
+                 table=table or dtype, positions=pos_dtype, col_stride=col_stride)
+            for cache, has_pos, backward, table, pos_dtype, col_stride in variants
+            for dtype in dtypes
+            for arch in ARCHS
+            for interleaved in (False, True)
+        ]  # fmt: skip
     return jobs
+
+
+def _fp16_twinned() -> list[CompileJob]:
+    """The fp16 jobs whose bf16 twins are compiled: the biggest tile (most bytes per thread)
+    of each frequency width, every variant at Llama's head dim."""
+    sweep = _sweep_jobs({"fp16": 2})
+    biggest = {}
+    for job in sweep:
+        width = job.constexprs["BLOCK_R2"]
+        biggest[width] = max(biggest.get(width, 0), _bytes_per_thread(job))
+    twinned = [j for j in sweep if _bytes_per_thread(j) == biggest[j.constexprs["BLOCK_R2"]]]
+    return twinned + _variant_jobs({"fp16": 2}, VARIANT_DIMS[:1])
+
+
+FAMILIES = {"configs": _sweep_jobs, "variants": _variant_jobs}
+
+
+def compile_jobs() -> dict[str, list[CompileJob]]:
+    """Every job of this module by family, with the bf16 twins (the pytest plugin in
+    fusedops.testing starts them in the background when collection ends)."""
+    return with_dtype_twins({name: make() for name, make in FAMILIES.items()}, _fp16_twinned())
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """(jobs, reports) by family, compiled in one queue."""
+    families = compile_jobs()
+    return families, compile_families(families)
 
 
 def _labels(jobs) -> list[str]:
@@ -172,9 +200,35 @@ def _labels(jobs) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("family", ["configs", "variants"])
-def test_every_config_compiles_clean(family):
-    jobs = _sweep_jobs() if family == "configs" else _variant_jobs()
-    reports = compile_many([job for job, _ in jobs])
-    report_compiles(f"rope_{family}", _labels([job for job, _ in jobs]), reports)
-    assert_compiled_clean([nbytes for _, nbytes in jobs], reports)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_config_compiles_clean(compiled, family):
+    jobs, reports = compiled[0][family], compiled[1][family]
+    report_compiles(f"rope_{family}", _labels(jobs), reports)
+    nbytes = [_bytes_per_thread(job) for job in jobs]
+    assert_compiled_clean(reports, nbytes, int64_offsets=OFFSETS, register_headroom=REGISTER_SLACK)
+
+
+def test_bf16_twins_match_fp16(compiled):
+    jobs, reports = compiled[0]["bf16"], compiled[1]["bf16"]
+    report_compiles("rope_bf16", _labels(jobs), reports)
+    for report, twin in zip(reports, compiled[1]["fp16 twins"], strict=True):
+        assert_same_figures(twin, report, register_slack=REGISTER_SLACK)
+    assert_compiled_clean(reports, [_bytes_per_thread(job) for job in jobs], int64_offsets=OFFSETS)
+
+
+def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
+    """The kernel with its ``.to(tl.int64)`` casts removed fails the check."""
+    narrow = module_without_int64_casts(k, str(tmp_path))
+    # Gathered cos/sin in the half layout, on sm_80 and sm_90.
+    jobs = [
+        job
+        for job in _variant_jobs({"fp16": 2}, VARIANT_DIMS[:1])
+        if not (job.constexprs["CACHE"] or job.constexprs["BACKWARD"])
+        and not job.constexprs["INTERLEAVED"]
+    ]
+    narrowed = [dataclasses.replace(job, kernel=narrow.rope_kernel) for job in jobs]
+    for report in compile_many(jobs):
+        report.assert_clean(int64_offsets=OFFSETS)
+    for report in compile_many(narrowed):
+        with pytest.raises(AssertionError, match="32-bit product"):
+            report.assert_clean(int64_offsets=OFFSETS)
