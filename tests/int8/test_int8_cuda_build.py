@@ -1,10 +1,11 @@
 """Proof that the full CUDA extension builds and registers its kernels (no GPU needed).
 
-``make cuda-build`` (run by ``make test`` wherever nvcc is on PATH) creates ``.venv-cuda`` at the
-repo root with a CUDA torch (torch==2.14.1, CUDA 13.0) and installs fusedops there with
-``FUSEDOPS_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0"`` from a copy of the sources. This test imports
-that build with the second venv's python (no GPU needed) and checks with the dispatcher that
-every op of the C++ library has CPU and Meta kernels (Meta: the Python fakes of
+``make cuda-build`` (run by ``make test`` in the background wherever nvcc is on PATH) creates
+``.venv-cuda`` at the repo root with a CUDA torch (torch==2.14.1, CUDA 13.0) and installs
+fusedops there with ``FUSEDOPS_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0"`` from a copy of the
+sources; ``make test`` names the file the build's exit status goes to, and this test waits for
+it. It imports that build with the second venv's python (no GPU needed) and checks with the
+dispatcher that every op of the C++ library has CPU and Meta kernels (Meta: the Python fakes of
 ``fusedops.ops.cpp_fakes``), that int8_embedding_fwd has a CUDA kernel and its ``check_indices``
 argument, and that the CPU kernel of that build computes. Skipped, with the reason, when
 ``.venv-cuda`` was not built.
@@ -18,6 +19,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -85,8 +88,32 @@ def _stale_sources() -> list[str]:
     return [os.path.relpath(p, ROOT) for p in paths if os.path.getmtime(p) > stamp]
 
 
+# `make test` runs the CUDA build in the background and names the file its exit status goes to.
+BUILD_RC_ENV = "FUSEDOPS_CUDA_BUILD_RC"
+BUILD_WAIT_S = 30 * 60
+
+
+def _wait_for_background_build() -> None:
+    """Block until `make test`'s background CUDA build has finished; fail if it failed."""
+    rc_file = os.environ.get(BUILD_RC_ENV)
+    if not rc_file:
+        return
+    deadline = time.monotonic() + BUILD_WAIT_S
+    while not os.path.exists(rc_file):
+        assert time.monotonic() < deadline, f"the CUDA build did not finish ({rc_file} absent)"
+        time.sleep(2)
+    time.sleep(0.2)  # the status is one short write; let it land
+    with open(rc_file) as fh:
+        status = fh.read().strip()
+    log = os.path.join(os.path.dirname(rc_file), "cuda-build.log")
+    if status != "0":
+        tail = Path(log).read_text()[-4000:] if os.path.exists(log) else "(no log)"
+        pytest.fail(f"the CUDA build failed (exit status {status!r}):\n{tail}")
+
+
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
+    _wait_for_background_build()
     if not os.path.exists(STAMP) or not os.access(CUDA_PYTHON, os.X_OK):
         why = "nvcc is not on PATH" if shutil.which("nvcc") is None else "not built yet"
         pytest.skip(
