@@ -12,27 +12,15 @@ every config are written to ``<sys.prefix>/fusedops-reports/`` (and printed with
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-import torch
+from compile_helpers import ARCHS, TORCH_DTYPES, CompileSuite
 
 from fusedops.kernels import attention as k
-from fusedops.testing import (
-    CompileJob,
-    assert_same_figures,
-    compile_families,
-    compile_many,
-    module_without_int64_casts,
-    report_compiles,
-    with_dtype_twins,
-)
+from fusedops.testing import CompileJob, GpuCompileReport
 
 pytestmark = pytest.mark.gpu_compile
 
-ARCHS = (80, 90)
 HEAD_DIMS = (16, 32, 64, 128, 256)
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 INT_ARGS = ("seq_q", "seq_k", "group", "seq_q_bucket", "seq_k_bucket")
 _DIMS = (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("m", "bn"), ("o", "bhm"), ("l", "bhm"))
 STRIDES = tuple(f"stride_{t}{d}" for t, dims in _DIMS for d in dims)
@@ -124,19 +112,6 @@ def _fp16_twinned() -> list[CompileJob]:
 FAMILIES = {"configs": _config_jobs, "variants": _variant_jobs}
 
 
-def compile_jobs() -> dict[str, list[CompileJob]]:
-    """Every job of this module by family, with the bf16 twins (the pytest plugin in
-    fusedops.testing starts them in the background when collection ends)."""
-    return with_dtype_twins({name: make() for name, make in FAMILIES.items()}, _fp16_twinned())
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    """(jobs, reports) by family, compiled in one queue."""
-    families = compile_jobs()
-    return families, compile_families(families)
-
-
 def _required_mma(job) -> bool | str:
     """fp16/bf16: mma.sync on sm_80, wgmma on sm_90 (64-row tiles). fp32 (tf32x3) runs the
     16..64-row tiles its registers allow: mma.sync or wgmma."""
@@ -145,43 +120,28 @@ def _required_mma(job) -> bool | str:
     return True
 
 
-def _assert_clean(jobs, reports) -> None:
-    for job, report in zip(jobs, reports, strict=True):
-        report.assert_clean(require_mma=_required_mma(job), int64_offsets=OFFSETS)
-        c = report.counts
-        assert c.get("ld.global.v4", 0) or c.get("cp.async", 0), report.summary()
+def _check(job: CompileJob, report: GpuCompileReport) -> None:
+    """0 spills, 0 stack, the tensor-core instructions, 128-bit or cp.async k/v loads, 64-bit
+    batch/head/row offsets."""
+    report.assert_clean(require_mma=_required_mma(job), int64_offsets=OFFSETS)
+    c = report.counts
+    assert c.get("ld.global.v4", 0) or c.get("cp.async", 0), report.summary()
 
 
 def _labels(jobs) -> list[str]:
     return [f"{j.signature['q_ptr'][1:]:>4} D={j.constexprs['HEAD_DIM']:<3}" for j in jobs]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_forward_config_compiles_clean(compiled, family):
-    jobs, reports = compiled[0][family], compiled[1][family]
-    report_compiles(f"attention_forward_{family}", _labels(jobs), reports)
-    _assert_clean(jobs, reports)
-
-
-def test_bf16_twins_match_fp16(compiled):
-    jobs, reports = compiled[0]["bf16"], compiled[1]["bf16"]
-    report_compiles("attention_forward_bf16", _labels(jobs), reports)
-    for report, twin in zip(reports, compiled[1]["fp16 twins"], strict=True):
-        assert_same_figures(twin, report)
-    _assert_clean(jobs, reports)
+SUITE = CompileSuite("attention_forward", FAMILIES, _fp16_twinned, _labels, _check)
+compile_jobs = SUITE.compile_jobs
+compiled, test_every_forward_config_compiles_clean, test_bf16_twins_match_fp16 = SUITE.tests()
 
 
 def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
     """The kernel with its ``.to(tl.int64)`` casts removed fails the check."""
-    narrow = module_without_int64_casts(k, str(tmp_path))
     cfg = min(k.forward_config_space(64), key=lambda c: (c[0] * c[1], c[3], c[2]))
     jobs = [_job("fp16", arch, cfg, 64) for arch in ARCHS]
-    narrowed = [dataclasses.replace(job, kernel=narrow.attention_fwd_kernel) for job in jobs]
-    for report in compile_many(jobs):
-        report.assert_clean(int64_offsets=OFFSETS)
-    for report in compile_many(narrowed):
-        with pytest.raises(AssertionError, match="32-bit product"):
-            report.assert_clean(int64_offsets=OFFSETS)
+    SUITE.assert_int64_check_catches_narrowing(k, jobs, tmp_path)
 
 
 def test_forward_config_space_is_small_and_fits():

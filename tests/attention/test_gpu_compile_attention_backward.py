@@ -15,29 +15,15 @@ to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-import torch
+from compile_helpers import ARCHS, REGISTER_SLACK, TORCH_DTYPES, CompileSuite
 
 from fusedops.kernels import attention_backward as k
-from fusedops.testing import (
-    CompileJob,
-    assert_same_figures,
-    compile_families,
-    compile_many,
-    module_without_int64_casts,
-    report_compiles,
-    with_dtype_twins,
-)
+from fusedops.testing import CompileJob, GpuCompileReport
 
 pytestmark = pytest.mark.gpu_compile
 
-ARCHS = (80, 90)
-TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 HEAD_DIMS = (16, 32, 64, 80, 128, 256)  # 80: a padded BLOCK_D of 128
-# bf16 vs fp16 registers of one preprocess config (bf16 widens with shifts, fp16 with cvt).
-PREPROCESS_REGISTER_SLACK = 16
 TENSORS = ("q", "k", "v", "do")
 STRIDES = tuple(f"stride_{t}{d}" for t in TENSORS for d in ("b", "h", "s"))
 STRIDES += ("stride_lb", "stride_lh", "stride_ls", "stride_mb", "stride_mk")
@@ -155,19 +141,6 @@ def _fp16_twinned() -> list[CompileJob]:
 FAMILIES = {"configs": _sweep_jobs, "variants": _variant_jobs, "preprocess": _preprocess_jobs}
 
 
-def compile_jobs() -> dict[str, list[CompileJob]]:
-    """Every job of this module by family, with the bf16 twins (the pytest plugin in
-    fusedops.testing starts them in the background when collection ends)."""
-    return with_dtype_twins({name: make() for name, make in FAMILIES.items()}, _fp16_twinned())
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    """(jobs, reports) by family, compiled in one queue."""
-    families = compile_jobs()
-    return families, compile_families(families)
-
-
 def _required_mma(job) -> bool | str:
     """sm_80: mma.sync. sm_90: wgmma where the tile allows it (fp16/bf16 and an MMA M dim of
     >= 64 rows: BLOCK_N of dk/dv, BLOCK_M of dq), else any tensor-core instruction. fp32 at
@@ -200,52 +173,42 @@ def _offsets(job) -> tuple[str, ...]:
     return OFFSETS + tuple(f"stride_{t}{d}" for t in outs for d in ("b", "h", "s"))
 
 
-def _assert_clean(jobs, reports) -> None:
-    for job, report in zip(jobs, reports, strict=True):
-        if job.kernel is k._bwd_preprocess:
-            report.assert_clean(
-                int64_offsets=_offsets(job), register_headroom=PREPROCESS_REGISTER_SLACK
-            )
-            continue
-        report.assert_clean(require_mma=_required_mma(job), int64_offsets=_offsets(job))
-        if _owns_16_bytes(job):
-            c = report.counts
-            assert c.get("ld.global.v4", 0) or c.get("cp.async", 0), report.summary()
+def _register_slack(job) -> int:
+    """bf16 vs fp16 registers of the job's config: REGISTER_SLACK for the preprocess, none for
+    the dk/dv and dq kernels (identical code)."""
+    return REGISTER_SLACK if job.kernel is k._bwd_preprocess else 0
+
+
+def _check(job: CompileJob, report: GpuCompileReport) -> None:
+    """0 spills, 0 stack, 64-bit batch/head/row offsets; the preprocess (bf16 twins too) keeps
+    its register slack spare; the matmul kernels use tensor cores and load their tiles as
+    128-bit loads or cp.async where a thread owns >= 16 bytes."""
+    if job.kernel is k._bwd_preprocess:
+        report.assert_clean(int64_offsets=_offsets(job), register_headroom=REGISTER_SLACK)
+        return
+    report.assert_clean(require_mma=_required_mma(job), int64_offsets=_offsets(job))
+    if _owns_16_bytes(job):
+        c = report.counts
+        assert c.get("ld.global.v4", 0) or c.get("cp.async", 0), report.summary()
 
 
 def _labels(jobs) -> list[str]:
     return [f"{j.signature['do_ptr'][1:]:>4} D={j.constexprs['HEAD_DIM']:<3}" for j in jobs]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_config_compiles_clean(compiled, family):
-    jobs, reports = compiled[0][family], compiled[1][family]
-    report_compiles(f"attention_backward_{family}", _labels(jobs), reports)
-    _assert_clean(jobs, reports)
-
-
-def test_bf16_twins_match_fp16(compiled):
-    jobs, reports = compiled[0]["bf16"], compiled[1]["bf16"]
-    report_compiles("attention_backward_bf16", _labels(jobs), reports)
-    for job, report, twin in zip(jobs, reports, compiled[1]["fp16 twins"], strict=True):
-        slack = PREPROCESS_REGISTER_SLACK if job.kernel is k._bwd_preprocess else 0
-        assert_same_figures(twin, report, register_slack=slack)
-    _assert_clean(jobs, reports)
+SUITE = CompileSuite(
+    "attention_backward", FAMILIES, _fp16_twinned, _labels, _check, _register_slack
+)
+compile_jobs = SUITE.compile_jobs
+compiled, test_every_config_compiles_clean, test_bf16_twins_match_fp16 = SUITE.tests()
 
 
 def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
     """The kernels with their ``.to(tl.int64)`` casts removed fail the check."""
-    narrow = module_without_int64_casts(k, str(tmp_path))
     jobs = [
         _job(kernel, "fp16", arch, 64, min(k.backward_config_space(64, kernel)))
         for kernel in ("dkdv", "dq")
         for arch in ARCHS
     ]
     jobs += [_preprocess_job("fp16", arch, 64) for arch in ARCHS]
-    kernels = {k._bwd_dkdv: narrow._bwd_dkdv, k._bwd_dq: narrow._bwd_dq}
-    kernels[k._bwd_preprocess] = narrow._bwd_preprocess
-    narrowed = [dataclasses.replace(job, kernel=kernels[job.kernel]) for job in jobs]
-    _assert_clean(jobs, compile_many(jobs))
-    for job, report in zip(narrowed, compile_many(narrowed), strict=True):
-        with pytest.raises(AssertionError, match="32-bit product"):
-            report.assert_clean(int64_offsets=_offsets(job))
+    SUITE.assert_int64_check_catches_narrowing(k, jobs, tmp_path)

@@ -11,29 +11,15 @@ Tables of every config are written to ``<sys.prefix>/fusedops-reports/`` (and pr
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from compile_helpers import ARCHS, DTYPES, REGISTER_SLACK, CompileSuite
 
 from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID
 from fusedops.kernels import embedding as k
-from fusedops.testing import (
-    CompileJob,
-    assert_compiled_clean,
-    assert_same_figures,
-    compile_families,
-    compile_many,
-    module_without_int64_casts,
-    report_compiles,
-    with_dtype_twins,
-)
+from fusedops.testing import CompileJob, GpuCompileReport
 
 pytestmark = pytest.mark.gpu_compile
 
-ARCHS = (80, 90)
-DTYPES = {"fp32": 4, "fp16": 2}  # name -> bytes per element (bf16: twins of fp16 jobs)
-# bf16 vs fp16 registers of one config (bf16 widens with shifts, fp16 with cvt).
-REGISTER_SLACK = 16
 INT_ARGS = ("n_rows", "n_rows_bucket", "seq_len", "dim", "num_embeddings", "num_positions")
 # Integer arguments that multiply row indices: the offsets past 2**31 elements.
 FWD_OFFSETS = ("stride_w", "stride_p", "stride_o")
@@ -158,19 +144,6 @@ def _fp16_twinned() -> list[CompileJob]:
 FAMILIES = {"forward": _forward_jobs, "backward": _backward_jobs}
 
 
-def compile_jobs() -> dict[str, list[CompileJob]]:
-    """Every job of this module by family, with the bf16 twins (the pytest plugin in
-    fusedops.testing starts them in the background when collection ends)."""
-    return with_dtype_twins({name: make() for name, make in FAMILIES.items()}, _fp16_twinned())
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    """(jobs, reports) by family, compiled in one queue."""
-    families = compile_jobs()
-    return families, compile_families(families)
-
-
 def _labels(jobs) -> list[str]:
     """The table dtype of each job (grad_ptr for the backward kernels)."""
     keys = [("grad_ptr" if "grad_ptr" in job.signature else "weight_ptr") for job in jobs]
@@ -181,39 +154,19 @@ def _offsets(job) -> tuple[str, ...]:
     return FWD_OFFSETS if job.kernel is k.embedding_fwd_kernel else BWD_OFFSETS
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_config_compiles_clean(compiled, family):
-    jobs, reports = compiled[0][family], compiled[1][family]
-    report_compiles(f"embedding_{family}", _labels(jobs), reports)
-    assert_compiled_clean(
-        reports,
-        [_bytes_per_thread(job) for job in jobs],
-        int64_offsets=_offsets(jobs[0]),
-        register_headroom=REGISTER_SLACK,
-    )
+def _check(job: CompileJob, report: GpuCompileReport) -> None:
+    """0 spills, 0 stack, 128-bit loads where a thread owns >= 16 bytes, 64-bit row offsets."""
+    report.assert_clean(require_v4_loads=_bytes_per_thread(job) >= 16, int64_offsets=_offsets(job))
 
 
-def test_bf16_twins_match_fp16(compiled):
-    jobs, reports = compiled[0]["bf16"], compiled[1]["bf16"]
-    report_compiles("embedding_bf16", _labels(jobs), reports)
-    for job, report, twin in zip(jobs, reports, compiled[1]["fp16 twins"], strict=True):
-        assert_same_figures(twin, report, register_slack=REGISTER_SLACK)
-        report.assert_clean(
-            require_v4_loads=_bytes_per_thread(job) >= 16, int64_offsets=_offsets(job)
-        )
+SUITE = CompileSuite("embedding", FAMILIES, _fp16_twinned, _labels, _check, REGISTER_SLACK)
+compile_jobs = SUITE.compile_jobs
+compiled, test_every_config_compiles_clean, test_bf16_twins_match_fp16 = SUITE.tests()
 
 
 def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
     """The kernels with their ``.to(tl.int64)`` casts removed (int32 ids) fail the check."""
-    narrow = module_without_int64_casts(k, str(tmp_path))
     block_m, warps = k.forward_candidates(1024)[0]
     jobs = [_fwd_job("fp16", arch, block_m, 1024, warps, ids="i32") for arch in ARCHS]
     jobs += [_bwd_jobs("fp16", arch, 1024, 4)[1] for arch in ARCHS]
-    kernels = {k.embedding_fwd_kernel: narrow.embedding_fwd_kernel}
-    kernels[k.embedding_bwd_atomic_kernel] = narrow.embedding_bwd_atomic_kernel
-    narrowed = [dataclasses.replace(job, kernel=kernels[job.kernel]) for job in jobs]
-    for job, report in zip(jobs, compile_many(jobs), strict=True):
-        report.assert_clean(int64_offsets=_offsets(job))
-    for job, report in zip(jobs, compile_many(narrowed), strict=True):
-        with pytest.raises(AssertionError, match="32-bit product"):
-            report.assert_clean(int64_offsets=_offsets(job))
+    SUITE.assert_int64_check_catches_narrowing(k, jobs, tmp_path)

@@ -13,28 +13,14 @@ to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
+from compile_helpers import ARCHS, DTYPES, REGISTER_SLACK, CompileSuite
 
 from fusedops.kernels import rope as k
-from fusedops.testing import (
-    CompileJob,
-    assert_compiled_clean,
-    assert_same_figures,
-    compile_families,
-    compile_many,
-    module_without_int64_casts,
-    report_compiles,
-    with_dtype_twins,
-)
+from fusedops.testing import CompileJob, GpuCompileReport
 
 pytestmark = pytest.mark.gpu_compile
 
-ARCHS = (80, 90)
-DTYPES = {"fp32": 4, "fp16": 2}  # name -> bytes per element (bf16: twins of fp16 jobs)
-# bf16 vs fp16 registers of one config (bf16 widens with shifts, fp16 with cvt).
-REGISTER_SLACK = 16
 INT_ARGS = ("seq_len", "n_heads_q", "n_heads_k", "n_heads_bucket", "max_pos", "position_offset")
 TENSOR_STRIDES = tuple(f"stride_{t}{d}" for t in ("q", "k", "oq", "ok") for d in ("b", "h", "s"))
 TABLE_STRIDES = ("stride_cb", "stride_cr", "stride_cc", "stride_sb", "stride_sr", "stride_sc")
@@ -180,19 +166,6 @@ def _fp16_twinned() -> list[CompileJob]:
 FAMILIES = {"configs": _sweep_jobs, "variants": _variant_jobs}
 
 
-def compile_jobs() -> dict[str, list[CompileJob]]:
-    """Every job of this module by family, with the bf16 twins (the pytest plugin in
-    fusedops.testing starts them in the background when collection ends)."""
-    return with_dtype_twins({name: make() for name, make in FAMILIES.items()}, _fp16_twinned())
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    """(jobs, reports) by family, compiled in one queue."""
-    families = compile_jobs()
-    return families, compile_families(families)
-
-
 def _labels(jobs) -> list[str]:
     """q dtype and cos/sin table dtype of each job."""
     return [
@@ -200,25 +173,19 @@ def _labels(jobs) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_config_compiles_clean(compiled, family):
-    jobs, reports = compiled[0][family], compiled[1][family]
-    report_compiles(f"rope_{family}", _labels(jobs), reports)
-    nbytes = [_bytes_per_thread(job) for job in jobs]
-    assert_compiled_clean(reports, nbytes, int64_offsets=OFFSETS, register_headroom=REGISTER_SLACK)
+def _check(job: CompileJob, report: GpuCompileReport) -> None:
+    """0 spills, 0 stack, 128-bit head-row loads where a thread owns >= 16 bytes, 64-bit
+    batch/token/head offsets."""
+    report.assert_clean(require_v4_loads=_bytes_per_thread(job) >= 16, int64_offsets=OFFSETS)
 
 
-def test_bf16_twins_match_fp16(compiled):
-    jobs, reports = compiled[0]["bf16"], compiled[1]["bf16"]
-    report_compiles("rope_bf16", _labels(jobs), reports)
-    for report, twin in zip(reports, compiled[1]["fp16 twins"], strict=True):
-        assert_same_figures(twin, report, register_slack=REGISTER_SLACK)
-    assert_compiled_clean(reports, [_bytes_per_thread(job) for job in jobs], int64_offsets=OFFSETS)
+SUITE = CompileSuite("rope", FAMILIES, _fp16_twinned, _labels, _check, REGISTER_SLACK)
+compile_jobs = SUITE.compile_jobs
+compiled, test_every_config_compiles_clean, test_bf16_twins_match_fp16 = SUITE.tests()
 
 
 def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
     """The kernel with its ``.to(tl.int64)`` casts removed fails the check."""
-    narrow = module_without_int64_casts(k, str(tmp_path))
     # Gathered cos/sin in the half layout, on sm_80 and sm_90.
     jobs = [
         job
@@ -226,9 +193,4 @@ def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
         if not (job.constexprs["CACHE"] or job.constexprs["BACKWARD"])
         and not job.constexprs["INTERLEAVED"]
     ]
-    narrowed = [dataclasses.replace(job, kernel=narrow.rope_kernel) for job in jobs]
-    for report in compile_many(jobs):
-        report.assert_clean(int64_offsets=OFFSETS)
-    for report in compile_many(narrowed):
-        with pytest.raises(AssertionError, match="32-bit product"):
-            report.assert_clean(int64_offsets=OFFSETS)
+    SUITE.assert_int64_check_catches_narrowing(k, jobs, tmp_path)
