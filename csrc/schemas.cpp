@@ -1,6 +1,7 @@
 // The schemas of the C++ ops: the project's only TORCH_LIBRARY(fusedops) (the Python custom ops
 // join the namespace through fragments). Implementations: CPU in embedding_bindings.cpp,
-// int8_bindings.cpp and rope_bindings.cpp, CUDA in int8_bindings_cuda.cpp (CUDA builds only);
+// embedding_layernorm_bindings.cpp, int8_bindings.cpp and rope_bindings.cpp, CUDA in
+// int8_bindings_cuda.cpp (CUDA builds only);
 // fake (meta) implementations in python/fusedops/ops/cpp_fakes.py.
 #include <torch/library.h>
 
@@ -13,6 +14,19 @@ TORCH_LIBRARY(fusedops, m) {
   m.def(
       "cpp_embedding_bwd(Tensor grad_out, Tensor indices, int num_rows, float scale, "
       "int padding_idx) -> Tensor");
+  // Fused BERT embedding + LayerNorm: word + token type + position rows, LayerNorm in fp32.
+  // The forward also returns the per-token mean and rstd (fp32) the backward reads; the backward
+  // returns the gradients of (weight, pos_weight, type_weight, ln_weight, ln_bias), an empty
+  // tensor where needs[i] is 0 or the term is absent.
+  m.def(
+      "cpp_embedding_layernorm_fwd(Tensor input_ids, Tensor weight, Tensor? pos_weight, "
+      "Tensor? positions, int position_offset, Tensor? type_weight, Tensor? token_type_ids, "
+      "Tensor? ln_weight, Tensor? ln_bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "cpp_embedding_layernorm_bwd(Tensor grad_out, Tensor input_ids, Tensor weight, "
+      "Tensor? pos_weight, Tensor? positions, int position_offset, Tensor? type_weight, "
+      "Tensor? token_type_ids, Tensor? ln_weight, Tensor? ln_bias, Tensor mean, Tensor rstd, "
+      "int padding_idx, int[] needs) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // INT8 embedding (inference). check_indices: the CPU kernel always range-checks ids and
   // positions; the CUDA kernel does when it is true (a device sync) and otherwise masks
   // out-of-range ones without a sync (int8_math.h).

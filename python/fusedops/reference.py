@@ -27,6 +27,7 @@ __all__ = [
     "attention_mask",
     "dequantize_embedding",
     "fused_embedding",
+    "fused_embedding_layernorm",
     "int8_embedding",
     "quantize_embedding",
     "rope_cos_sin",
@@ -116,6 +117,60 @@ def fused_embedding(
             out = out + sinusoid_table(positions, weight.shape[1], sinusoid_base, compute)
         else:
             out = out + F.embedding(positions, pos_weight).to(compute)
+    return out.to(weight.dtype)
+
+
+def fused_embedding_layernorm(
+    input_ids: torch.Tensor,
+    weight: torch.Tensor,
+    pos_weight: torch.Tensor | None,
+    type_weight: torch.Tensor | None,
+    token_type_ids: torch.Tensor | None,
+    ln_weight: torch.Tensor | None,
+    ln_bias: torch.Tensor | None,
+    eps: float,
+    positions: torch.Tensor | None = None,
+    position_offset: int = 0,
+    *,
+    padding_idx: int | None = None,
+) -> torch.Tensor:
+    """BERT's embeddings: ``LayerNorm(weight[ids] + type_weight[tt] + pos_weight[pos])``.
+
+    The sum is formed in that order (Hugging Face's ``BertEmbeddings``), then normalised over
+    the last dim with biased variance: ``(x - mean) * rsqrt(var + eps) * ln_weight + ln_bias``.
+
+    Args:
+        input_ids: int32/int64 ``[..., S]`` token ids (sequence last).
+        weight: ``[V, D]`` word table, fp32/fp16/bf16.
+        pos_weight: ``[P, D]`` positional table, or None (no positional term).
+        type_weight: ``[T, D]`` token-type table, or None (no token-type term).
+        token_type_ids: int ``[..., S]`` (broadcastable to ``input_ids``), or None: row 0 of
+            ``type_weight`` for every token.
+        ln_weight, ln_bias: ``[D]`` LayerNorm affine parameters, each optional.
+        eps: added to the variance.
+        positions: int ``[..., S]`` / ``[S]`` positions; default ``position_offset + s``.
+        position_offset: first position when ``positions`` is None.
+        padding_idx: word row whose gradient is zero (``nn.Embedding`` semantics).
+    Returns:
+        ``[..., S, D]`` in ``weight.dtype``; the arithmetic is in fp32 (fp64 for an fp64
+        oracle).
+    """
+    compute = torch.promote_types(weight.dtype, torch.float32)
+    x = F.embedding(input_ids.long(), weight, padding_idx=padding_idx).to(compute)  # [..., S, D]
+    if type_weight is not None:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids, dtype=torch.long)
+        types = torch.broadcast_to(token_type_ids.long(), input_ids.shape)  # [..., S]
+        x = x + F.embedding(types, type_weight).to(compute)
+    if pos_weight is not None:
+        if positions is None:
+            seq = input_ids.shape[-1]
+            positions = torch.arange(seq, device=input_ids.device) + position_offset  # [S]
+        positions = torch.broadcast_to(positions.long(), input_ids.shape)  # [..., S]
+        x = x + F.embedding(positions, pos_weight).to(compute)
+    gamma = None if ln_weight is None else ln_weight.to(compute)
+    beta = None if ln_bias is None else ln_bias.to(compute)
+    out = F.layer_norm(x, (weight.shape[1],), gamma, beta, eps)
     return out.to(weight.dtype)
 
 

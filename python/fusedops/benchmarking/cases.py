@@ -388,6 +388,68 @@ class AttentionSpec(OpSpec):
         return Workload(impls=impls, check=check, flops=flops)
 
 
+@dataclass(frozen=True)
+class EmbeddingLayerNormSpec(OpSpec):
+    """BERT embeddings: ``LayerNorm(word[ids] + type[tt] + pos[offset + s])``, token types
+    random in ``[0, 2)``. Eager is :func:`fusedops.reference.fused_embedding_layernorm`, the
+    composition Hugging Face's ``BertEmbeddings`` runs (three ``F.embedding``, two adds,
+    ``F.layer_norm``)."""
+
+    op: ClassVar[str] = "embedding_layernorm"
+    name: str
+    batch: int
+    seq: int
+    dim: int
+    vocab: int
+    pos_rows: int = 512
+    types: int = 2
+    eps: float = 1e-12
+    compile: bool = True
+
+    @property
+    def shape(self) -> str:
+        return f"B={self.batch} S={self.seq} D={self.dim} V={self.vocab} P={self.pos_rows}"
+
+    def build(self, dtype: torch.dtype, device: torch.device, backend: str) -> Workload:
+        gen = _generator(device)
+        ids = torch.randint(0, self.vocab, (self.batch, self.seq), generator=gen, device=device)
+        tt = torch.randint(0, self.types, ids.shape, generator=gen, device=device)
+        tables = (
+            _randn(gen, dtype, self.vocab, self.dim),  # [V, D]
+            _randn(gen, dtype, self.pos_rows, self.dim),  # [P, D]
+            _randn(gen, dtype, self.types, self.dim),  # [T, D]
+            1 + 0.1 * _randn(gen, dtype, self.dim),  # [D]
+            0.1 * _randn(gen, dtype, self.dim),  # [D]
+        )
+        # On CUDA the index check would synchronize the device (neither baseline checks).
+        check = device.type != "cuda"
+
+        def eager(ids: torch.Tensor, tt: torch.Tensor, w, p, t, g, b) -> torch.Tensor:
+            return reference.fused_embedding_layernorm(ids, w, p, t, tt, g, b, self.eps)
+
+        def fused(ids: torch.Tensor, tt: torch.Tensor, w, p, t, g, b) -> torch.Tensor:
+            return fusedops.fused_embedding_layernorm(
+                ids, w, p, t, tt, g, b, self.eps, check_indices=check
+            )
+
+        context = backend_context(backend)
+
+        def check_fn() -> Accuracy:
+            with context():
+                actual = fused(ids, tt, *tables)
+            return compare(actual, eager(ids, tt, *(x.double() for x in tables)), dtype)
+
+        n_tokens = self.batch * self.seq
+        min_bytes = counts.min_bytes_embedding(
+            n_tokens, self.dim, dtype=dtype, id_dtype=ids.dtype, pos_rows=self.seq
+        )
+        min_bytes += n_tokens * tt.dtype.itemsize + (self.types + 2) * self.dim * dtype.itemsize
+        impls = standard_impls(
+            _calls(ids, tt, *tables), fused, eager, context=context, compile=self.compile
+        )
+        return Workload(impls=impls, check=check_fn, min_bytes=min_bytes)
+
+
 # Named sizes. GPT-2 small: the embedding and INT8 targets (learned [2048, D] positional table,
 # sqrt(D) scale of Vaswani et al.).
 _GPT2 = {"batch": 8, "seq": 1024, "dim": 768, "vocab": 50257}
@@ -406,6 +468,10 @@ EMBEDDING_SINUSOID = EmbeddingSpec(
 EMBEDDING_NO_POS = EmbeddingSpec(
     "no-pos", batch=4, seq=2048, dim=2048, vocab=32000, pos="none", scale=1.0
 )
+
+# BERT-base (all-MiniLM-L6-v2: D=384) embeddings of a padded batch.
+EMBEDDING_LN_BERT = EmbeddingLayerNormSpec("bert-base", batch=8, seq=128, dim=768, vocab=30522)
+EMBEDDING_LN_MINILM = EmbeddingLayerNormSpec("minilm", batch=32, seq=128, dim=384, vocab=30522)
 
 INT8_PER_ROW = Int8Spec("per-row", **_GPT2)
 INT8_GROUP128 = Int8Spec("group128", **_GPT2, group_size=128)

@@ -7,7 +7,9 @@ FusedEmbedding: padding_idx 11 outside [-10, 10)``).
 
 from fusedops.ops._lookup_checks import check_padding_idx
 from fusedops.ops.attention import attention, check_attention_args
+from fusedops.ops.backends import backend_for
 from fusedops.ops.embedding import fused_embedding
+from fusedops.ops.embedding_layernorm import fused_embedding_layernorm
 from fusedops.ops.int8_embedding import int8_embedding, quantize_embedding
 from fusedops.ops.rope import apply_rotary, apply_rotary_varlen
 
@@ -15,9 +17,11 @@ __all__ = [
     "apply_rotary",
     "apply_rotary_varlen",
     "attention",
+    "backend_for",
     "check_attention_args",
     "check_padding_idx",
     "fused_embedding",
+    "fused_embedding_layernorm",
     "int8_embedding",
     "quantize_embedding",
 ]

@@ -25,6 +25,49 @@ def _embedding_bwd_fake(grad_out, indices, num_rows, scale, padding_idx):
     return grad_out.new_empty((num_rows, grad_out.shape[-1]))
 
 
+@torch.library.register_fake("fusedops::cpp_embedding_layernorm_fwd")
+def _embedding_layernorm_fwd_fake(
+    input_ids,
+    weight,
+    pos_weight,
+    positions,
+    position_offset,
+    type_weight,
+    token_type_ids,
+    ln_weight,
+    ln_bias,
+    eps,
+):
+    # out: [*input_ids.shape, D] in the table's dtype; mean, rstd: [*input_ids.shape] fp32
+    stats = weight.new_empty(input_ids.shape, dtype=torch.float32)
+    return weight.new_empty((*input_ids.shape, weight.shape[1])), stats, torch.empty_like(stats)
+
+
+@torch.library.register_fake("fusedops::cpp_embedding_layernorm_bwd")
+def _embedding_layernorm_bwd_fake(
+    grad_out,
+    input_ids,
+    weight,
+    pos_weight,
+    positions,
+    position_offset,
+    type_weight,
+    token_type_ids,
+    ln_weight,
+    ln_bias,
+    mean,
+    rstd,
+    padding_idx,
+    needs,
+):
+    # Gradients of (weight, pos_weight, type_weight, ln_weight, ln_bias); [0] where not needed.
+    params = (weight, pos_weight, type_weight, ln_weight, ln_bias)
+    return tuple(
+        weight.new_empty(p.shape if (need and p is not None) else (0,))
+        for p, need in zip(params, needs, strict=True)
+    )
+
+
 @torch.library.register_fake("fusedops::int8_embedding_fwd")
 def _int8_embedding_fwd_fake(
     input_ids,
