@@ -8,26 +8,33 @@ kernel: it runs the extension's CPU or CUDA kernel); ``use_backend("triton" | "c
 
 from fusedops import nn, reference
 from fusedops._backend import current_backend, use_backend
+from fusedops.integrations import PatchReport, patch, patched, unpatch
 from fusedops.nn.attention import attention_hf
 from fusedops.ops.attention import attention
 from fusedops.ops.embedding import fused_embedding
+from fusedops.ops.embedding_layernorm import fused_embedding_layernorm
 from fusedops.ops.int8_embedding import int8_embedding
 from fusedops.ops.rope import apply_rotary, apply_rotary_varlen
 from fusedops.quantization import quantize_embedding
 from fusedops.rope_tables import rope_cos_sin
 
 __all__ = [
+    "PatchReport",
     "apply_rotary",
     "apply_rotary_varlen",
     "attention",
     "attention_hf",
     "current_backend",
     "fused_embedding",
+    "fused_embedding_layernorm",
     "int8_embedding",
     "nn",
+    "patch",
+    "patched",
     "quantize_embedding",
     "reference",
     "rope_cos_sin",
+    "unpatch",
     "use_backend",
 ]
 __version__ = "0.1.0"
