@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -29,12 +31,57 @@ from fusedops.integrations.hf_attention import register
 from fusedops.integrations.hf_families import FAMILIES, SUPPORTED_MODEL_TYPES, Family
 from fusedops.integrations.report import PatchEntry, PatchReport, format_bytes
 from fusedops.nn import FusedEmbedding, Int8Embedding
+from fusedops.ops.attention import MAX_HEAD_DIM, MIN_HEAD_DIM
 from fusedops.ops.backends import backend_for
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "patch", "patched", "register", "unpatch"]
 
 OP = "fusedops.patch"
 _STATE = "_fusedops_patch"
+
+
+# Undo steps are data (not closures), so a deepcopy or pickle of a patched model carries steps
+# that act on the copy's own modules and hooks.
+
+
+@dataclasses.dataclass
+class _RestoreAttr:
+    parent: nn.Module
+    attr: str
+    old: nn.Module
+
+    def __call__(self) -> None:
+        setattr(self.parent, self.attr, self.old)
+
+
+@dataclasses.dataclass
+class _RemoveHook:
+    handle: torch.utils.hooks.RemovableHandle
+
+    def __call__(self) -> None:
+        self.handle.remove()
+
+
+@dataclasses.dataclass
+class _ReleaseRope:
+    modeling: str  # module name of the modeling file
+
+    def __call__(self) -> None:
+        hf_rope.release(sys.modules[self.modeling])
+
+    def __setstate__(self, state: dict) -> None:
+        # a copy (deepcopy, unpickling) of a patched model is one more user of the swap
+        self.__dict__.update(state)
+        hf_rope.acquire(importlib.import_module(self.modeling))
+
+
+@dataclasses.dataclass
+class _RestoreAttention:
+    model: nn.Module
+    previous: str
+
+    def __call__(self) -> None:
+        self.model.set_attn_implementation(self.previous)
 
 
 @dataclasses.dataclass
@@ -71,7 +118,7 @@ class _Patcher:
         old = getattr(parent, attr)
         setattr(parent, attr, new)
         if keep_original:
-            self.undo.append(lambda: setattr(parent, attr, old))
+            self.undo.append(_RestoreAttr(parent, attr, old))
         return old
 
     # -- embeddings ----------------------------------------------------------------------
@@ -150,7 +197,7 @@ class _Patcher:
             handle = base.register_forward_pre_hook(
                 hf_embeddings.gpt2_fused_inputs, with_kwargs=True
             )
-            self.undo.append(handle.remove)
+            self.undo.append(_RemoveHook(handle))
             table = "int8 wte" if self.int8 else "wte"
             self.replaced(
                 "embedding",
@@ -193,10 +240,10 @@ class _Patcher:
             self.left_alone("rope", target, "no attention layer of this modeling file found")
             return
         hf_rope.acquire(modeling)
-        self.undo.append(lambda: hf_rope.release(modeling))
+        self.undo.append(_ReleaseRope(modeling.__name__))
         for layer in layers:
             for handle in hf_rope.activate(layer):
-                self.undo.append(handle.remove)
+                self.undo.append(_RemoveHook(handle))
         self.replaced(
             "rope",
             target,
@@ -216,6 +263,15 @@ class _Patcher:
                 "fusedops.attention",
             )
             return
+        head_dim = getattr(config, "head_dim", None) or _hidden_per_head(config)
+        if head_dim is not None and not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+            self.left_alone(
+                "attention",
+                target,
+                f"head dim {head_dim} is outside fusedops.attention's [{MIN_HEAD_DIM}, "
+                f"{MAX_HEAD_DIM}]",
+            )
+            return
         previous = config._attn_implementation
         register()
         try:
@@ -223,8 +279,14 @@ class _Patcher:
         except (ValueError, ImportError) as exc:
             self.left_alone("attention", target, f"the model refuses it: {exc}")
             return
-        self.undo.append(lambda: model.set_attn_implementation(previous))
+        self.undo.append(_RestoreAttention(model, previous))
         self.replaced("attention", target, f"{previous!r} -> {ATTENTION_NAME!r}")
+
+
+def _hidden_per_head(config) -> int | None:
+    hidden = getattr(config, "hidden_size", None)
+    heads = getattr(config, "num_attention_heads", None)
+    return hidden // heads if hidden and heads else None
 
 
 def _is_tied(model: nn.Module, weight: torch.Tensor) -> bool:
