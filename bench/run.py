@@ -8,7 +8,8 @@ stops the run with exit status 1), then every implementation (``fusedops``, ``ea
 ``compile`` = ``torch.compile`` of eager, warmed first, and op-specific baselines) is timed with
 :func:`fusedops.benchmarking.run_case`. Rows give median/p20/p80 ms, GB/s of the minimum bytes,
 the fraction of the device's measured copy bandwidth (TFLOP/s for attention), and speedups
-against eager and compile. A second table gives microseconds per call of the decode-size cases.
+against eager and compile. A second table gives microseconds per call of the decode-size cases,
+a third the whole-model cases of ``bench_models.py`` (patched vs unpatched, ms and tokens/s).
 
 The first run builds the ``torch.compile`` graphs (20-45 s each on 2 CPU cores); they are cached
 under ``<sys.prefix>/fusedops-cache`` (:mod:`fusedops.caches`), so later runs are much faster.
@@ -29,6 +30,7 @@ from fusedops.caches import set_default_cache_dirs
 set_default_cache_dirs()
 
 from fusedops import benchmarking as bm  # noqa: E402
+from fusedops.benchmarking.models import ModelSpec, model_table  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -145,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     if decode_rows:
         print()
         print(bm.format_per_call_table(decode_rows, title="Decode size: microseconds per call"))
+    model_specs = {case.name: case.spec for case in cases if case.op == ModelSpec.op}
+    model_rows = [row for row in rows if row.op == ModelSpec.op]
+    if model_rows:
+        print()
+        print(model_table(model_rows, model_specs))
     print(f"\nwrote {args.out} ({len(rows)} rows) in {time.perf_counter() - start:.0f} s")
     return 0
 
