@@ -124,10 +124,12 @@ cpu::EmbeddingLayerNormArgs<T, I> kernel_args(const Inputs& in, double eps) {
   a.weight_row_stride = in.weight.stride(0);
   a.pos_weight = ptr_or_null<T>(in.pos_weight);
   a.pos_row_stride = in.pos_weight ? in.pos_weight->stride(0) : 0;
+  a.num_pos_rows = in.pos_weight ? in.pos_weight->size(0) : 0;
   a.positions = ptr_or_null<I>(in.positions);
   a.position_offset = in.position_offset;
   a.type_weight = ptr_or_null<T>(in.type_weight);
   a.type_row_stride = in.type_weight ? in.type_weight->stride(0) : 0;
+  a.num_type_rows = in.type_weight ? in.type_weight->size(0) : 0;
   a.type_ids = ptr_or_null<I>(in.type_ids);
   a.ln_weight = ptr_or_null<T>(in.ln_weight);
   a.ln_bias = ptr_or_null<T>(in.ln_bias);

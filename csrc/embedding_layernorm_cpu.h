@@ -26,10 +26,12 @@ struct EmbeddingLayerNormArgs {
   int64_t weight_row_stride = 0;
   const T* pos_weight = nullptr;     // [P, D] or nullptr: no positional term
   int64_t pos_row_stride = 0;
+  int64_t num_pos_rows = 0;          // P
   const I* positions = nullptr;      // [num_tokens] or nullptr: pos = position_offset + s
   int64_t position_offset = 0;
   const T* type_weight = nullptr;    // [T, D] or nullptr: no token-type term
   int64_t type_row_stride = 0;
+  int64_t num_type_rows = 0;         // T
   const I* type_ids = nullptr;       // [num_tokens] or nullptr: row 0 for every token
   const T* ln_weight = nullptr;      // [D] or nullptr (1)
   const T* ln_bias = nullptr;        // [D] or nullptr (0)
