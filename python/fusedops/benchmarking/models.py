@@ -319,7 +319,7 @@ def compare_causal(
     prefill_tokens: int = PREFILL_TOKENS,
     decode_tokens: int = DECODE_TOKENS,
     prefill_rounds: int = 3,
-    decode_rounds: int = 2,
+    decode_rounds: int = 4,
     reference: LogitsReference | None = None,
     log: Callable[[str], None] | None = None,
 ) -> CausalComparison:
