@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "c10_float_convert.h"
 #include "cpu_vec.h"
 #include "float_convert.h"
 #include "fusedops_math.h"
@@ -33,25 +34,6 @@
 namespace fusedops {
 namespace cpu {
 namespace {
-
-inline float to_f32(float v) { return v; }
-inline float to_f32(c10::BFloat16 v) { return bf16_bits_to_f32(v.x); }
-inline float to_f32(c10::Half v) { return half_bits_to_f32(v.x); }
-
-template <typename T>
-inline T from_f32(float v);
-template <>
-inline float from_f32<float>(float v) {
-  return v;
-}
-template <>
-inline c10::BFloat16 from_f32<c10::BFloat16>(float v) {
-  return c10::BFloat16(f32_to_bf16_bits(v), c10::BFloat16::from_bits());
-}
-template <>
-inline c10::Half from_f32<c10::Half>(float v) {
-  return c10::Half(f32_to_half_bits(v), c10::Half::from_bits());
-}
 
 template <typename T>
 inline void row_to_f32(const T* __restrict src, float* __restrict dst, int64_t dim) {

@@ -21,6 +21,11 @@ def pow2_bucket(n: int, cap: int) -> int:
     return min(triton.next_power_of_2(max(n, 1)), cap)
 
 
+def rows_bucket(n_rows: int) -> int:
+    """Autotune key for a row count: the next power of two, capped at 2**16."""
+    return pow2_bucket(n_rows, 1 << 16)
+
+
 def make_configs(
     tiles: Iterable[tuple[int, ...]], *names: str, num_stages: int | None = None
 ) -> list[triton.Config]:

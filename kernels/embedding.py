@@ -21,7 +21,7 @@ import triton.language as tl
 from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID
 from fusedops.sinusoid import sinusoid_coefficient
 
-from ._tuning import make_configs, pow2_bucket, short_tile_pruner
+from ._tuning import make_configs, rows_bucket, short_tile_pruner
 
 # Feature tiles never exceed this many columns; wider rows use more programs along axis 1.
 MAX_BLOCK_D = 1024
@@ -35,11 +35,6 @@ _FWD_WARPS = (4, 8)
 def block_d_for(dim: int) -> int:
     """Feature-tile width for rows of ``dim`` elements: a power of two in [16, 1024]."""
     return max(MIN_BLOCK_D, min(triton.next_power_of_2(dim), MAX_BLOCK_D))
-
-
-def rows_bucket(n_rows: int) -> int:
-    """Autotune key for the row count: the next power of two, capped at 2**16."""
-    return pow2_bucket(n_rows, 1 << 16)
 
 
 def forward_candidates(block_d: int) -> list[tuple[int, int]]:

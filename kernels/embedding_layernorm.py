@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tuning import make_configs, pow2_bucket, short_tile_pruner
+from ._tuning import make_configs, rows_bucket, short_tile_pruner
 from .embedding import embedding_backward
 
 MIN_BLOCK_D = 16
@@ -41,11 +41,6 @@ BWD_PROGRAMS = 512
 def block_d_for(dim: int) -> int:
     """Row tile width for ``dim`` features: the next power of two, at least 16."""
     return max(MIN_BLOCK_D, triton.next_power_of_2(dim))
-
-
-def rows_bucket(n_rows: int) -> int:
-    """Autotune key for the row count: the next power of two, capped at 2**16."""
-    return pow2_bucket(n_rows, 1 << 16)
 
 
 def forward_candidates(block_d: int) -> list[tuple[int, int]]:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -156,10 +157,16 @@ def _gpt2_positions(kwargs: dict[str, Any], seq: int, device: torch.device) -> t
     return (torch.arange(seq, device=device) + past).unsqueeze(0)
 
 
+@functools.cache
+def _forward_signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.forward)
+
+
 def gpt2_fused_inputs(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple:
     """Forward pre-hook of ``GPT2Model`` (``with_kwargs=True``): ``inputs_embeds =
     wte[ids] + wpe[pos]`` in one fused call (INT8 table: :func:`fusedops.int8_embedding`)."""
-    bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+    bound = _forward_signature(type(module)).bind_partial(module, *args, **kwargs).arguments
+    bound.pop("self")
     extra = bound.pop("kwargs", {})
     call = {**bound, **extra}
     input_ids, inputs_embeds = call.get("input_ids"), call.get("inputs_embeds")
