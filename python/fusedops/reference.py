@@ -25,6 +25,8 @@ __all__ = [
     "apply_rotary_varlen",
     "attention",
     "attention_mask",
+    "attention_varlen",
+    "attention_with_kvcache",
     "dequantize_embedding",
     "fused_embedding",
     "fused_embedding_layernorm",
@@ -365,17 +367,22 @@ def attention(
     key_padding_mask: torch.Tensor | None = None,
     return_lse: bool = False,
     compute_dtype: torch.dtype | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention, the spec of ``fusedops.attention`` (plain PyTorch).
 
     ``q [B, Hq, Sq, D]``, ``k``/``v`` ``[B, Hkv, Sk, D]`` with ``Hq % Hkv == 0`` (query head
     ``h`` uses kv head ``h // (Hq // Hkv)``; materialised here with ``repeat_interleave``).
     Math in fp32 (fp64 for fp64 inputs); ``scale = softmax_scale or 1/sqrt(D)``; causal is
-    bottom-right (see :func:`attention_mask`). A query row with no allowed key returns zeros and
-    an lse of ``-inf``. Returns ``out [B, Hq, Sq, D]`` in q's dtype, and with ``return_lse``
-    also ``lse [B, Hq, Sq]`` (natural log of the row's sum of ``exp(scale * q.k)``) in the
-    compute dtype. ``compute_dtype`` overrides the math's precision (tests pass the input dtype
-    to measure what PyTorch itself loses in fp16/bf16: the yardstick of the error bound)."""
+    bottom-right and ``sliding_window`` keeps the last ``w`` keys of each query (see
+    :func:`attention_mask`). ``softcap = c`` caps the scores as Gemma-2 does:
+    ``s = c * tanh(scale * q.k / c)`` before the mask and softmax. A query row with no allowed
+    key returns zeros and an lse of ``-inf``. Returns ``out [B, Hq, Sq, D]`` in q's dtype, and
+    with ``return_lse`` also ``lse [B, Hq, Sq]`` (natural log of the row's sum of
+    ``exp(s)``) in the compute dtype. ``compute_dtype`` overrides the math's precision (tests
+    pass the input dtype to measure what PyTorch itself loses in fp16/bf16: the yardstick of
+    the error bound)."""
     compute = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     heads_q, seq_q, dim = q.shape[1], q.shape[2], q.shape[3]
     heads_kv, seq_k = k.shape[1], k.shape[2]
@@ -386,8 +393,15 @@ def attention(
         kf = kf.repeat_interleave(group, dim=1)
         vf = vf.repeat_interleave(group, dim=1)
     scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # [B, Hq, Sq, Sk]
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     mask = attention_mask(
-        seq_q, seq_k, causal=causal, key_padding_mask=key_padding_mask, device=q.device
+        seq_q,
+        seq_k,
+        causal=causal,
+        key_padding_mask=key_padding_mask,
+        device=q.device,
+        sliding_window=sliding_window,
     )
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
@@ -405,3 +419,162 @@ def attention(
     if return_lse:
         return out, lse
     return out
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    return_lse: bool = False,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention over packed sequences, the spec of ``fusedops.attention_varlen``.
+
+    ``q [Tq, Hq, D]``, ``k``/``v`` ``[Tk, Hkv, D]`` hold ``N`` sequences back to back:
+    sequence ``n`` is ``q[cu_seqlens_q[n]:cu_seqlens_q[n + 1]]`` and
+    ``k[cu_seqlens_k[n]:cu_seqlens_k[n + 1]]`` (int ``[N + 1]``). Each sequence is attended on
+    its own by :func:`attention` (causal and window bottom-right within the sequence), one
+    sequence at a time. Returns ``out [Tq, Hq, D]`` and with ``return_lse`` ``lse [Hq, Tq]``
+    (flash-attention's layout)."""
+    bounds_q, bounds_k = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    outs, lses = [], []
+    for n in range(len(bounds_q) - 1):
+        # [S, H, D] -> [1, H, S, D]
+        qs = q[bounds_q[n] : bounds_q[n + 1]].transpose(0, 1).unsqueeze(0)
+        ks = k[bounds_k[n] : bounds_k[n + 1]].transpose(0, 1).unsqueeze(0)
+        vs = v[bounds_k[n] : bounds_k[n + 1]].transpose(0, 1).unsqueeze(0)
+        out, lse = attention(
+            qs,
+            ks,
+            vs,
+            causal=causal,
+            softmax_scale=softmax_scale,
+            return_lse=True,
+            compute_dtype=compute_dtype,
+            sliding_window=sliding_window,
+            softcap=softcap,
+        )
+        outs.append(out[0].transpose(0, 1))  # [S, Hq, D]
+        lses.append(lse[0])  # [Hq, S]
+    out = torch.cat(outs, dim=0) if outs else q.new_zeros(q.shape)
+    if not return_lse:
+        return out
+    lse = torch.cat(lses, dim=1) if lses else q.new_zeros((q.shape[1], 0), dtype=torch.float32)
+    return out, lse
+
+
+def _cache_rows(cache: torch.Tensor, b: int, n: int, block_table: torch.Tensor | None):
+    """Key slots ``[0, n)`` of batch ``b`` as a dense ``[n, Hkv, D]`` view (dense cache) or
+    gather (paged cache)."""
+    if block_table is None:
+        return cache[b, :n]
+    block_size = cache.shape[1]
+    slots = torch.arange(n, device=cache.device)
+    blocks = block_table[b].long()[slots // block_size]
+    return cache[blocks, slots % block_size]
+
+
+def _write_cache_rows(cache, b, start, rows, block_table):
+    """Write ``rows [n, Hkv, D]`` into key slots ``[start, start + n)`` of batch ``b``."""
+    slots = torch.arange(start, start + rows.shape[0], device=cache.device)
+    if block_table is None:
+        cache[b, slots] = rows.to(cache.dtype)
+    else:
+        block_size = cache.shape[1]
+        blocks = block_table[b].long()[slots // block_size]
+        cache[blocks, slots % block_size] = rows.to(cache.dtype)
+
+
+def attention_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    *,
+    cache_seqlens: torch.Tensor | int,
+    block_table: torch.Tensor | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    rotary_interleaved: bool = False,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    return_lse: bool = False,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of new queries over a KV cache, the spec of ``fusedops.attention_with_kvcache``
+    (flash-attention's ``flash_attn_with_kvcache``): RoPE, cache append, then attention.
+
+    Args:
+        q: ``[B, Sq, Hq, D]``.
+        k_cache, v_cache: dense ``[B, S_max, Hkv, D]``, or paged ``[num_blocks, block_size,
+            Hkv, D]`` with ``block_table [B, max_blocks]`` (key slot ``j`` of batch ``b`` is
+            row ``j % block_size`` of block ``block_table[b, j // block_size]``).
+        k, v: ``[B, Sq, Hkv, D]`` new keys/values or None. When given they are written **in
+            place** into slots ``[cache_seqlens[b], cache_seqlens[b] + Sq)``.
+        cache_seqlens: keys already in the cache per batch (int ``[B]`` or one int).
+        rotary_cos, rotary_sin: ``[S_rot, R/2]`` (``R <= D``); q and the new k are rotated at
+            positions ``cache_seqlens[b] + t`` before the append (only with k/v given).
+        rotary_interleaved: GPT-J pairs instead of the rotate-half layout.
+        causal, softmax_scale, sliding_window, softcap: as :func:`attention`, with the
+            bottom-right alignment over the ``L_b = cache_seqlens[b] (+ Sq when appending)``
+            keys of batch ``b``.
+    Returns:
+        ``out [B, Sq, Hq, D]`` in q's dtype, and with ``return_lse`` ``lse [B, Hq, Sq]``.
+    """
+    batch, seq_q = q.shape[0], q.shape[1]
+    if isinstance(cache_seqlens, int):
+        cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32)
+    seen = cache_seqlens.tolist()
+    outs, lses = [], []
+    for b in range(batch):
+        qb = q[b : b + 1]  # [1, Sq, Hq, D]
+        total = seen[b]
+        if k is not None:
+            kb, vb = k[b : b + 1], v[b : b + 1]  # [1, Sq, Hkv, D]
+            if rotary_cos is not None:
+                positions = torch.arange(seen[b], seen[b] + seq_q, device=q.device)
+                qb, kb = (
+                    x.transpose(1, 2)
+                    for x in apply_rotary(
+                        qb.transpose(1, 2),
+                        kb.transpose(1, 2),
+                        rotary_cos,
+                        rotary_sin,
+                        positions=positions,
+                        interleaved=rotary_interleaved,
+                        rotary_dim=2 * rotary_cos.shape[-1],
+                    )
+                )
+            _write_cache_rows(k_cache, b, seen[b], kb[0], block_table)
+            _write_cache_rows(v_cache, b, seen[b], vb[0], block_table)
+            total += seq_q
+        keys = _cache_rows(k_cache, b, total, block_table)  # [L_b, Hkv, D]
+        values = _cache_rows(v_cache, b, total, block_table)
+        out, lse = attention(
+            qb.transpose(1, 2),  # [1, Hq, Sq, D]
+            keys.transpose(0, 1).unsqueeze(0),  # [1, Hkv, L_b, D]
+            values.transpose(0, 1).unsqueeze(0),
+            causal=causal,
+            softmax_scale=softmax_scale,
+            return_lse=True,
+            compute_dtype=compute_dtype,
+            sliding_window=sliding_window,
+            softcap=softcap,
+        )
+        outs.append(out.transpose(1, 2))  # [1, Sq, Hq, D]
+        lses.append(lse)  # [1, Hq, Sq]
+    if batch == 0:
+        lse = torch.zeros((0, q.shape[2], seq_q), dtype=torch.float32, device=q.device)
+        return (q.new_zeros(q.shape), lse) if return_lse else q.new_zeros(q.shape)
+    out = torch.cat(outs, dim=0)
+    return (out, torch.cat(lses, dim=0)) if return_lse else out
