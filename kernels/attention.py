@@ -8,10 +8,22 @@ softmax in the exp2 domain and fp32 accumulators:
     s = (q k^T) * scale * log2(e);   m' = max(m, rowmax(s));   p = exp2(s - m')
     l' = l * exp2(m - m') + rowsum(p);   acc' = acc * exp2(m - m') + p v
 
-Masks: key tails (``j < Sk``), bottom-right causal (``j <= i + Sk - Sq``: key blocks past the
-query block's last allowed key are never visited), and an optional ``key_padding_mask[b, j]``
-(True = attend). A row with no allowed key keeps ``l = 0`` and writes zeros with
-``lse = -inf`` (never NaN). ``lse = (m + log2(l)) * ln(2)`` in natural log, fp32.
+Masks: key tails (``j < Sk``), bottom-right causal (``j <= p``, ``p = i + Sk - Sq``: key blocks
+past the query block's last allowed key are never visited), a sliding window of ``w`` keys
+(``j > p - w``: key blocks before the block's first allowed key are never visited either, so a
+prefill costs O(S * w); `key_tile_range` mirrors the loop bounds on the host), and an optional
+``key_padding_mask[b, j]`` (True = attend). Only the tiles that cross the diagonal, the
+window's edge or Sk are masked; the ones fully inside run an unmasked loop. A row with no
+allowed key keeps ``l = 0`` and writes zeros with ``lse = -inf`` (never NaN).
+``lse = (m + log2(l)) * ln(2)`` in natural log, fp32.
+
+Softcap ``c`` (Gemma-2): scores ``c * tanh(scale * q.k / c)``, computed in the exp2 domain as
+``c' * tanh(s / c')`` with ``s = scale * log2(e) * q.k`` and ``c' = c * log2(e)``.
+
+Packed sequences (``VARLEN``, flash-attention's varlen layout): q/k/v ``[T, H, D]`` with int32
+``cu_seqlens`` offsets read in the kernel (no host sync); program ``(m, h, n)`` handles query
+block ``m`` of sequence ``n`` (the grid covers ``max_seqlen_q``; blocks past the sequence's end
+visit no key and store nothing), lse ``[Hq, Tq]``.
 
 Head dims 16..256 that are not powers of two run in a ``BLOCK_D = next_power_of_2(D)`` tile
 with the feature columns masked. fp16/bf16 tiles feed the tensor cores directly
@@ -30,6 +42,7 @@ import triton.language as tl
 from fusedops.constants import LOG2E
 
 from . import INTERPRET
+from ._online_softmax import online_softmax_step
 from ._tuning import configs_in, make_configs, pow2_bucket
 
 MIN_BLOCK_D = 16
@@ -83,9 +96,22 @@ def dot_precision(dtype: torch.dtype, head_dim: int, *, backward: bool = False) 
     return "tf32x3"
 
 
-def forward_config_space(head_dim: int, elem_size: int = 2) -> list[tuple[int, int, int, int]]:
+# Tiles that spill on sm_80 once the sliding-window / softcap / varlen code is in (tanh and the
+# extra loop bounds take registers): measured by tests/attention/test_gpu_compile_attention.py,
+# which compiles every tile with all those flags on. (BLOCK_D, elem_size) -> tiles left out.
+_VARIANT_SPILLS = {
+    (16, 2): {(64, 64, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2)},
+    (128, 2): {(64, 64, 4, 2)},
+    (128, 4): {(32, 32, 4, 2)},
+}
+
+
+def forward_config_space(
+    head_dim: int, elem_size: int = 2, *, variants: bool = False
+) -> list[tuple[int, int, int, int]]:
     """Every (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner may run for ``head_dim``
-    and inputs of ``elem_size`` bytes.
+    and inputs of ``elem_size`` bytes (``variants``: with a sliding window, softcap or packed
+    sequences, which leave out the tiles of ``_VARIANT_SPILLS``).
 
     fp16/bf16: generated from the candidate tiles and kept when the pipelined k/v tiles plus
     the q tile fit the shared-memory budget, the per-thread fp32 accumulator + 2 x score tile
@@ -93,6 +119,9 @@ def forward_config_space(head_dim: int, elem_size: int = 2) -> list[tuple[int, i
     rows and BLOCK_N <= BLOCK_M. fp32: the measured table above.
     """
     block_d = block_d_for(head_dim)
+    if variants:
+        spills = _VARIANT_SPILLS.get((block_d, elem_size), set())
+        return [c for c in forward_config_space(head_dim, elem_size) if c not in spills]
     if elem_size == 4:
         return list(_FP32_TILES[block_d])
     out = []
@@ -132,7 +161,9 @@ def _configs() -> list[triton.Config]:
 def _prune(configs, named_args, **kwargs):
     if INTERPRET:
         return configs[:1]
-    allowed = set(forward_config_space(kwargs["BLOCK_D"], named_args["q_ptr"].element_size()))
+    variants = any(kwargs.get(flag, False) for flag in ("WINDOW", "SOFTCAP", "VARLEN"))
+    elem_size = named_args["q_ptr"].element_size()
+    allowed = set(forward_config_space(kwargs["BLOCK_D"], elem_size, variants=variants))
     fitting = configs_in(configs, allowed, "BLOCK_M", "BLOCK_N", stages=True)
     # Short query sequences (decode, chunks): a 128-row tile would be mostly masked rows.
     if named_args["seq_q_bucket"] <= 64:
@@ -144,6 +175,12 @@ def _prune(configs, named_args, **kwargs):
 def seq_bucket(n: int) -> int:
     """Autotune key for a sequence length: the next power of two, capped at 8192."""
     return pow2_bucket(n, 8192)
+
+
+@triton.jit
+def tanh(x):
+    """tanh in fp32 from one exp2: ``1 - 2 / (e^(2x) + 1)`` (exact limits +-1 at +-inf)."""
+    return 1.0 - 2.0 / (tl.math.exp2(x * 2.8853900817779268) + 1.0)
 
 
 @triton.jit
@@ -166,11 +203,16 @@ def _attend_block(
     stride_vn,
     stride_mn,
     qk_scale,
-    BOUNDARY: tl.constexpr,  # mask keys >= Sk (and the causal diagonal when CAUSAL)
+    window,  # sliding window w (read only when WINDOW)
+    cap,  # softcap c * log2(e) (read only when SOFTCAP)
+    cap_inv,  # 1 / cap
+    BOUNDARY: tl.constexpr,  # mask keys >= Sk, the causal diagonal and the window's edge
     HAS_MASK: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr,
     CAUSAL: tl.constexpr = False,
+    WINDOW: tl.constexpr = False,
 ):
     """One online-softmax step over keys [start_n, start_n + BLOCK_N)."""
     cols = start_n + offs_n  # [BN]
@@ -186,10 +228,14 @@ def _attend_block(
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BM, BN]
+    if SOFTCAP:
+        s = cap * tanh(s * cap_inv)
     if BOUNDARY:
         allowed = n_ok[None, :]
         if CAUSAL:
             allowed = allowed & (cols[None, :] <= offs_m[:, None] + diag)
+        if WINDOW:
+            allowed = allowed & (cols[None, :] > offs_m[:, None] + (diag - window))
         if HAS_MASK:
             keep = tl.load(mask_row + cols * stride_mn, mask=n_ok, other=0)
             allowed = allowed & (keep != 0)[None, :]
@@ -198,36 +244,36 @@ def _attend_block(
         keep = tl.load(mask_row + cols * stride_mn)
         s = tl.where((keep != 0)[None, :], s, float("-inf"))
 
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    # Rows with nothing allowed yet keep m = -inf: subtract 0 instead (exp2(-inf) = 0).
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.math.exp2(m_i - m_use)
-    p = tl.math.exp2(s - m_use[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-    return acc, l_i, m_new
+    return online_softmax_step(acc, l_i, m_i, s, v, DOT_PRECISION)
 
 
 @triton.autotune(
     configs=_configs(),
-    key=["seq_q_bucket", "seq_k_bucket", "BLOCK_D", "CAUSAL", "HAS_MASK"],
+    key=[
+        "seq_q_bucket", "seq_k_bucket", "BLOCK_D", "CAUSAL", "HAS_MASK", "WINDOW", "SOFTCAP",
+        "VARLEN",
+    ],
     prune_configs_by={"early_config_prune": _prune},
-)
+)  # fmt: skip
 @triton.jit
 def attention_fwd_kernel(
-    q_ptr,  # [B, Hq, Sq, D]
-    k_ptr,  # [B, Hkv, Sk, D]
-    v_ptr,  # [B, Hkv, Sk, D]
+    q_ptr,  # [B, Hq, Sq, D] (VARLEN: [Tq, Hq, D], batch strides 0)
+    k_ptr,  # [B, Hkv, Sk, D] (VARLEN: [Tk, Hkv, D])
+    v_ptr,  # [B, Hkv, Sk, D] (VARLEN: [Tk, Hkv, D])
     mask_ptr,  # [B, Sk] uint8 (read only when HAS_MASK)
-    out_ptr,  # [B, Hq, Sq, D]
-    lse_ptr,  # [B, Hq, Sq] fp32
-    seq_q,
+    out_ptr,  # [B, Hq, Sq, D] (VARLEN: [Tq, Hq, D])
+    lse_ptr,  # [B, Hq, Sq] fp32 (VARLEN: [Hq, Tq])
+    cu_q_ptr,  # [N + 1] int32 sequence starts in q (read only when VARLEN)
+    cu_k_ptr,  # [N + 1] int32 sequence starts in k/v (read only when VARLEN)
+    counts_ptr,  # [grid size] int32 key tiles visited per program (written only when COUNT_TILES)
+    seq_q,  # VARLEN: unused (each sequence's length comes from cu_q)
     seq_k,
     group,  # Hq // Hkv
     seq_q_bucket,  # autotune keys only
     seq_k_bucket,
     qk_scale,  # softmax_scale * log2(e)
+    window,  # sliding window w >= 1 (read only when WINDOW)
+    cap,  # softcap c * log2(e) (read only when SOFTCAP)
     stride_qb,
     stride_qh,
     stride_qm,
@@ -253,24 +299,42 @@ def attention_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    # Variants as flags, so that the dense causal kernel carries none of their code:
+    WINDOW: tl.constexpr = False,  # sliding window (CAUSAL too): keys p - w < j <= p only
+    SOFTCAP: tl.constexpr = False,  # scores c * tanh(s / c)
+    VARLEN: tl.constexpr = False,  # packed sequences: program_id(2) is the sequence
+    COUNT_TILES: tl.constexpr = False,  # debug: store the number of key tiles visited
 ):
-    # Grid (query blocks, Hq, B): neighbouring programs share a head's k/v; B and Hq on the
-    # 65535-limited grid axes.
+    # Grid (query blocks, Hq, B or N): neighbouring programs share a head's k/v; B and Hq on
+    # the 65535-limited grid axes.
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
     kvh = h // group
     b64 = b.to(tl.int64)
 
+    q_base = q_ptr + b64 * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = k_ptr + b64 * stride_kb + kvh.to(tl.int64) * stride_kh
+    v_base = v_ptr + b64 * stride_vb + kvh.to(tl.int64) * stride_vh
+    o_base = out_ptr + b64 * stride_ob + h.to(tl.int64) * stride_oh
+    l_base = lse_ptr + b64 * stride_lb + h.to(tl.int64) * stride_lh
+    if VARLEN:
+        # Sequence b holds rows [cu[b], cu[b + 1]) of the packed tensors (batch strides 0).
+        q_start = tl.load(cu_q_ptr + b)
+        k_start = tl.load(cu_k_ptr + b)
+        seq_q = tl.load(cu_q_ptr + b + 1) - q_start
+        seq_k = tl.load(cu_k_ptr + b + 1) - k_start
+        q_base += q_start.to(tl.int64) * stride_qm
+        k_base += k_start.to(tl.int64) * stride_kn
+        v_base += k_start.to(tl.int64) * stride_vn
+        o_base += q_start.to(tl.int64) * stride_om
+        l_base += q_start.to(tl.int64) * stride_lm
+
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     offs_n = tl.arange(0, BLOCK_N)  # [BN]
     offs_d = tl.arange(0, BLOCK_D)  # [BD]
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < seq_q
-
-    q_base = q_ptr + b64 * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = k_ptr + b64 * stride_kb + kvh.to(tl.int64) * stride_kh
-    v_base = v_ptr + b64 * stride_vb + kvh.to(tl.int64) * stride_vh
 
     q_ptrs = q_base + offs_m.to(tl.int64)[:, None] * stride_qm + offs_d[None, :]
     q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
@@ -280,41 +344,70 @@ def attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    cap_inv = 1.0 / cap
+    mask_row = mask_ptr + b64 * stride_mb
+    visited = tl.full([], 0, tl.int32)
 
-    # Bottom-right causal: query i sees keys j <= i + Sk - Sq.
+    # Key tiles [lo, hi) are visited (see key_tile_range): bottom-right causal, query i sees
+    # keys j <= i + Sk - Sq; with a window also j > i + Sk - Sq - w. A program past its
+    # sequence's end (VARLEN) visits none.
     diag = seq_k - seq_q
-    hi = tl.minimum(seq_k, (pid_m + 1) * BLOCK_M + diag) if CAUSAL else seq_k
+    keys = tl.where(pid_m * BLOCK_M < seq_q, seq_k, 0) if VARLEN else seq_k
+    hi = tl.minimum(keys, (pid_m + 1) * BLOCK_M + diag) if CAUSAL else keys
+    lo = 0
+    if WINDOW:
+        lo = tl.maximum(pid_m * BLOCK_M + diag - window + 1, 0) // BLOCK_N * BLOCK_N
 
-    # Key blocks [0, n_full) lie inside Sk and, when causal, before the first row's diagonal:
-    # no bounds or causal mask there (the padding mask, when given, still applies). fp32
-    # (tf32x3) tiles have no registers for a second copy of the loop body: one masked loop.
+    # Key blocks [n_lo, n_full) lie inside Sk and, when causal, before the first row's diagonal
+    # and (window) at or after the last row's window start: no bounds, causal or window mask
+    # there (the padding mask, when given, still applies). fp32 (tf32x3) tiles have no
+    # registers for a second copy of the loop body: one masked loop.
     if DOT_PRECISION == "tf32x3":
-        n_full = 0
+        n_lo = lo
+        n_full = lo
     else:
-        n_full = tl.maximum(tl.minimum(seq_k, pid_m * BLOCK_M + diag + 1), 0) if CAUSAL else seq_k
+        n_full = tl.maximum(tl.minimum(keys, pid_m * BLOCK_M + diag + 1), 0) if CAUSAL else keys
         n_full = (n_full // BLOCK_N) * BLOCK_N
-        for start_n in range(0, n_full, BLOCK_N):
+        n_lo = lo
+        if WINDOW:
+            n_lo = tl.maximum((pid_m + 1) * BLOCK_M + diag - window, 0)
+            n_lo = tl.minimum(tl.cdiv(n_lo, BLOCK_N) * BLOCK_N, n_full)
+            # The window's lower edge: masked.
+            for start_n in range(lo, n_lo, BLOCK_N):
+                acc, l_i, m_i = _attend_block(
+                    acc, l_i, m_i, q, k_base, v_base, mask_row, start_n, offs_m, offs_n, offs_d,
+                    d_ok, seq_k, diag, stride_kn, stride_vn, stride_mn, qk_scale, window, cap,
+                    cap_inv, True, HAS_MASK, UPCAST, DOT_PRECISION, SOFTCAP, CAUSAL, WINDOW,
+                )  # fmt: skip
+                if COUNT_TILES:
+                    visited += 1
+        for start_n in range(n_lo, n_full, BLOCK_N):
             acc, l_i, m_i = _attend_block(
-                acc, l_i, m_i, q, k_base, v_base, mask_ptr + b64 * stride_mb, start_n, offs_m,
-                offs_n, offs_d, d_ok, seq_k, diag, stride_kn, stride_vn, stride_mn, qk_scale,
-                False, HAS_MASK, UPCAST, DOT_PRECISION,
+                acc, l_i, m_i, q, k_base, v_base, mask_row, start_n, offs_m, offs_n, offs_d,
+                d_ok, seq_k, diag, stride_kn, stride_vn, stride_mn, qk_scale, window, cap,
+                cap_inv, False, HAS_MASK, UPCAST, DOT_PRECISION, SOFTCAP,
             )  # fmt: skip
+            if COUNT_TILES:
+                visited += 1
     for start_n in range(n_full, hi, BLOCK_N):
         acc, l_i, m_i = _attend_block(
-            acc, l_i, m_i, q, k_base, v_base, mask_ptr + b64 * stride_mb, start_n, offs_m,
-            offs_n, offs_d, d_ok, seq_k, diag, stride_kn, stride_vn, stride_mn, qk_scale,
-            True, HAS_MASK, UPCAST, DOT_PRECISION, CAUSAL,
+            acc, l_i, m_i, q, k_base, v_base, mask_row, start_n, offs_m, offs_n, offs_d, d_ok,
+            seq_k, diag, stride_kn, stride_vn, stride_mn, qk_scale, window, cap, cap_inv, True,
+            HAS_MASK, UPCAST, DOT_PRECISION, SOFTCAP, CAUSAL, WINDOW,
         )  # fmt: skip
+        if COUNT_TILES:
+            visited += 1
+    if COUNT_TILES:
+        pid = (b * tl.num_programs(1) + h) * tl.num_programs(0) + pid_m
+        tl.store(counts_ptr + pid, visited)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    o_ptrs = out_ptr + b64 * stride_ob + h.to(tl.int64) * stride_oh
-    o_ptrs = o_ptrs + offs_m.to(tl.int64)[:, None] * stride_om + offs_d[None, :]
+    o_ptrs = o_base + offs_m.to(tl.int64)[:, None] * stride_om + offs_d[None, :]
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-    l_ptrs = lse_ptr + b64 * stride_lb + h.to(tl.int64) * stride_lh + offs_m * stride_lm
-    tl.store(l_ptrs, lse, mask=m_ok)
+    tl.store(l_base + offs_m * stride_lm, lse, mask=m_ok)
 
 
 # ---------------------------------------------------------------------------- launcher
@@ -344,6 +437,77 @@ def mask_args(
     return mask, int(stride_b), int(stride_k)
 
 
+def key_tile_range(
+    start_m: int,
+    block_m: int,
+    block_n: int,
+    seq_q: int,
+    seq_k: int,
+    *,
+    causal: bool,
+    sliding_window: int | None = None,
+) -> tuple[int, int]:
+    """Keys ``[lo, hi)`` whose tiles the forward program of the query block starting at row
+    ``start_m`` visits (``lo`` a multiple of ``block_n``; no tile when ``hi <= lo``): the loop
+    bounds of ``attention_fwd_kernel``, as the launchers set them up (a window of ``>= Sk``
+    keys is plain causal)."""
+    diag = seq_k - seq_q
+    hi = min(seq_k, start_m + block_m + diag) if causal else seq_k
+    lo = 0
+    if sliding_window is not None and sliding_window < seq_k:
+        lo = max(start_m + diag - sliding_window + 1, 0) // block_n * block_n
+    return lo, hi
+
+
+def visited_key_tiles(
+    seq_q: int,
+    seq_k: int,
+    block_m: int,
+    block_n: int,
+    *,
+    causal: bool,
+    sliding_window: int | None = None,
+) -> int:
+    """Key tiles the forward kernel visits for one (batch, head): the sum of
+    :func:`key_tile_range` over the query blocks (the kernel's ``COUNT_TILES`` total)."""
+    total = 0
+    for start_m in range(0, seq_q, block_m):
+        lo, hi = key_tile_range(
+            start_m, block_m, block_n, seq_q, seq_k, causal=causal, sliding_window=sliding_window
+        )
+        total += max(0, triton.cdiv(hi - lo, block_n))
+    return total
+
+
+def variant_args(
+    op: str,
+    *,
+    causal: bool,
+    softmax_scale: float,
+    sliding_window: int | None,
+    softcap: float | None,
+    max_seq_k: int,
+) -> tuple[int, float, dict[str, bool]]:
+    """``(window, cap, flags)`` of the kernels' window / softcap variants: the window in keys
+    (a window of ``>= max_seq_k`` keys is plain causal: flag off), ``cap = softcap * log2(e)``
+    (1.0 when off) and the ``WINDOW`` / ``SOFTCAP`` constexprs. Raises ValueError naming ``op``
+    on a window without ``causal``, a window < 1 or a softcap <= 0."""
+    window = 0
+    if sliding_window is not None:
+        if not causal:
+            raise ValueError(f"{op}: sliding_window={sliding_window} needs causal=True")
+        if int(sliding_window) < 1:
+            raise ValueError(f"{op}: sliding_window must be >= 1, got {sliding_window}")
+        window = int(sliding_window) if int(sliding_window) < max_seq_k else 0
+    cap = 1.0
+    if softcap is not None:
+        if not float(softcap) > 0.0:
+            raise ValueError(f"{op}: softcap must be > 0, got {softcap}")
+        cap = float(softcap) * LOG2E
+    del softmax_scale  # the same in every variant
+    return window, cap, {"WINDOW": window > 0, "SOFTCAP": softcap is not None}
+
+
 def attention_forward(
     q: torch.Tensor,  # [B, Hq, Sq, D], stride(-1) == 1
     k: torch.Tensor,  # [B, Hkv, Sk, D], stride(-1) == 1
@@ -354,11 +518,23 @@ def attention_forward(
     causal: bool,
     softmax_scale: float,
     key_padding_mask: torch.Tensor | None,  # [B, Sk] bool, True = attend
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    tile_counts: torch.Tensor | None = None,  # int32, >= B * Hq * cdiv(Sq, 16), zeroed
 ) -> None:
     """Write ``out`` and ``lse`` for attention of q over k/v (inputs validated by the ops
-    layer: equal dtypes, Hq % Hkv == 0, 16 <= D <= 256, contiguous last dims)."""
+    layer: equal dtypes, Hq % Hkv == 0, 16 <= D <= 256, contiguous last dims).
+
+    ``sliding_window=w`` (needs ``causal``): query ``i`` sees keys ``p - w < j <= p``,
+    ``p = i + Sk - Sq``; key tiles outside the band are skipped. ``softcap=c``: scores
+    ``c * tanh(scale * q.k / c)``. ``tile_counts`` (debug): each program stores the number
+    of key tiles it visited at its own index; their sum is :func:`visited_key_tiles` per head."""
     batch, n_heads_q, seq_q, head_dim = q.shape
     n_heads_kv, seq_k = k.shape[1], k.shape[2]
+    window, cap, flags = variant_args(
+        "attention", causal=causal, softmax_scale=softmax_scale, sliding_window=sliding_window,
+        softcap=softcap, max_seq_k=seq_k,
+    )  # fmt: skip
     if batch * n_heads_q * seq_q == 0:
         return
     if seq_k == 0:
@@ -372,40 +548,81 @@ def attention_forward(
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
 
     attention_fwd_kernel[grid](
-        q,
-        k,
-        v,
-        mask,
-        out,
-        lse,
-        seq_q,
-        seq_k,
-        n_heads_q // n_heads_kv,
-        seq_bucket(seq_q),
-        seq_bucket(seq_k),
-        float(softmax_scale) * LOG2E,
-        *q.stride()[:3],
-        *k.stride()[:3],
-        *v.stride()[:3],
-        stride_mb,
-        stride_mn,
-        *out.stride()[:3],
-        *lse.stride(),
-        HEAD_DIM=head_dim,
-        CAUSAL=bool(causal),
-        HAS_MASK=key_padding_mask is not None,
-        UPCAST=INTERPRET,
-        DOT_PRECISION=dot_precision(q.dtype, head_dim),
-        BLOCK_D=block_d_for(head_dim),
-    )
+        q, k, v, mask, out, lse, q, q, q if tile_counts is None else tile_counts,
+        seq_q, seq_k, n_heads_q // n_heads_kv, seq_bucket(seq_q), seq_bucket(seq_k),
+        float(softmax_scale) * LOG2E, window, cap,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], stride_mb, stride_mn,
+        *out.stride()[:3], *lse.stride(),
+        HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_MASK=key_padding_mask is not None,
+        UPCAST=INTERPRET, DOT_PRECISION=dot_precision(q.dtype, head_dim),
+        BLOCK_D=block_d_for(head_dim), VARLEN=False, COUNT_TILES=tile_counts is not None,
+        **flags,
+    )  # fmt: skip
+
+
+def attention_varlen_forward(
+    q: torch.Tensor,  # [Tq, Hq, D], stride(-1) == 1
+    k: torch.Tensor,  # [Tk, Hkv, D], stride(-1) == 1
+    v: torch.Tensor,  # [Tk, Hkv, D], stride(-1) == 1
+    out: torch.Tensor,  # [Tq, Hq, D] q.dtype, stride(-1) == 1
+    lse: torch.Tensor,  # [Hq, Tq] fp32
+    cu_seqlens_q: torch.Tensor,  # [N + 1] int32, cu[0] = 0, cu[N] = Tq
+    cu_seqlens_k: torch.Tensor,  # [N + 1] int32, cu[0] = 0, cu[N] = Tk
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool,
+    softmax_scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    tile_counts: torch.Tensor | None = None,  # int32, >= N * Hq * cdiv(max_seqlen_q, 16)
+) -> None:
+    """Write ``out`` and ``lse`` for packed sequences: sequence ``s`` is rows
+    ``[cu_seqlens_q[s], cu_seqlens_q[s + 1])`` of q attending over rows
+    ``[cu_seqlens_k[s], cu_seqlens_k[s + 1])`` of k/v, with :func:`attention_forward`'s
+    semantics per sequence (bottom-right causal per sequence). No host sync: the offsets are
+    read in the kernel, the grid comes from ``max_seqlen_q`` (every sequence must be at most
+    ``max_seqlen_q`` / ``max_seqlen_k`` long: the ops layer's contract). Rows with no allowed
+    key (e.g. of a sequence without keys) get zeros and lse ``-inf``; rows past
+    ``cu_seqlens_q[N]`` are not written."""
+    total_q, n_heads_q, head_dim = q.shape
+    n_heads_kv = k.shape[1]
+    n_seqs = cu_seqlens_q.shape[0] - 1
+    window, cap, flags = variant_args(
+        "attention_varlen", causal=causal, softmax_scale=softmax_scale,
+        sliding_window=sliding_window, softcap=softcap, max_seq_k=max_seqlen_k,
+    )  # fmt: skip
+    if total_q * n_heads_q == 0 or n_seqs <= 0 or max_seqlen_q <= 0:
+        return
+    check_grid(n_seqs, n_heads_q, max_seqlen_q)
+
+    def grid(meta):
+        return (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), n_heads_q, n_seqs)
+
+    attention_fwd_kernel[grid](
+        q, k, v, q, out, lse, cu_seqlens_q, cu_seqlens_k,
+        q if tile_counts is None else tile_counts,
+        max_seqlen_q, max_seqlen_k, n_heads_q // n_heads_kv, seq_bucket(max_seqlen_q),
+        seq_bucket(max_seqlen_k), float(softmax_scale) * LOG2E, window, cap,
+        0, q.stride(1), q.stride(0), 0, k.stride(1), k.stride(0), 0, v.stride(1), v.stride(0),
+        0, 0, 0, out.stride(1), out.stride(0), 0, lse.stride(0), lse.stride(1),
+        HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_MASK=False, UPCAST=INTERPRET,
+        DOT_PRECISION=dot_precision(q.dtype, head_dim), BLOCK_D=block_d_for(head_dim),
+        VARLEN=True, COUNT_TILES=tile_counts is not None, **flags,
+    )  # fmt: skip
 
 
 __all__ = [
     "MAX_GRID_YZ",
     "attention_forward",
+    "attention_varlen_forward",
     "block_d_for",
     "check_grid",
     "dot_precision",
     "forward_config_space",
+    "key_tile_range",
     "mask_args",
+    "tanh",
+    "variant_args",
+    "visited_key_tiles",
 ]

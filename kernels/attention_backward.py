@@ -11,10 +11,16 @@ Three launches, all deterministic (no atomics):
 3. ``_bwd_dq``: one program per query block of one q head, looping over the key blocks it may
    attend: ``dQ += (P * (dO V^T - delta)) K``.
 
-Key ``j`` is allowed for query ``i`` iff ``j < Sk``, ``key_padding_mask[b, j]`` (when given) and,
-when causal, ``j <= i + Sk - Sq`` (bottom-right). A disallowed pair has ``P = 0``; a row with no
-allowed key (lse = -inf) therefore gets zero ``dq`` and adds nothing to ``dk``/``dv``. Head dims
-that are not powers of two run in a padded ``BLOCK_D`` tile with masked columns.
+Key ``j`` is allowed for query ``i`` iff ``j < Sk``, ``key_padding_mask[b, j]`` (when given),
+when causal ``j <= p = i + Sk - Sq`` (bottom-right) and with a sliding window ``j > p - w``:
+both loops visit only the blocks inside that band (dk/dv: the query rows that can see the key
+block; dq: the key tiles the query block can see). A disallowed pair has ``P = 0``; a row with
+no allowed key (lse = -inf) therefore gets zero ``dq`` and adds nothing to ``dk``/``dv``. Head
+dims that are not powers of two run in a padded ``BLOCK_D`` tile with masked columns.
+
+Softcap ``c``: the scores are recomputed as ``c * tanh(x / c)`` of ``x = scale * q.k`` and
+``dS`` is multiplied by ``1 - tanh^2``. Packed sequences (``VARLEN``): as in the forward, with
+``program_id(2)`` the sequence and ``cu_seqlens`` read in the kernels.
 
 Scores are handled in base 2: ``exp(s * scale - lse) = exp2(s * scale * log2(e) - lse * log2(e))``.
 """
@@ -29,7 +35,15 @@ from fusedops.constants import LOG2E
 
 from . import INTERPRET
 from ._tuning import configs_in, make_configs
-from .attention import block_d_for, check_grid, dot_precision, mask_args, seq_bucket
+from .attention import (
+    block_d_for,
+    check_grid,
+    dot_precision,
+    mask_args,
+    seq_bucket,
+    tanh,
+    variant_args,
+)
 
 _LOG2E = tl.constexpr(LOG2E)  # as the kernels read it
 
@@ -51,7 +65,9 @@ _DQ_SPACE = {
     32: ((64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
     64: ((64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
     128: ((64, 64, 8, 1), (64, 64, 8, 2)),
-    256: ((32, 32, 4, 1), (32, 16, 4, 1), (64, 16, 4, 1)),  # the last: wgmma on sm_90
+    # (64, 16, 4, 1) (wgmma on sm_90) sat at 255 registers on sm_80 and spilled 8 bytes once
+    # the kernel gained the window / softcap / varlen arguments: left out.
+    256: ((32, 32, 4, 1), (32, 16, 4, 1)),
 }
 # fp32 inputs (tf32x3 dots: three tensor-core products per dot, fp32 operands) need smaller
 # tiles. At BLOCK_D 256 every tf32x3 tile spilled (132..11940 bytes on sm_80): those dots run
@@ -72,16 +88,29 @@ _DQ_SPACE_FP32 = {
 }
 
 
+# Tiles that spill once the sliding-window / softcap / varlen code is in (the tanh tile stays
+# live across the dP product): measured by tests/attention/test_gpu_compile_attention_backward.py,
+# which compiles every tile with all those flags on. (kernel, BLOCK_D, fp32) -> tiles left out.
+_VARIANT_SPILLS = {
+    ("dkdv", 64, False): {(64, 64, 8, 1)},  # sm_80: 20 bytes
+    ("dkdv", 256, False): {(16, 32, 4, 1)},  # sm_90: 12 bytes
+    ("dkdv", 256, True): {(16, 16, 4, 1)},  # sm_90: 12 bytes
+}
+
+
 def backward_config_space(
-    head_dim: int, kernel: str = "dkdv", fp32: bool = False
+    head_dim: int, kernel: str = "dkdv", fp32: bool = False, *, variants: bool = False
 ) -> list[tuple[int, int, int, int]]:
     """Every (BLOCK_M, BLOCK_N, num_warps, num_stages) ``kernel`` ("dkdv" or "dq") may run for
-    ``head_dim`` (``fp32``: for float32 inputs)."""
+    ``head_dim`` (``fp32``: for float32 inputs; ``variants``: with a sliding window, softcap or
+    packed sequences, which leave out the tiles of ``_VARIANT_SPILLS``)."""
     if fp32:
         space = _DKDV_SPACE_FP32 if kernel == "dkdv" else _DQ_SPACE_FP32
     else:
         space = _DKDV_SPACE if kernel == "dkdv" else _DQ_SPACE
-    return list(space[block_d_for(head_dim)])
+    block_d = block_d_for(head_dim)
+    spills = _VARIANT_SPILLS.get((kernel, block_d, fp32), set()) if variants else set()
+    return [c for c in space[block_d] if c not in spills]
 
 
 def preprocess_block_m(head_dim: int) -> int:
@@ -103,7 +132,8 @@ def _pruner(kernel: str):
     def prune(configs, named_args, **kwargs):
         """Keep the configs of this call's head dim (one small one under the interpreter)."""
         fp32 = named_args["q_ptr"].dtype == torch.float32
-        allowed = backward_config_space(kwargs["BLOCK_D"], kernel, fp32)
+        variants = any(kwargs.get(flag, False) for flag in ("WINDOW", "SOFTCAP", "VARLEN"))
+        allowed = backward_config_space(kwargs["BLOCK_D"], kernel, fp32, variants=variants)
         fitting = configs_in(configs, allowed, "BLOCK_M", "BLOCK_N", stages=True)
         if INTERPRET:
             # No benchmarking without a driver; small tiles keep the interpreter's tests cheap.
@@ -113,7 +143,10 @@ def _pruner(kernel: str):
     return prune
 
 
-_KEY = ["seq_q_bucket", "seq_k_bucket", "BLOCK_D", "CAUSAL", "HAS_MASK", "GROUP"]
+_KEY = [
+    "seq_q_bucket", "seq_k_bucket", "BLOCK_D", "CAUSAL", "HAS_MASK", "GROUP", "WINDOW",
+    "SOFTCAP", "VARLEN",
+]  # fmt: skip
 
 
 @triton.jit
@@ -161,22 +194,25 @@ def _bwd_preprocess(
 )
 @triton.jit
 def _bwd_dkdv(
-    q_ptr,
-    k_ptr,
+    q_ptr,  # [B, Hq, Sq, D] (VARLEN: [Tq, Hq, D], batch strides 0)
+    k_ptr,  # [B, Hkv, Sk, D] (VARLEN: [Tk, Hkv, D])
     v_ptr,
     do_ptr,
-    lse_ptr,  # [B, Hq, Sq] fp32 natural-log logsumexp of the scaled scores
-    delta_ptr,  # [B, Hq, Sq] fp32, contiguous
+    lse_ptr,  # [B, Hq, Sq] fp32 natural-log logsumexp of the scores (VARLEN: [Hq, Tq])
+    delta_ptr,  # [B, Hq, Sq] fp32 (VARLEN: [Hq, Tq]), rows contiguous
     mask_ptr,  # [B, Sk] uint8 key padding mask (1 = attend), read only when HAS_MASK
+    cu_q_ptr,  # [N + 1] int32 sequence starts in q (read only when VARLEN)
+    cu_k_ptr,  # [N + 1] int32 sequence starts in k/v (read only when VARLEN)
     dk_ptr,
     dv_ptr,
-    seq_q,
+    seq_q,  # VARLEN: unused (each sequence's length comes from cu_q)
     seq_k,
-    n_heads_q,
     seq_q_bucket,  # autotune keys only
     seq_k_bucket,
     qk_scale,  # softmax_scale * log2(e)
     softmax_scale,
+    window,  # sliding window w >= 1 (read only when WINDOW)
+    cap,  # softcap c * log2(e) (read only when SOFTCAP)
     stride_qb,
     stride_qh,
     stride_qs,
@@ -192,6 +228,8 @@ def _bwd_dkdv(
     stride_lb,
     stride_lh,
     stride_ls,
+    stride_deltab,
+    stride_deltah,
     stride_mb,
     stride_mk,
     stride_dkb,
@@ -209,11 +247,31 @@ def _bwd_dkdv(
     PRECISION: tl.constexpr,  # tl.dot input precision ("tf32x3" for fp32 inputs)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    # Variants as flags, so that the dense causal kernel carries none of their code:
+    WINDOW: tl.constexpr = False,  # sliding window (CAUSAL too): keys p - w < j <= p only
+    SOFTCAP: tl.constexpr = False,  # scores c * tanh(s / c)
+    VARLEN: tl.constexpr = False,  # packed sequences: program_id(2) is the sequence
 ):
     pid_n = tl.program_id(0)
     hk = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     dt = k_ptr.dtype.element_ty
+
+    k_base = k_ptr + b * stride_kb + hk * stride_kh
+    v_base = v_ptr + b * stride_vb + hk * stride_vh
+    dk_base = dk_ptr + b * stride_dkb + hk * stride_dkh
+    dv_base = dv_ptr + b * stride_dvb + hk * stride_dvh
+    q_row0 = tl.zeros([], tl.int64)  # VARLEN: the sequence's first row in q/dO/lse/delta
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + b)
+        k_start = tl.load(cu_k_ptr + b)
+        seq_q = tl.load(cu_q_ptr + b + 1) - q_start
+        seq_k = tl.load(cu_k_ptr + b + 1) - k_start
+        q_row0 = q_start.to(tl.int64)
+        k_base += k_start.to(tl.int64) * stride_ks
+        v_base += k_start.to(tl.int64) * stride_vs
+        dk_base += k_start.to(tl.int64) * stride_dks
+        dv_base += k_start.to(tl.int64) * stride_dvs
 
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -224,16 +282,8 @@ def _bwd_dkdv(
     n_ok = offs_n < seq_k
     kv_mask = n_ok[:, None] & d_ok[None, :]
 
-    k = tl.load(
-        k_ptr + b * stride_kb + hk * stride_kh + offs_n64[:, None] * stride_ks + offs_d[None, :],
-        mask=kv_mask,
-        other=0.0,
-    )
-    v = tl.load(
-        v_ptr + b * stride_vb + hk * stride_vh + offs_n64[:, None] * stride_vs + offs_d[None, :],
-        mask=kv_mask,
-        other=0.0,
-    )
+    k = tl.load(k_base + offs_n64[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n64[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -245,20 +295,27 @@ def _bwd_dkdv(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    # Causal: query i sees key j iff i >= j - (Sk - Sq); the first query row this key block
-    # can reach, rounded down to a query block.
+    # Query rows [lo, hi) that can see this key block. Causal: query i sees key j iff
+    # i >= j - (Sk - Sq) (lo rounded down to a query block); window: also i < j - (Sk - Sq) + w.
+    # A program past its sequence's end (VARLEN) visits none.
+    diag = seq_k - seq_q
     lo = 0
+    hi = seq_q
     if CAUSAL:
-        lo = tl.maximum(start_n - (seq_k - seq_q), 0)
+        lo = tl.maximum(start_n - diag, 0)
         lo = (lo // BLOCK_M) * BLOCK_M
+    if WINDOW:
+        hi = tl.minimum(seq_q, start_n + BLOCK_N - 1 - diag + window)
+    if VARLEN:
+        hi = tl.where(start_n < seq_k, hi, 0)
 
     for g in range(GROUP):
         hq = hk * GROUP + g
-        q_base = q_ptr + b * stride_qb + hq * stride_qh
-        do_base = do_ptr + b * stride_dob + hq * stride_doh
-        lse_base = lse_ptr + b * stride_lb + hq * stride_lh
-        delta_base = delta_ptr + (b * n_heads_q + hq) * seq_q
-        for start_m in range(lo, seq_q, BLOCK_M):
+        q_base = q_ptr + b * stride_qb + hq * stride_qh + q_row0 * stride_qs
+        do_base = do_ptr + b * stride_dob + hq * stride_doh + q_row0 * stride_dos
+        lse_base = lse_ptr + b * stride_lb + hq * stride_lh + q_row0 * stride_ls
+        delta_base = delta_ptr + b * stride_deltab + hq * stride_deltah + q_row0
+        for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + offs_m0
             offs_m64 = offs_m.to(tl.int64)
             m_ok = offs_m < seq_q
@@ -279,40 +336,36 @@ def _bwd_dkdv(
             s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
             ok = key_ok[:, None] & m_ok[None, :]
             if CAUSAL:
-                ok = ok & (offs_n[:, None] <= offs_m[None, :] + (seq_k - seq_q))
+                ok = ok & (offs_n[:, None] <= offs_m[None, :] + diag)
+            if WINDOW:
+                ok = ok & (offs_n[:, None] > offs_m[None, :] + (diag - window))
+            if SOFTCAP:
+                # s = c tanh(x / c) of x = scale * q.k: ds/dx = 1 - tanh^2.
+                t_t = tanh(s_t * (qk_scale / cap))
+                s_t = t_t * cap
+            else:
+                s_t = s_t * qk_scale
             # lse = -inf only for rows with no allowed key, whose entries `ok` drops here.
             lse2 = lse * _LOG2E
-            p_t = tl.where(ok, tl.math.exp2(s_t * qk_scale - lse2[None, :]), 0.0)
+            p_t = tl.where(ok, tl.math.exp2(s_t - lse2[None, :]), 0.0)
             if UPCAST:
                 dv += tl.dot(p_t, do, input_precision=PRECISION)
             else:
                 dv += tl.dot(p_t.to(dt), do, input_precision=PRECISION)
             dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
             ds_t = p_t * (dp_t - delta[None, :])
+            if SOFTCAP:
+                ds_t = ds_t * (1.0 - t_t * t_t)
             if UPCAST:
                 dk += tl.dot(ds_t, q, input_precision=PRECISION)
             else:
                 dk += tl.dot(ds_t.to(dt), q, input_precision=PRECISION)
 
     dk = dk * softmax_scale
-    tl.store(
-        dk_ptr
-        + b * stride_dkb
-        + hk * stride_dkh
-        + offs_n64[:, None] * stride_dks
-        + offs_d[None, :],
-        dk.to(dk_ptr.dtype.element_ty),
-        mask=kv_mask,
-    )
-    tl.store(
-        dv_ptr
-        + b * stride_dvb
-        + hk * stride_dvh
-        + offs_n64[:, None] * stride_dvs
-        + offs_d[None, :],
-        dv.to(dv_ptr.dtype.element_ty),
-        mask=kv_mask,
-    )
+    dk_ptrs = dk_base + offs_n64[:, None] * stride_dks + offs_d[None, :]
+    tl.store(dk_ptrs, dk.to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    dv_ptrs = dv_base + offs_n64[:, None] * stride_dvs + offs_d[None, :]
+    tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
 
 @triton.autotune(
@@ -329,14 +382,17 @@ def _bwd_dq(
     lse_ptr,
     delta_ptr,
     mask_ptr,
+    cu_q_ptr,
+    cu_k_ptr,
     dq_ptr,
     seq_q,
     seq_k,
-    n_heads_q,
     seq_q_bucket,
     seq_k_bucket,
     qk_scale,
     softmax_scale,
+    window,
+    cap,
     stride_qb,
     stride_qh,
     stride_qs,
@@ -352,6 +408,8 @@ def _bwd_dq(
     stride_lb,
     stride_lh,
     stride_ls,
+    stride_deltab,
+    stride_deltah,
     stride_mb,
     stride_mk,
     stride_dqb,
@@ -366,12 +424,33 @@ def _bwd_dq(
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    WINDOW: tl.constexpr = False,
+    SOFTCAP: tl.constexpr = False,
+    VARLEN: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     hq = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     hk = hq // GROUP
     dt = q_ptr.dtype.element_ty
+
+    q_base = q_ptr + b * stride_qb + hq * stride_qh
+    do_base = do_ptr + b * stride_dob + hq * stride_doh
+    lse_base = lse_ptr + b * stride_lb + hq * stride_lh
+    delta_base = delta_ptr + b * stride_deltab + hq * stride_deltah
+    q_row0 = tl.zeros([], tl.int64)  # VARLEN: the sequence's first row in q/dO/lse/delta/dq
+    k_row0 = tl.zeros([], tl.int64)  # VARLEN: the sequence's first row in k/v
+    if VARLEN:
+        q_start = tl.load(cu_q_ptr + b)
+        k_start = tl.load(cu_k_ptr + b)
+        seq_q = tl.load(cu_q_ptr + b + 1) - q_start
+        seq_k = tl.load(cu_k_ptr + b + 1) - k_start
+        q_row0 = q_start.to(tl.int64)
+        q_base += q_row0 * stride_qs
+        do_base += q_row0 * stride_dos
+        lse_base += q_row0 * stride_ls
+        delta_base += q_row0
+        k_row0 = k_start.to(tl.int64)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -382,37 +461,33 @@ def _bwd_dq(
     m_ok = offs_m < seq_q
     q_mask = m_ok[:, None] & d_ok[None, :]
 
-    q = tl.load(
-        q_ptr + b * stride_qb + hq * stride_qh + offs_m64[:, None] * stride_qs + offs_d[None, :],
-        mask=q_mask,
-        other=0.0,
-    )
-    do = tl.load(
-        do_ptr
-        + b * stride_dob
-        + hq * stride_doh
-        + offs_m64[:, None] * stride_dos
-        + offs_d[None, :],
-        mask=q_mask,
-        other=0.0,
-    )
+    q = tl.load(q_base + offs_m64[:, None] * stride_qs + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(do_base + offs_m64[:, None] * stride_dos + offs_d[None, :], mask=q_mask, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse_row = lse_ptr + b * stride_lb + hq * stride_lh
-    lse = tl.load(lse_row + offs_m64 * stride_ls, mask=m_ok, other=0.0)
+    lse = tl.load(lse_base + offs_m64 * stride_ls, mask=m_ok, other=0.0)
     lse2 = lse * _LOG2E
-    delta = tl.load(delta_ptr + (b * n_heads_q + hq) * seq_q + offs_m64, mask=m_ok, other=0.0)
+    delta = tl.load(delta_base + offs_m64, mask=m_ok, other=0.0)
 
-    k_base = k_ptr + b * stride_kb + hk * stride_kh
-    v_base = v_ptr + b * stride_vb + hk * stride_vh
+    k_base = k_ptr + b * stride_kb + hk * stride_kh + k_row0 * stride_ks
+    v_base = v_ptr + b * stride_vb + hk * stride_vh + k_row0 * stride_vs
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
+    # Key tiles [lo, hi) the block's rows may see (the forward's key_tile_range). A program
+    # past its sequence's end (VARLEN) visits none.
+    diag = seq_k - seq_q
+    lo = 0
     hi = seq_k
     if CAUSAL:
         # The last key the block's last row may see is (start_m + BLOCK_M - 1) + Sk - Sq.
-        hi = tl.minimum(start_m + BLOCK_M + (seq_k - seq_q), seq_k)
-    for start_n in range(0, hi, BLOCK_N):
+        hi = tl.minimum(start_m + BLOCK_M + diag, seq_k)
+    if WINDOW:
+        # The first key the block's first row may see is start_m + Sk - Sq - w + 1.
+        lo = tl.maximum(start_m + diag - window + 1, 0) // BLOCK_N * BLOCK_N
+    if VARLEN:
+        hi = tl.where(start_m < seq_q, hi, 0)
+    for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         offs_n64 = offs_n.to(tl.int64)
         n_ok = offs_n < seq_k
@@ -433,29 +508,94 @@ def _bwd_dq(
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         ok = m_ok[:, None] & key_ok[None, :]
         if CAUSAL:
-            ok = ok & (offs_n[None, :] <= offs_m[:, None] + (seq_k - seq_q))
-        p = tl.where(ok, tl.math.exp2(s * qk_scale - lse2[:, None]), 0.0)
+            ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+        if WINDOW:
+            ok = ok & (offs_n[None, :] > offs_m[:, None] + (diag - window))
+        if SOFTCAP:
+            t = tanh(s * (qk_scale / cap))
+            p = tl.where(ok, tl.math.exp2(t * cap - lse2[:, None]), 0.0)
+        else:
+            p = tl.where(ok, tl.math.exp2(s * qk_scale - lse2[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
         if UPCAST:
             dq += tl.dot(ds, k, input_precision=PRECISION)
         else:
             dq += tl.dot(ds.to(dt), k, input_precision=PRECISION)
 
     dq = dq * softmax_scale
-    tl.store(
-        dq_ptr
-        + b * stride_dqb
-        + hq * stride_dqh
-        + offs_m64[:, None] * stride_dqs
-        + offs_d[None, :],
-        dq.to(dq_ptr.dtype.element_ty),
-        mask=q_mask,
-    )
+    # The output pointer is formed after the loop: no registers held across it.
+    dq_base = dq_ptr + b * stride_dqb + hq * stride_dqh + q_row0 * stride_dqs
+    dq_ptrs = dq_base + offs_m64[:, None] * stride_dqs + offs_d[None, :]
+    tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
 def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
     return tuple(int(s) for s in t.stride()[:3])
+
+
+def _launch(
+    q, k, v, out, lse, dout, dq, dk, dv, mask, cu_q, cu_k, dims, strides, *, causal,
+    softmax_scale, sliding_window, softcap, op, varlen,
+):  # fmt: skip
+    """The delta preprocess, then the dk/dv and dq kernels, on [B, H, S, D]-strided views.
+
+    ``dims = (batch or N, Hq, Hkv, seq_q, seq_k, head_dim)`` (VARLEN: max lengths);
+    ``strides[name]`` the (batch, head, row) strides of each tensor (batch 0 when VARLEN;
+    ``"lse"`` too) and ``strides["o"]``, ``strides["mask"]``."""
+    batch, n_heads_q, n_heads_k, seq_q, seq_k, head_dim = dims
+    window, cap, flags = variant_args(
+        op, causal=causal, softmax_scale=softmax_scale, sliding_window=sliding_window,
+        softcap=softcap, max_seq_k=seq_k,
+    )  # fmt: skip
+    rows = out.shape[0] if varlen else seq_q  # delta rows per head
+    block_d = block_d_for(head_dim)
+    delta_batch = 1 if varlen else batch
+    delta = torch.empty((delta_batch, n_heads_q, rows), device=q.device, dtype=torch.float32)
+    pre_m = preprocess_block_m(head_dim)
+    check_grid(batch, n_heads_q, seq_q)
+    # Grids are (blocks, heads, batch): B and H on the 65535-limited axes.
+    _bwd_preprocess[(triton.cdiv(rows, pre_m), n_heads_q, delta_batch)](
+        out, dout, delta, rows, n_heads_q, *strides["o"], *strides["do"],
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
+    )  # fmt: skip
+    common = dict(
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        CAUSAL=bool(causal),
+        HAS_MASK=mask is not None,
+        GROUP=n_heads_q // n_heads_k,
+        UPCAST=INTERPRET,
+        PRECISION=dot_precision(q.dtype, head_dim, backward=True),
+        VARLEN=varlen,
+        **flags,
+    )
+    mask, stride_mb, stride_mk = mask_args(mask, delta)
+    scale = float(softmax_scale)
+    delta_strides = (0 if varlen else n_heads_q * rows, rows)
+    scalars = (
+        seq_q, seq_k, seq_bucket(seq_q), seq_bucket(seq_k), scale * LOG2E, scale, window, cap,
+        *strides["q"], *strides["k"], *strides["v"], *strides["do"], *strides["lse"],
+        *delta_strides, stride_mb, stride_mk,
+    )  # fmt: skip
+    cu_q = delta if cu_q is None else cu_q
+    cu_k = delta if cu_k is None else cu_k
+
+    def grid_n(meta):
+        return (triton.cdiv(seq_k, meta["BLOCK_N"]), n_heads_k, batch)
+
+    def grid_m(meta):
+        return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
+
+    _bwd_dkdv[grid_n](
+        q, k, v, dout, lse, delta, mask, cu_q, cu_k, dk, dv, *scalars, *strides["dk"],
+        *strides["dv"], **common,
+    )  # fmt: skip
+    _bwd_dq[grid_m](
+        q, k, v, dout, lse, delta, mask, cu_q, cu_k, dq, *scalars, *strides["dq"], **common
+    )
 
 
 def attention_backward(
@@ -472,8 +612,11 @@ def attention_backward(
     causal: bool,
     softmax_scale: float,
     key_padding_mask: torch.Tensor | None,  # [B, Sk] bool, True = attend
+    sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> None:
-    """Write ``dq``, ``dk``, ``dv`` of ``out = softmax(q k^T * scale [masked]) v``.
+    """Write ``dq``, ``dk``, ``dv`` of ``out = softmax(q k^T * scale [masked]) v``
+    (``sliding_window`` / ``softcap`` as in ``attention_forward``).
 
     GQA grads (``Hq / Hkv`` q heads per kv head) are summed inside the dk/dv kernel; the
     result is deterministic. Inputs are assumed validated by the ops layer.
@@ -488,60 +631,61 @@ def attention_backward(
         dk.zero_()
         dv.zero_()
         return
-    group = n_heads_q // n_heads_k
-    block_d = block_d_for(head_dim)
     lse = lse.to(torch.float32)
-    delta = torch.empty((batch, n_heads_q, seq_q), device=q.device, dtype=torch.float32)
-    pre_m = preprocess_block_m(head_dim)
-    check_grid(batch, n_heads_q, seq_q)
-    # Grids are (blocks, heads, batch): B and H on the 65535-limited axes.
-    _bwd_preprocess[(triton.cdiv(seq_q, pre_m), n_heads_q, batch)](
-        out,
-        dout,
-        delta,
-        seq_q,
-        n_heads_q,
-        *_strides3(out),
-        *_strides3(dout),
-        HEAD_DIM=head_dim,
-        BLOCK_D=block_d,
-        BLOCK_M=pre_m,
-    )
-    mask, stride_mb, stride_mk = mask_args(key_padding_mask, delta)
-    common = dict(
-        HEAD_DIM=head_dim,
-        BLOCK_D=block_d,
-        CAUSAL=bool(causal),
-        HAS_MASK=key_padding_mask is not None,
-        GROUP=group,
-        UPCAST=INTERPRET,
-        PRECISION=dot_precision(q.dtype, head_dim, backward=True),
-    )
-    scale = float(softmax_scale)
-    scalars = (
-        seq_q,
-        seq_k,
-        n_heads_q,
-        seq_bucket(seq_q),
-        seq_bucket(seq_k),
-        scale * LOG2E,
-        scale,
-        *_strides3(q),
-        *_strides3(k),
-        *_strides3(v),
-        *_strides3(dout),
-        *_strides3(lse),
-        stride_mb,
-        stride_mk,
-    )
+    names = {"q": q, "k": k, "v": v, "o": out, "do": dout, "lse": lse, "dq": dq, "dk": dk}
+    strides = {name: _strides3(t) for name, t in (*names.items(), ("dv", dv))}
+    _launch(
+        q, k, v, out, lse, dout, dq, dk, dv, key_padding_mask, None, None,
+        (batch, n_heads_q, n_heads_k, seq_q, seq_k, head_dim), strides, causal=causal,
+        softmax_scale=softmax_scale, sliding_window=sliding_window, softcap=softcap,
+        op="attention", varlen=False,
+    )  # fmt: skip
 
-    def grid_n(meta):
-        return (triton.cdiv(seq_k, meta["BLOCK_N"]), n_heads_k, batch)
 
-    def grid_m(meta):
-        return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
+def _packed_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, head, row) strides of a packed ``[T, H, D]`` tensor: batch 0."""
+    return 0, int(t.stride(1)), int(t.stride(0))
 
-    _bwd_dkdv[grid_n](
-        q, k, v, dout, lse, delta, mask, dk, dv, *scalars, *_strides3(dk), *_strides3(dv), **common
-    )
-    _bwd_dq[grid_m](q, k, v, dout, lse, delta, mask, dq, *scalars, *_strides3(dq), **common)
+
+def attention_varlen_backward(
+    q: torch.Tensor,  # [Tq, Hq, D], stride(-1) == 1
+    k: torch.Tensor,  # [Tk, Hkv, D]
+    v: torch.Tensor,  # [Tk, Hkv, D]
+    out: torch.Tensor,  # [Tq, Hq, D] forward output
+    lse: torch.Tensor,  # [Hq, Tq] fp32 natural-log logsumexp
+    dout: torch.Tensor,  # [Tq, Hq, D] upstream gradient
+    dq: torch.Tensor,  # [Tq, Hq, D] written
+    dk: torch.Tensor,  # [Tk, Hkv, D] written
+    dv: torch.Tensor,  # [Tk, Hkv, D] written
+    cu_seqlens_q: torch.Tensor,  # [N + 1] int32
+    cu_seqlens_k: torch.Tensor,  # [N + 1] int32
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool,
+    softmax_scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> None:
+    """Write ``dq``, ``dk``, ``dv`` of ``attention_varlen_forward`` (per-sequence attention of
+    packed rows; no host sync). Rows past ``cu_seqlens_q[N]`` / ``cu_seqlens_k[N]`` are not
+    written; every row of a sequence is (zeros where it sees or is seen by nothing)."""
+    total_q, n_heads_q, head_dim = q.shape
+    total_k, n_heads_k = k.shape[0], k.shape[1]
+    n_seqs = cu_seqlens_q.shape[0] - 1
+    if n_seqs <= 0 or total_q * total_k * n_heads_q == 0 or min(max_seqlen_q, max_seqlen_k) <= 0:
+        # No pair of rows attends: zero grads (a row past every sequence is zero too).
+        dq.zero_()
+        dk.zero_()
+        dv.zero_()
+        return
+    lse = lse.to(torch.float32)
+    names = {"q": q, "k": k, "v": v, "o": out, "do": dout, "dq": dq, "dk": dk, "dv": dv}
+    strides = {name: _packed_strides(t) for name, t in names.items()}
+    strides["lse"] = (0, int(lse.stride(0)), int(lse.stride(1)))
+    _launch(
+        q, k, v, out, lse, dout, dq, dk, dv, None, cu_seqlens_q, cu_seqlens_k,
+        (n_seqs, n_heads_q, n_heads_k, max_seqlen_q, max_seqlen_k, head_dim), strides,
+        causal=causal, softmax_scale=softmax_scale, sliding_window=sliding_window,
+        softcap=softcap, op="attention_varlen", varlen=True,
+    )  # fmt: skip

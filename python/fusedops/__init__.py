@@ -11,6 +11,8 @@ from fusedops._backend import current_backend, use_backend
 from fusedops.integrations import PatchReport, patch, patched, unpatch
 from fusedops.nn.attention import attention_hf
 from fusedops.ops.attention import attention
+from fusedops.ops.attention_kvcache import attention_with_kvcache
+from fusedops.ops.attention_varlen import attention_varlen
 from fusedops.ops.embedding import fused_embedding
 from fusedops.ops.embedding_layernorm import fused_embedding_layernorm
 from fusedops.ops.int8_embedding import int8_embedding
@@ -24,6 +26,8 @@ __all__ = [
     "apply_rotary_varlen",
     "attention",
     "attention_hf",
+    "attention_varlen",
+    "attention_with_kvcache",
     "current_backend",
     "fused_embedding",
     "fused_embedding_layernorm",

@@ -46,12 +46,13 @@ def _padding(batch, sk, device, *, seed=1, empty_row=False):
 
 
 def check_case(backend, device, batch, hq, hkv, sq, sk, dim, dtype, causal, *, mask=None,
-               grad=True, scale=None, seed=0):  # fmt: skip
-    """Forward, lse and (``grad``) the three gradients of one case (``helpers.check_attention``)."""
+               grad=True, scale=None, seed=0, **options):  # fmt: skip
+    """Forward, lse and (``grad``) the three gradients of one case (``helpers.check_attention``);
+    ``options``: sliding_window, softcap."""
     q, k, v = _inputs(batch, hq, hkv, sq, sk, dim, dtype, device, seed=seed, grad=grad)
     gen = torch.Generator().manual_seed(seed + 7)
     dout = torch.randn(q.shape, generator=gen).to(dtype).to(device) if grad else None
-    kw = dict(causal=causal, softmax_scale=scale, key_padding_mask=mask)
+    kw = dict(causal=causal, softmax_scale=scale, key_padding_mask=mask, **options)
     check_attention(backend, q, k, v, dout=dout, **kw)
 
 
@@ -176,13 +177,16 @@ def test_triton_grid_limit_is_a_clear_error():
 def test_opcheck(backend, device):
     q, k, v = _inputs(2, 4, 2, 5, 7, 16, torch.float32, device, grad=True)
     mask = _padding(2, 7, device)
-    for args in ((q, k, v, None, True, 0.25, backend), (q, k, v, mask, False, 0.3, backend)):
+    for args in (
+        (q, k, v, None, True, 0.25, None, None, backend),
+        (q, k, v, mask, False, 0.3, None, None, backend),
+    ):
         torch.library.opcheck(attention_op, args)
     with torch.no_grad():
-        out, lse = attention_op(q, k, v, mask, True, 0.25, backend)
+        out, lse = attention_op(q, k, v, mask, True, 0.25, None, None, backend)
     dout = torch.randn_like(out)
-    args = (q.detach(), k.detach(), v.detach(), out, lse, dout, mask, True, 0.25, backend)
-    torch.library.opcheck(attention_backward_op, args)
+    args = (q.detach(), k.detach(), v.detach(), out, lse, dout, mask, True, 0.25, None, None)
+    torch.library.opcheck(attention_backward_op, (*args, backend))
 
 
 @pytest.mark.parametrize("backend,device", KERNEL_CASES)
@@ -247,3 +251,155 @@ def test_cpp_sdpa_autograd_path(sq, sk, causal):
         "cpp", q, k, v, dout=dout, return_lse=False, causal=causal, key_padding_mask=mask
     )
     assert out.grad_fn is not None and "fusedops" not in type(out.grad_fn).__name__.lower()
+
+
+# ---- sliding window and softcap --------------------------------------------------------------
+
+# (Hq, Hkv, Sq, Sk, D, sliding_window, softcap): windows below and above Sk, window 1, decode
+# and Sq > Sk, GQA 8/1 and 9/3, head dims 64/80/128.
+WINDOW_CASES = [
+    (8, 1, 1, 40, 64, 5, None),
+    (8, 1, 3, 40, 80, 1, None),
+    (9, 3, 17, 17, 128, 4, None),
+    (9, 3, 17, 40, 64, 64, None),
+    (8, 1, 17, 5, 64, 3, None),
+    (9, 3, 3, 17, 80, None, 2.0),
+    (8, 1, 17, 40, 64, None, 30.0),
+    (9, 3, 17, 17, 128, 7, 0.5),
+    (8, 1, 1, 17, 64, 1, 5.0),
+    (2, 1, 600, 1300, 16, 5, None),  # long: the CPU path runs SDPA by query blocks
+]
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES, ids=str)
+@pytest.mark.parametrize("backend,device", KERNEL_CASES[:1])
+def test_window_softcap(backend, device, case):
+    """Forward, lse and gradients (random upstream gradient) with a window and/or softcap."""
+    hq, hkv, sq, sk, dim, window, cap = case
+    check_case(backend, device, 1, hq, hkv, sq, sk, dim, torch.float32, True,
+               sliding_window=window, softcap=cap)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend,device", backend_cases())
+def test_window_softcap_padding_dtypes(backend, device, dtype):
+    """Window + softcap + key padding in every dtype; padding leaves some rows with no key in
+    their window (zeros, lse -inf)."""
+    mask = _padding(2, 19, device, seed=4)
+    mask[0, 10:] = False  # rows of batch 0 whose window lies in [10, 19) are empty
+    check_case(backend, device, 2, 4, 2, 6, 19, 64, dtype, True, mask=mask, sliding_window=3,
+               softcap=4.0)  # fmt: skip
+
+
+TRITON_WINDOW_SHAPES = [
+    # (B, Hq, Hkv, Sq, Sk, D, sliding_window, softcap)
+    (1, 2, 1, 17, 40, 64, 5, None),
+    (1, 3, 1, 3, 17, 80, 1, 2.0),
+    (1, 2, 2, 1, 33, 16, 40, None),
+    (1, 1, 1, 20, 9, 16, None, 0.5),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", TRITON_WINDOW_SHAPES, ids=str)
+def test_triton_window_softcap(shape, dtype):
+    *dims, window, cap = shape
+    mask = _padding(dims[0], dims[4], TRITON_DEVICE)
+    check_case("triton", TRITON_DEVICE, *dims, dtype, True, mask=mask, sliding_window=window,
+               softcap=cap)  # fmt: skip
+
+
+@pytest.mark.parametrize("sq,sk", [(7, 7), (3, 11), (1, 9)])
+@pytest.mark.parametrize("window", [1, 4, 20])
+def test_window_matches_transformers(sq, sk, window):
+    """The window mask is Hugging Face's: ``sdpa_mask`` with
+    ``sliding_window_causal_mask_function`` for queries at positions ``Sk - Sq ..`` (with
+    padding) equals ``masks.attention_mask(..., sliding_window=w)``."""
+    masking = pytest.importorskip("transformers.masking_utils")
+    pad = _padding(2, sk, "cpu", seed=window)
+    hf = masking.sdpa_mask(
+        batch_size=2, q_length=sq, kv_length=sk, q_offset=sk - sq, attention_mask=pad,
+        mask_function=masking.sliding_window_causal_mask_function(window),
+        allow_is_causal_skip=False,
+    )  # fmt: skip
+    ours = fusedops.masks.attention_mask(
+        sq, sk, causal=True, key_padding_mask=pad, sliding_window=window
+    )
+    assert torch.equal(hf, ours.expand_as(hf))
+
+
+def test_window_cpu_path_runs_sdpa_and_softcap_runs_the_op():
+    """On CPU a window is SDPA's explicit mask (SDPA's own backward); a softcap runs the custom
+    op's plain PyTorch forward and hand-written backward."""
+    q, k, v = _inputs(1, 4, 2, 9, 9, 16, torch.float32, "cpu", grad=True)
+    with fusedops.use_backend("cpp"):
+        windowed = fusedops.attention(q, k, v, sliding_window=3)
+        capped = fusedops.attention(q, k, v, softcap=1.0)
+    assert "fusedops" not in type(windowed.grad_fn).__name__.lower()
+    assert "attention" in type(capped.grad_fn).__name__.lower()
+    want = reference.attention(q.double(), k.double(), v.double(), sliding_window=3)
+    assert max_abs_error(windowed, want) < 1e-5
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_CASES)
+def test_opcheck_window_softcap(backend, device):
+    q, k, v = _inputs(1, 4, 2, 5, 7, 16, torch.float32, device, grad=True)
+    mask = _padding(1, 7, device)
+    args = (q, k, v, mask, True, 0.25, 3, 2.0, backend)
+    torch.library.opcheck(attention_op, args)
+    with torch.no_grad():
+        out, lse = attention_op(*args)
+    dout = torch.randn_like(out)
+    bwd = (q.detach(), k.detach(), v.detach(), out, lse, dout, mask, True, 0.25, 3, 2.0, backend)
+    torch.library.opcheck(attention_backward_op, bwd)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_CASES)
+def test_torch_compile_window_softcap(backend, device):
+    q, k, v = _inputs(1, 4, 2, 6, 9, 16, torch.float32, device, grad=True)
+
+    def fn(q, k, v):
+        out = fusedops.attention(q, k, v, sliding_window=3)
+        return out + fusedops.attention(q, k, v, sliding_window=2, softcap=1.5)
+
+    with fusedops.use_backend(backend):
+        out = torch.compile(fn, fullgraph=True, dynamic=False)(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = reference.attention(q64, k64, v64, sliding_window=3) + reference.attention(
+        q64, k64, v64, sliding_window=2, softcap=1.5
+    )
+    assert max_abs_error(out, want) < 1e-5
+    for g, w in zip(grads, torch.autograd.grad(want.sum(), (q64, k64, v64)), strict=True):
+        assert max_abs_error(g, w) < 1e-5
+
+
+def test_module_window_softcap():
+    mod = fusedops.nn.FusedAttention(sliding_window=4, softcap=3.0)
+    assert "sliding_window=4" in repr(mod) and "softcap=3.0" in repr(mod)
+    q, k, v = _inputs(1, 4, 2, 5, 8, 16, torch.float32, "cpu")
+    want = reference.attention(q, k, v, sliding_window=4, softcap=3.0)
+    assert max_abs_error(mod(q, k, v), want) < 1e-5
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_attention_hf_window_softcap(left):
+    """attention_hf with HF's sliding-window mask (left padding: HF unmasks the padded query
+    rows) and sliding_window / softcap kwargs, as Mistral and Gemma-2 call it."""
+    masking = pytest.importorskip("transformers.masking_utils")
+    q, k, v = _inputs(2, 4, 2, 7, 7, 16, torch.float32, "cpu")
+    pad = torch.ones(2, 7, dtype=torch.bool)
+    if left:
+        pad[1, :3] = False
+    hf = masking.sdpa_mask(
+        batch_size=2, q_length=7, kv_length=7, attention_mask=pad,
+        mask_function=masking.sliding_window_causal_mask_function(3), allow_is_causal_skip=False,
+    )  # fmt: skip
+    hf = hf | ~hf.any(dim=-1, keepdim=True)  # HF's fix for rows with no key
+    out, _ = fusedops.attention_hf(
+        torch.nn.Module(), q, k, v, hf, scaling=0.3, sliding_window=3, softcap=2.0
+    )
+    want = reference.attention(q, k, v, softmax_scale=0.3, key_padding_mask=pad,
+                               sliding_window=3, softcap=2.0)  # fmt: skip
+    rows = pad[:, None, :, None].transpose(1, 2)  # [B, S, 1, 1]: unpadded query rows
+    assert max_abs_error(out * rows, want.transpose(1, 2) * rows) < 1e-5

@@ -22,12 +22,13 @@ from fusedops import reference
 from fusedops.kernels.attention_backward import attention_backward, backward_config_space
 
 
-def _grads(q, k, v, dout, *, causal, scale, key_padding_mask):
-    """(out, lse, (dq, dk, dv)) of the spec with its math in the inputs' dtype."""
+def _grads(q, k, v, dout, *, causal, scale, key_padding_mask, **variant):
+    """(out, lse, (dq, dk, dv)) of the spec with its math in the inputs' dtype (``variant``:
+    sliding_window, softcap)."""
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     out, lse = reference.attention(
         *leaves, causal=causal, softmax_scale=scale, key_padding_mask=key_padding_mask,
-        return_lse=True, compute_dtype=q.dtype,
+        return_lse=True, compute_dtype=q.dtype, **variant,
     )  # fmt: skip
     grads = torch.autograd.grad(out, leaves, dout)
     return out.detach(), lse.detach(), grads
@@ -48,7 +49,9 @@ def _poisoned_like(t, dtype):
     return torch.full(t.shape, float("nan"), dtype=dtype, device=TRITON_DEVICE)
 
 
-def _launch(q, k, v, out, lse, dout, dtype, *, causal, scale, key_padding_mask, layout="bhsd"):
+def _launch(
+    q, k, v, out, lse, dout, dtype, *, causal, scale, key_padding_mask, layout="bhsd", **variant
+):
     def dev(t):
         t = t.to(TRITON_DEVICE, dtype)
         if layout == "bshd":
@@ -72,6 +75,7 @@ def _launch(q, k, v, out, lse, dout, dtype, *, causal, scale, key_padding_mask, 
         causal=causal,
         softmax_scale=scale,
         key_padding_mask=mask,
+        **variant,
     )
     return dq, dk, dv
 
@@ -87,6 +91,7 @@ def _check(batch, hq, hkv, seq_q, seq_k, dim, dtype, *, causal, mask_kind=None, 
             mask[0] = False  # every row of batch 0 is fully masked
         mask[-1, -1] = True  # at least one key somewhere
     args = dict(causal=causal, scale=scale, key_padding_mask=mask)
+    args |= {name: kw.pop(name) for name in ("sliding_window", "softcap") if name in kw}
     out, lse, expected = _grads(q, k, v, dout, **args)
     got = _launch(q, k, v, out, lse, dout, dtype, **args, **kw)
     # The same computation in PyTorch in the input dtype.
@@ -149,5 +154,30 @@ def test_deterministic():
 def test_config_space_is_small(dim, kernel):
     space = backward_config_space(dim, kernel)
     assert 1 <= len(space) <= 16
+    for fp32 in (False, True):
+        variants = backward_config_space(dim, kernel, fp32, variants=True)
+        assert variants and set(variants) <= set(backward_config_space(dim, kernel, fp32))
     for block_m, block_n, warps, stages in space:
         assert block_m >= 16 and block_n >= 16 and warps in (4, 8) and stages >= 1
+
+
+# Sliding window and softcap: (shape, window, softcap, dtype). Windows of 1 key, inside a tile,
+# across tiles (query/key blocks outside the band skipped in both kernels), larger than Sk;
+# softcap (tanh derivative) in each dtype, with and without a window; GQA; D = 80.
+WINDOW_CASES = [
+    ((1, 2, 1, 37, 53, 16), 5, None, torch.float32),
+    ((1, 4, 2, 40, 40, 80), 1, 2.0, torch.bfloat16),
+    ((1, 3, 1, 70, 33, 64), 100, 5.0, torch.float16),
+    ((1, 2, 2, 33, 150, 32), 17, None, torch.float16),
+    ((1, 2, 1, 100, 100, 32), 40, 1.5, torch.float32),
+]
+
+
+@pytest.mark.parametrize("shape,window,softcap,dtype", WINDOW_CASES, ids=lambda c: str(c))
+def test_window_and_softcap_grads(shape, window, softcap, dtype):
+    _check(*shape, dtype, causal=True, sliding_window=window, softcap=softcap, seed=shape[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_softcap_grads_without_causal(dtype):
+    _check(1, 2, 1, 21, 30, 64, dtype, causal=False, softcap=1.0, scale=0.5)

@@ -44,6 +44,16 @@ def _qkv(hq=4, hkv=2, sq=5, sk=7, dim=16, dtype=torch.float32):
         (_qkv, {"softmax_scale": -1.0}, ValueError, "softmax_scale must be finite and > 0"),
         (_qkv, {"softmax_scale": float("nan")}, ValueError, "softmax_scale"),
         (_qkv, {"softmax_scale": "0.1"}, TypeError, "softmax_scale must be a float"),
+        (_qkv, {"causal": False, "sliding_window": 4}, ValueError,
+         "sliding_window=4 needs causal=True"),
+        (_qkv, {"sliding_window": 0}, ValueError, "sliding_window must be >= 1, got 0"),
+        (_qkv, {"sliding_window": True}, TypeError, "sliding_window must be an int or None"),
+        (_qkv, {"sliding_window": 2.0}, TypeError, "sliding_window must be an int or None"),
+        (_qkv, {"softcap": 0.0}, ValueError, "softcap must be finite and > 0, got 0.0"),
+        (_qkv, {"softcap": -1.0}, ValueError, "softcap must be finite and > 0"),
+        (_qkv, {"softcap": float("inf")}, ValueError, "softcap must be finite"),
+        (_qkv, {"softcap": "1"}, TypeError, "softcap must be a float or None"),
+        (_qkv, {"softcap": True}, TypeError, "softcap must be a float or None"),
     ],
 )  # fmt: skip
 def test_bad_inputs(backend, make, kwargs, exc, match):

@@ -19,7 +19,13 @@ import torch
 from helpers import DTYPES, TRITON_DEVICE, assert_attention_bound
 
 from fusedops import reference
-from fusedops.kernels.attention import attention_forward, block_d_for, forward_config_space
+from fusedops.kernels.attention import (
+    attention_forward,
+    block_d_for,
+    forward_config_space,
+    key_tile_range,
+    visited_key_tiles,
+)
 
 LSE_TOL = 1e-4
 
@@ -28,25 +34,28 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _attention(q, k, v, causal, scale, kpm, dtype):
-    """The spec on CPU with its math in ``dtype``: (out, lse)."""
+def _attention(q, k, v, causal, scale, kpm, dtype, **variant):
+    """The spec on CPU with its math in ``dtype``: (out, lse). ``variant``: sliding_window,
+    softcap."""
     q, k, v = (t.detach().cpu().to(dtype) for t in (q, k, v))
     kpm = None if kpm is None else kpm.cpu()
     return reference.attention(
         q, k, v, causal=causal, softmax_scale=scale, key_padding_mask=kpm, return_lse=True,
-        compute_dtype=dtype,
+        compute_dtype=dtype, **variant,
     )  # fmt: skip
 
 
-def _check(q, k, v, *, causal, kpm=None, scale=None, seed=0):
+def _check(q, k, v, *, causal, kpm=None, scale=None, seed=0, **variant):
     dtype = q.dtype
     head_dim = q.shape[-1]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device=q.device)
-    attention_forward(q, k, v, out, lse, causal=causal, softmax_scale=scale, key_padding_mask=kpm)
-    ref, ref_lse = _attention(q, k, v, causal, scale, kpm, torch.float64)
-    same, _ = _attention(q, k, v, causal, scale, kpm, dtype)
+    attention_forward(
+        q, k, v, out, lse, causal=causal, softmax_scale=scale, key_padding_mask=kpm, **variant
+    )
+    ref, ref_lse = _attention(q, k, v, causal, scale, kpm, torch.float64, **variant)
+    same, _ = _attention(q, k, v, causal, scale, kpm, dtype, **variant)
     assert_attention_bound("out", out, same, ref, dtype)
     assert not torch.isnan(lse).any(), "unwritten or NaN lse"
     lse = lse.double().cpu()
@@ -145,3 +154,83 @@ def test_config_space_under_interpreter_and_gpu_rules():
         space = forward_config_space(dim)
         assert space
         assert block_d_for(dim) >= dim
+
+
+# Sliding window and softcap. (B, Hq, Hkv, Sq, Sk, D, window, softcap, dtype): odd Sq != Sk both
+# ways, window 1, a window inside one key tile, across tiles (skipped tiles before it), larger
+# than Sk (plain causal), softcap with and without a window in each dtype, GQA, D = 80.
+WINDOW_CASES = [
+    (1, 2, 1, 37, 53, 16, 5, None, torch.float32),
+    (1, 4, 2, 70, 70, 80, 1, None, torch.bfloat16),
+    (1, 3, 1, 17, 200, 64, 40, 30.0, torch.float16),
+    (1, 2, 2, 90, 40, 32, 500, None, torch.float16),
+    (1, 4, 1, 100, 129, 80, 64, 5.0, torch.float32),
+    (1, 2, 1, 150, 150, 32, 70, 2.0, torch.bfloat16),
+    (1, 6, 3, 33, 47, 64, None, 1.0, torch.float16),
+]
+
+
+@pytest.mark.parametrize(
+    "batch,hq,hkv,seq_q,seq_k,dim,window,softcap,dtype", WINDOW_CASES, ids=lambda c: str(c)
+)
+def test_window_and_softcap_match_fp64(batch, hq, hkv, seq_q, seq_k, dim, window, softcap, dtype):
+    q, k, v = _qkv(batch, hq, hkv, seq_q, seq_k, dim, dtype, seed=seq_q)
+    q = q * 3  # larger scores: softcap's tanh saturates on some
+    _check(q, k, v, causal=True, sliding_window=window, softcap=softcap)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_softcap_without_causal_and_window_with_padding(dtype):
+    q, k, v = _qkv(2, 2, 1, 45, 77, 48, dtype, seed=8)
+    _check(q * 4, k, v, causal=False, softcap=3.0)
+    kpm = _padding(2, 77, seed=8)
+    kpm[:, 70:] = True  # the last keys (inside every window) stay
+    _check(q, k, v, causal=True, kpm=kpm, sliding_window=9, softcap=4.0)
+
+
+def test_variant_arguments_are_checked():
+    q, k, v = _qkv(1, 1, 1, 4, 4, 16, torch.float32)
+    out, lse = torch.empty_like(q), torch.empty(1, 1, 4)
+    args = dict(softmax_scale=0.25, key_padding_mask=None)
+    with pytest.raises(ValueError, match="attention: sliding_window=3 needs causal"):
+        attention_forward(q, k, v, out, lse, causal=False, sliding_window=3, **args)
+    with pytest.raises(ValueError, match="sliding_window must be >= 1, got 0"):
+        attention_forward(q, k, v, out, lse, causal=True, sliding_window=0, **args)
+    with pytest.raises(ValueError, match="softcap must be > 0, got -1"):
+        attention_forward(q, k, v, out, lse, causal=True, softcap=-1.0, **args)
+
+
+def _visited(seq_q, seq_k, *, causal, window=None, heads=1):
+    """Key tiles the kernel reports (COUNT_TILES), summed over its programs."""
+    q, k, v = _qkv(1, heads, 1, seq_q, seq_k, 16, torch.float16, seed=4)
+    counts = torch.zeros(heads * -(-seq_q // 16), dtype=torch.int32, device=q.device)
+    out, lse = torch.empty_like(q), torch.empty(q.shape[:3], device=q.device)
+    attention_forward(
+        q, k, v, out, lse, causal=causal, softmax_scale=0.25, key_padding_mask=None,
+        sliding_window=window, tile_counts=counts,
+    )  # fmt: skip
+    return int(counts.sum())
+
+
+def test_window_skips_key_tiles():
+    """The kernel visits exactly the tiles of ``visited_key_tiles`` (its loop bounds mirrored
+    on the host): dense causal, not causal, Sq != Sk, and a window of w = S / 8 keys, which
+    visits >= 3.5x fewer tiles than dense causal at the tile sizes and S / w ratio of the bench
+    row (S = 8k, w = 1k); the host count shows it at S = 8k for every forward tile."""
+    bm, bn = 64, 64  # the interpreter's tile (INTERPRET_CONFIG)
+    for seq_q, seq_k, causal in ((300, 300, True), (77, 300, True), (150, 90, False)):
+        expected = visited_key_tiles(seq_q, seq_k, bm, bn, causal=causal)
+        assert _visited(seq_q, seq_k, causal=causal, heads=2) == 2 * expected
+    seq, window = 2048, 256
+    windowed = _visited(seq, seq, causal=True, window=window)
+    assert windowed == visited_key_tiles(seq, seq, bm, bn, causal=True, sliding_window=window)
+    assert visited_key_tiles(seq, seq, bm, bn, causal=True) >= 3.5 * windowed
+    tiles = {(c[0], c[1]) for d in (64, 128) for e in (2, 4) for c in forward_config_space(d, e)}
+    for block_m, block_n in tiles:
+        dense = visited_key_tiles(8192, 8192, block_m, block_n, causal=True)
+        sparse = visited_key_tiles(8192, 8192, block_m, block_n, causal=True, sliding_window=1024)
+        assert dense >= 3.5 * sparse, (block_m, block_n, dense, sparse)
+    # A window's first tile: the one holding key p - w + 1 of the block's first row.
+    assert key_tile_range(4096, 64, 64, 8192, 8192, causal=True, sliding_window=1024) == (
+        3072, 4160,
+    )  # fmt: skip

@@ -1,7 +1,8 @@
 """attention property tests: drawn shapes (0- and 1-sized dims), GQA/MQA, head dims, causal or
-not, key padding masks (fully padded batches too), scales, strided views and dtypes; forward,
-lse and the three gradients against the fp64 reference with the error bound
-(``helpers.check_attention``), on the CPU path (SDPA) and on Triton (the interpreter on CPU)."""
+not, sliding windows, softcaps, key padding masks (fully padded batches too), scales, strided
+views and dtypes; forward, lse and the three gradients against the fp64 reference with the
+error bound (``helpers.check_attention``), on the CPU path (SDPA) and on Triton (the
+interpreter on CPU)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def attentions(draw) -> dict:
         "dim": draw(st.sampled_from([16, 24, 40, 64, 80, 128])),
         "dtype": draw(st.sampled_from(DTYPES)),
         "causal": draw(st.booleans()),
+        "window": draw(st.sampled_from([None, None, 1, 3, 8])),
+        "softcap": draw(st.sampled_from([None, None, 0.5, 5.0])),
         "mask": draw(st.sampled_from([None, "random", "left", "one_batch_empty"])),
         "scale": draw(st.one_of(st.none(), st.floats(0.05, 1.0))),
         "layout": draw(st.sampled_from(["bhsd", "bshd", "packed_kv"])),
@@ -79,6 +82,8 @@ def _check(backend: str, device: str, case: dict) -> None:
         dout=dout,
         return_lse=case["return_lse"],
         causal=case["causal"],
+        sliding_window=case["window"] if case["causal"] else None,
+        softcap=case["softcap"],
         softmax_scale=case["scale"],
         key_padding_mask=_mask(case, device, gen),
     )

@@ -1,13 +1,17 @@
 """Ahead-of-time compile of the attention forward kernel for sm_80 and sm_90 in every config.
 
 Every (BLOCK_M, BLOCK_N, warps, stages) the autotuner can pick for each padded head dim is
-compiled for fp16 (and fp32, tf32x3, from its own table) with causal + padding masks on, plus
-the variants (no mask, not causal, non-power-of-two D) at one config. ptxas must report 0 spill
-bytes and 0 stack frame; the matmuls must be tensor-core instructions (``mma.sync`` on sm_80,
-``wgmma`` on sm_90), the k/v tiles must move as 128-bit global loads or ``cp.async`` copies, and
-batch/head/row offsets must be computed in 64 bits. bf16 compiles to the same code as fp16: the
-biggest tile of each head dim is compiled in bf16 too and must give identical figures. Tables of
-every config are written to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
+compiled for fp16 (and fp32, tf32x3, from its own table) with every variant flag on at once:
+causal + padding mask + sliding window + softcap + packed sequences (flags only add code, so
+this is the heaviest kernel of each config; the few tiles that spill with them are left out of
+the variants' config space and compiled plain), plus the lighter variants (plain causal + mask
+at the biggest tile of each head dim, no mask, not causal, non-power-of-two D, the tile-count
+debug flag) at one config. ptxas must report 0 spill bytes and 0 stack frame; the matmuls must
+be tensor-core instructions (``mma.sync`` on sm_80, ``wgmma`` on sm_90), the k/v tiles must move
+as 128-bit global loads or ``cp.async`` copies, and batch/head/row offsets must be computed in
+64 bits. bf16 compiles to the same code as fp16: the biggest tile of each head dim is compiled
+in bf16 too and must give identical figures. Tables of every config are written to
+``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 """
 
 from __future__ import annotations
@@ -40,18 +44,22 @@ def _signature(dtype: str) -> dict[str, str]:
         "mask_ptr": "*u8",
         "out_ptr": f"*{dtype}",
         "lse_ptr": "*fp32",
+        "cu_q_ptr": "*i32",
+        "cu_k_ptr": "*i32",
+        "counts_ptr": "*i32",
     }
     sig |= {name: "i32" for name in INT_ARGS}
-    sig |= {"qk_scale": "fp32"}
+    sig |= {"qk_scale": "fp32", "window": "i32", "cap": "fp32"}
     sig |= {name: "i32" for name in STRIDES}
     # A mask column stride and an lse row stride of 1 are specialised at launch.
     sig |= {"stride_mn": "constexpr", "stride_lm": "constexpr"}
     names = ("HEAD_DIM", "CAUSAL", "HAS_MASK", "UPCAST", "DOT_PRECISION")
-    names += ("BLOCK_M", "BLOCK_N", "BLOCK_D")
+    names += ("BLOCK_M", "BLOCK_N", "BLOCK_D", "WINDOW", "SOFTCAP", "VARLEN", "COUNT_TILES")
     return sig | {name: "constexpr" for name in names}
 
 
-def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True):
+def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True, **flags):
+    """``flags``: WINDOW, SOFTCAP, VARLEN (default off)."""
     bm, bn, warps, stages = cfg
     constexprs = {
         "stride_mn": 1,
@@ -64,7 +72,11 @@ def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True):
         "BLOCK_M": bm,
         "BLOCK_N": bn,
         "BLOCK_D": k.block_d_for(head_dim),
-    }
+        "WINDOW": False,
+        "SOFTCAP": False,
+        "VARLEN": False,
+        "COUNT_TILES": False,
+    } | flags
     return CompileJob(
         k.attention_fwd_kernel,
         _signature(dtype),
@@ -76,13 +88,31 @@ def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True):
     )
 
 
+# Every variant flag of the kernel on at once (VARLEN runs without a padding mask, but compiling
+# both on is a superset of either launch).
+ALL_FLAGS = {"WINDOW": True, "SOFTCAP": True, "VARLEN": True}
+
+
 def _config_jobs() -> list[CompileJob]:
     return [
-        _job("fp16", arch, cfg, head_dim)
+        _job("fp16", arch, cfg, head_dim, **ALL_FLAGS)
         for head_dim in HEAD_DIMS
-        for cfg in k.forward_config_space(head_dim)
+        for cfg in k.forward_config_space(head_dim, variants=True)
         for arch in ARCHS
     ]
+
+
+def _plain_only_jobs() -> list[CompileJob]:
+    """The tiles only the plain kernel runs (they spill with the variants' code), causal +
+    padding mask."""
+    jobs = []
+    for dtype, elem in (("fp16", 2), ("fp32", 4)):
+        for head_dim in HEAD_DIMS:
+            variant_space = k.forward_config_space(head_dim, elem, variants=True)
+            for cfg in k.forward_config_space(head_dim, elem):
+                if cfg not in variant_space:
+                    jobs += [_job(dtype, arch, cfg, head_dim) for arch in ARCHS]
+    return jobs
 
 
 def _variant_jobs() -> list[CompileJob]:
@@ -92,11 +122,14 @@ def _variant_jobs() -> list[CompileJob]:
         for causal, has_mask in ((True, False), (False, True), (False, False)):
             for arch in ARCHS:
                 jobs.append(_job("fp16", arch, cfg, head_dim, causal=causal, has_mask=has_mask))
-    # fp32 (tf32x3 products): every tile of its table.
+    # fp32 (tf32x3 products): every tile of its table, every flag on.
     for head_dim in HEAD_DIMS:
-        for cfg in k.forward_config_space(head_dim, 4):
+        for cfg in k.forward_config_space(head_dim, 4, variants=True):
             for arch in ARCHS:
-                jobs.append(_job("fp32", arch, cfg, head_dim))
+                jobs.append(_job("fp32", arch, cfg, head_dim, **ALL_FLAGS))
+    # The tile-count debug flag with the window (what the tile-skipping test runs).
+    cfg = k.forward_config_space(64)[0]
+    jobs += [_job("fp16", arch, cfg, 64, WINDOW=True, COUNT_TILES=True) for arch in ARCHS]
     return jobs
 
 
@@ -109,7 +142,7 @@ def _fp16_twinned() -> list[CompileJob]:
     return jobs
 
 
-FAMILIES = {"configs": _config_jobs, "variants": _variant_jobs}
+FAMILIES = {"configs": _config_jobs, "variants": _variant_jobs, "plain_only": _plain_only_jobs}
 
 
 def _required_mma(job) -> bool | str:
@@ -148,6 +181,9 @@ def test_forward_config_space_is_small_and_fits():
     for head_dim in (16, 24, 64, 80, 128, 200, 256):
         space = k.forward_config_space(head_dim)
         assert 1 <= len(space) <= 24
+        for elem in (2, 4):
+            variants = k.forward_config_space(head_dim, elem, variants=True)
+            assert variants and set(variants) <= set(k.forward_config_space(head_dim, elem))
         block_d = k.block_d_for(head_dim)
         assert block_d >= head_dim and block_d & (block_d - 1) == 0
         for bm, _bn, warps, _stages in space:

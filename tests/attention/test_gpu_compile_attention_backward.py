@@ -1,16 +1,19 @@
 """Ahead-of-time compile of the attention backward kernels for sm_80 and sm_90 (no GPU needed).
 
 Every (BLOCK_M, BLOCK_N, warps, stages) config of `backward_config_space` is compiled for both
-kernels (dk/dv by key blocks, dq by query blocks) at every padded head dim, in fp16 and fp32 (its
-own table) with causal masking and a key padding mask (the heaviest variant); the unmasked /
-non-causal / other-group variants at each head dim's first config; the delta preprocess once per
-head dim. ptxas must report 0 spill bytes and 0 stack frame; the matmuls must use tensor cores
-(``mma.sync`` on sm_80, ``wgmma`` on sm_90 where the MMA tile has >= 64 rows; fp32 at head dim
-256 runs fp32 FMAs instead, see ``dot_precision``), tiles of >= 16 bytes per thread 128-bit
-loads, and batch/head/row offsets must be computed in 64 bits. bf16 compiles to the same code as
-fp16: the biggest tile of each kernel and head dim is compiled in bf16 too and must give
-identical figures (the preprocess: registers within a few). Tables of every config are written
-to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
+kernels (dk/dv by key blocks, dq by query blocks) at every padded head dim, in fp16 and fp32
+(its own table) with every variant flag on at once: causal + key padding mask + sliding window +
+softcap + packed sequences (flags only add code: the heaviest kernel of each config; the few
+tiles that spill with them are left out of the variants' config space and compiled plain); the
+plain causal + mask kernel at the biggest tile of each head dim (the bf16 twins' fp16 jobs), the
+unmasked / non-causal / other-group variants at each head dim's first config; the delta
+preprocess once per head dim. ptxas must report 0 spill bytes and 0 stack frame; the matmuls
+must use tensor cores (``mma.sync`` on sm_80, ``wgmma`` on sm_90 where the MMA tile has >= 64
+rows; fp32 at head dim 256 runs fp32 FMAs instead, see ``dot_precision``), tiles of >= 16 bytes
+per thread 128-bit loads, and batch/head/row offsets must be computed in 64 bits. bf16 compiles
+to the same code as fp16: the biggest tile of each kernel and head dim is compiled in bf16 too
+and must give identical figures (the preprocess: registers within a few). Tables of every config
+are written to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 """
 
 from __future__ import annotations
@@ -26,15 +29,17 @@ pytestmark = pytest.mark.gpu_compile
 HEAD_DIMS = (16, 32, 64, 80, 128, 256)  # 80: a padded BLOCK_D of 128
 TENSORS = ("q", "k", "v", "do")
 STRIDES = tuple(f"stride_{t}{d}" for t in TENSORS for d in ("b", "h", "s"))
-STRIDES += ("stride_lb", "stride_lh", "stride_ls", "stride_mb", "stride_mk")
-INTS = ("seq_q", "seq_k", "n_heads_q", "seq_q_bucket", "seq_k_bucket")
+STRIDES += ("stride_lb", "stride_lh", "stride_ls", "stride_deltab", "stride_deltah")
+STRIDES += ("stride_mb", "stride_mk")
+INTS = ("seq_q", "seq_k", "seq_q_bucket", "seq_k_bucket")
 # What the JIT specialises for 16-aligned tensors whose rows are multiples of 16 elements.
 DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "do_ptr", "lse_ptr", "delta_ptr", "mask_ptr")
+DIVISIBLE += ("cu_q_ptr", "cu_k_ptr", "stride_deltab", "stride_deltah")
 DIVISIBLE += ("dq_ptr", "dk_ptr", "dv_ptr")
 DIVISIBLE += tuple(f"stride_{t}{d}" for t in (*TENSORS, "dq", "dk", "dv") for d in ("b", "h", "s"))
 # The integer arguments that multiply batch, head and row indices: every stride but the two
-# specialised to 1, and the delta offset's (b * n_heads_q + h) * seq_q.
-OFFSETS = (*(s for s in STRIDES if s not in ("stride_ls", "stride_mk")), "n_heads_q", "seq_q")
+# specialised to 1.
+OFFSETS = tuple(s for s in STRIDES if s not in ("stride_ls", "stride_mk"))
 PREPROCESS_OFFSETS = tuple(f"stride_{t}{d}" for t in ("o", "do") for d in ("b", "h", "s"))
 PREPROCESS_OFFSETS += ("n_heads", "seq_q")
 
@@ -42,19 +47,22 @@ PREPROCESS_OFFSETS += ("n_heads", "seq_q")
 def _signature(kernel: str, dtype: str) -> dict[str, str]:
     sig = {f"{t}_ptr": f"*{dtype}" for t in ("q", "k", "v", "do")}
     sig |= {"lse_ptr": "*fp32", "delta_ptr": "*fp32", "mask_ptr": "*u8"}
+    sig |= {"cu_q_ptr": "*i32", "cu_k_ptr": "*i32"}
     outs = ("dk", "dv") if kernel == "dkdv" else ("dq",)
     sig |= {f"{t}_ptr": f"*{dtype}" for t in outs}
     sig |= {name: "i32" for name in INTS}
-    sig |= {"qk_scale": "fp32", "softmax_scale": "fp32"}
+    sig |= {"qk_scale": "fp32", "softmax_scale": "fp32", "window": "i32", "cap": "fp32"}
     sig |= {name: "i32" for name in STRIDES}
     sig["stride_ls"] = "constexpr"  # contiguous lse rows: specialised to 1 at launch
     sig["stride_mk"] = "constexpr"
     sig |= {f"stride_{t}{d}": "i32" for t in outs for d in ("b", "h", "s")}
     names = ("HEAD_DIM", "BLOCK_D", "CAUSAL", "HAS_MASK", "GROUP", "UPCAST", "PRECISION")
-    return sig | {name: "constexpr" for name in (*names, "BLOCK_M", "BLOCK_N")}
+    names += ("BLOCK_M", "BLOCK_N", "WINDOW", "SOFTCAP", "VARLEN")
+    return sig | {name: "constexpr" for name in names}
 
 
-def _job(kernel, dtype, arch, head_dim, config, *, causal=True, has_mask=True, group=4):
+def _job(kernel, dtype, arch, head_dim, config, *, causal=True, has_mask=True, group=4, **flags):
+    """``flags``: WINDOW, SOFTCAP, VARLEN (default off)."""
     block_m, block_n, warps, stages = config
     constexprs = {
         "HEAD_DIM": head_dim,
@@ -68,7 +76,10 @@ def _job(kernel, dtype, arch, head_dim, config, *, causal=True, has_mask=True, g
         "BLOCK_N": block_n,
         "stride_ls": 1,
         "stride_mk": 1,
-    }
+        "WINDOW": False,
+        "SOFTCAP": False,
+        "VARLEN": False,
+    } | flags
     fn = k._bwd_dkdv if kernel == "dkdv" else k._bwd_dq
     signature = _signature(kernel, dtype)
     return CompileJob(
@@ -82,15 +93,35 @@ def _job(kernel, dtype, arch, head_dim, config, *, causal=True, has_mask=True, g
     )
 
 
+# Every variant flag of the kernels on at once (VARLEN runs without a padding mask, but compiling
+# both on is a superset of either launch).
+ALL_FLAGS = {"WINDOW": True, "SOFTCAP": True, "VARLEN": True}
+
+
 def _sweep_jobs() -> list[CompileJob]:
     return [
-        _job(kernel, dtype, arch, head_dim, config)
+        _job(kernel, dtype, arch, head_dim, config, **ALL_FLAGS)
         for head_dim in HEAD_DIMS
         for kernel in ("dkdv", "dq")
         for dtype in ("fp16", "fp32")
-        for config in k.backward_config_space(head_dim, kernel, dtype == "fp32")
+        for config in k.backward_config_space(head_dim, kernel, dtype == "fp32", variants=True)
         for arch in ARCHS
     ]
+
+
+def _plain_only_jobs() -> list[CompileJob]:
+    """The tiles only the plain kernels run (they spill with the variants' code), causal +
+    padding mask."""
+    jobs = []
+    for head_dim in HEAD_DIMS:
+        for kernel in ("dkdv", "dq"):
+            for dtype in ("fp16", "fp32"):
+                fp32 = dtype == "fp32"
+                variant_space = k.backward_config_space(head_dim, kernel, fp32, variants=True)
+                for config in k.backward_config_space(head_dim, kernel, fp32):
+                    if config not in variant_space:
+                        jobs += [_job(kernel, dtype, arch, head_dim, config) for arch in ARCHS]
+    return jobs
 
 
 def _variant_jobs() -> list[CompileJob]:
@@ -138,7 +169,12 @@ def _fp16_twinned() -> list[CompileJob]:
     return jobs + [_preprocess_job("fp16", arch, max(HEAD_DIMS)) for arch in ARCHS]
 
 
-FAMILIES = {"configs": _sweep_jobs, "variants": _variant_jobs, "preprocess": _preprocess_jobs}
+FAMILIES = {
+    "configs": _sweep_jobs,
+    "variants": _variant_jobs,
+    "plain_only": _plain_only_jobs,
+    "preprocess": _preprocess_jobs,
+}
 
 
 def _required_mma(job) -> bool | str:

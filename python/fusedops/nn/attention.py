@@ -20,12 +20,22 @@ class FusedAttention(nn.Module):
     Args:
         causal: apply the bottom-right causal mask.
         softmax_scale: defaults to ``1 / sqrt(D)``.
+        sliding_window: attend only the last ``w`` keys up to each query (needs ``causal``).
+        softcap: cap the scores at ``c * tanh(s / c)`` (Gemma-2).
     """
 
-    def __init__(self, causal: bool = True, softmax_scale: float | None = None) -> None:
+    def __init__(
+        self,
+        causal: bool = True,
+        softmax_scale: float | None = None,
+        sliding_window: int | None = None,
+        softcap: float | None = None,
+    ) -> None:
         super().__init__()
         self.causal = causal
         self.softmax_scale = softmax_scale
+        self.sliding_window = sliding_window
+        self.softcap = softcap
 
     def forward(
         self,
@@ -41,22 +51,28 @@ class FusedAttention(nn.Module):
             causal=self.causal,
             softmax_scale=self.softmax_scale,
             key_padding_mask=key_padding_mask,
+            sliding_window=self.sliding_window,
+            softcap=self.softcap,
         )
 
     def extra_repr(self) -> str:
-        return f"causal={self.causal}, softmax_scale={self.softmax_scale}"
+        text = f"causal={self.causal}, softmax_scale={self.softmax_scale}"
+        if self.sliding_window is not None:
+            text += f", sliding_window={self.sliding_window}"
+        return text + (f", softcap={self.softcap}" if self.softcap is not None else "")
 
 
 HF_OP = "attention_hf"
 
 
 def _hf_mask_to_padding(
-    mask: torch.Tensor, batch: int, seq_q: int, seq_k: int
+    mask: torch.Tensor, batch: int, seq_q: int, seq_k: int, window: int | None = None
 ) -> tuple[torch.Tensor | None, bool]:
     """``(key_padding_mask [B, Sk] or None, causal)`` equivalent to HF's boolean 4-D mask.
 
     Accepts ``[B or 1, 1, Sq, Sk']`` (``Sk' >= Sk``; extra columns are dropped as HF's SDPA path
-    does) that equals bottom-right causal & padding, or padding alone. Query rows with no allowed
+    does) that equals bottom-right causal & padding (& the sliding ``window`` when given), or
+    padding alone (no window). Query rows with no allowed
     key (left-padded queries) may be all False or all True in ``mask`` (HF unmasks them for
     SDPA); their output is zeros either way. Anything else raises ``ValueError``. Syncs a CUDA
     device (the comparison is read back)."""
@@ -71,22 +87,45 @@ def _hf_mask_to_padding(
             f"length {seq_q} and key length {seq_k}, got {tuple(mask.shape)}"
         )
     mask = mask[:, :, :, :seq_k].expand(batch, 1, seq_q, seq_k)
-    for causal in (True, False):
-        # The last query row sees every unpadded key under bottom-right causal (and any row does
-        # without causal): it is the padding mask if the mask has the supported form.
-        padding = mask[:, 0, -1, :] if causal else mask[:, 0, :, :].any(dim=1)
+    for causal, padding in _padding_candidates(mask, window):
         expected = attention_mask(
-            seq_q, seq_k, causal=causal, key_padding_mask=padding, device=mask.device
-        ).expand(batch, 1, seq_q, seq_k)
+            seq_q, seq_k, causal=causal, key_padding_mask=padding, device=mask.device,
+            sliding_window=window,
+        ).expand(batch, 1, seq_q, seq_k)  # fmt: skip
         empty = ~expected.any(dim=-1, keepdim=True)  # rows with no allowed key: don't care
         row_all = mask.all(dim=-1, keepdim=True) | ~mask.any(dim=-1, keepdim=True)
         if bool(((mask == expected) | (empty & row_all)).all()):
             return (None if bool(padding.all()) else padding.contiguous()), causal
     raise ValueError(
         f"{HF_OP}: unsupported attention_mask: only boolean masks of the form bottom-right "
-        "causal & key padding (or key padding alone) can be converted to key_padding_mask; "
-        "this one is neither (e.g. sliding-window, block or packed-sequence masks)"
+        "causal & key padding (& the sliding_window passed in), or key padding alone, can be "
+        "converted to key_padding_mask; this one is neither (e.g. a sliding-window mask without "
+        "sliding_window, block or packed-sequence masks)"
     )
+
+
+def _padding_candidates(mask: torch.Tensor, window: int | None):
+    """``(causal, key_padding_mask [B, Sk])`` pairs one of which equals ``mask [B, 1, Sq, Sk]``
+    if it has a supported form."""
+    if window is None:
+        # The last query row sees every unpadded key under bottom-right causal (and any row
+        # does without causal).
+        yield True, mask[:, 0, -1, :]
+        yield False, mask[:, 0, :, :].any(dim=1)
+        return
+    # With a window a key is seen by a few rows only; rows that are all True may be rows with
+    # no allowed key that HF unmasked: the union of the other rows is the padding, and a key
+    # none of them may see is either unpadded or padded.
+    seq_q, seq_k = mask.shape[2], mask.shape[3]
+    shape = attention_mask(
+        seq_q, seq_k, causal=True, key_padding_mask=None, device=mask.device,
+        sliding_window=window,
+    )[0, 0]  # fmt: skip  # [Sq, Sk]
+    rows = ~mask[:, 0].all(dim=-1, keepdim=True)  # [B, Sq, 1]: rows that carry information
+    union = (mask[:, 0] & rows).any(dim=1)  # [B, Sk]
+    unseen = ~(shape & rows).any(dim=1)  # [B, Sk]
+    yield True, union | unseen
+    yield True, union
 
 
 def attention_hf(
@@ -112,21 +151,23 @@ def attention_hf(
             default True).
         query: ``[B, Hq, Sq, D]``; key, value: ``[B, Hkv, Sk, D]`` (GQA without repeating).
         attention_mask: None, or HF's boolean 4-D mask ``[B or 1, 1, Sq, Sk]`` (True = attend)
-            of the causal-plus-padding (or padding-only) form, converted to
-            ``key_padding_mask`` (+ causal); other masks raise ``ValueError``.
+            of the causal-plus-padding (with ``sliding_window``: causal, window and padding) or
+            padding-only form, converted to ``key_padding_mask`` (+ causal); other masks raise
+            ``ValueError``.
         scaling: softmax scale (default ``1 / sqrt(D)``).
         dropout: must be 0 (no attention dropout).
-        kwargs: ``is_causal`` overrides the module's; a non-None ``sliding_window`` or
-            ``softcap`` raises ``ValueError``; other keys are ignored.
+        kwargs: ``is_causal`` overrides the module's; ``sliding_window`` (Mistral, Qwen2,
+            Gemma-2: the last ``w`` keys) and ``softcap`` (Gemma-2's logit softcapping) are
+            passed to :func:`fusedops.attention`; other keys are ignored.
     Returns:
         ``(out [B, Sq, Hq, D] contiguous, None)`` (no attention weights).
     """
     if dropout:
         raise ValueError(f"{HF_OP}: attention dropout is not supported, got dropout={dropout}")
-    for name in ("sliding_window", "softcap"):
-        if kwargs.get(name) is not None:
-            raise ValueError(f"{HF_OP}: {name}={kwargs[name]!r} is not supported")
-    check_attention_args(HF_OP, query, key, value, softmax_scale=scaling)
+    window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
+    check_attention_args(
+        HF_OP, query, key, value, softmax_scale=scaling, sliding_window=window, softcap=softcap
+    )
     batch, _, seq_q, _ = query.shape
     seq_k = key.shape[2]
     if attention_mask is None:
@@ -149,9 +190,10 @@ def attention_hf(
                 f"{HF_OP}: attention_mask is on {attention_mask.device} but the other inputs "
                 f"are on {query.device}"
             )
-        padding, causal = _hf_mask_to_padding(attention_mask, batch, seq_q, seq_k)
+        padding, causal = _hf_mask_to_padding(attention_mask, batch, seq_q, seq_k, window)
     # Checked above with this function's name: attention() accepts what passed.
     out = attention(
-        query, key, value, causal=causal, softmax_scale=scaling, key_padding_mask=padding
-    )
+        query, key, value, causal=causal, softmax_scale=scaling, key_padding_mask=padding,
+        sliding_window=window, softcap=softcap,
+    )  # fmt: skip
     return out.transpose(1, 2).contiguous(), None

@@ -7,6 +7,8 @@ FusedEmbedding: padding_idx 11 outside [-10, 10)``).
 
 from fusedops.ops._lookup_checks import check_padding_idx
 from fusedops.ops.attention import attention, check_attention_args
+from fusedops.ops.attention_kvcache import attention_with_kvcache
+from fusedops.ops.attention_varlen import attention_varlen
 from fusedops.ops.backends import backend_for
 from fusedops.ops.embedding import fused_embedding
 from fusedops.ops.embedding_layernorm import fused_embedding_layernorm
@@ -17,6 +19,8 @@ __all__ = [
     "apply_rotary",
     "apply_rotary_varlen",
     "attention",
+    "attention_varlen",
+    "attention_with_kvcache",
     "backend_for",
     "check_attention_args",
     "check_padding_idx",

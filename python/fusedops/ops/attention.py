@@ -1,8 +1,10 @@
 """Fused causal attention as ``torch.library`` custom ops: validation, dispatch, autograd.
 
-``attention(q, k, v)`` computes ``softmax(scale * q k^T + mask) v`` for ``q [B, Hq, Sq, D]`` and
-``k``/``v`` ``[B, Hkv, Sk, D]`` (GQA/MQA when ``Hkv < Hq``), with a bottom-right causal mask
-(query ``i`` sees key ``j`` iff ``j <= i + Sk - Sq``) and/or a key padding mask. Backends:
+``attention(q, k, v)`` computes ``softmax(s + mask) v`` for ``q [B, Hq, Sq, D]`` and
+``k``/``v`` ``[B, Hkv, Sk, D]`` (GQA/MQA when ``Hkv < Hq``), where ``s = scale * q k^T`` or,
+with ``softcap = c``, ``c * tanh(scale * q k^T / c)``; the mask is bottom-right causal (query
+``i`` sees key ``j`` iff ``j <= p = i + Sk - Sq``), optionally a sliding window (``p - w < j``),
+and/or a key padding mask. Backends:
 
 * ``triton`` (CUDA, or CPU through Triton's interpreter): the custom op ``fusedops::attention``
   runs the FA2 forward launcher ``kernels/attention.py`` (online softmax, never materialises the
@@ -18,6 +20,9 @@
   ``return_lse`` SDPA is called directly, and autograd runs SDPA's own backward. With
   ``return_lse`` and a gradient the custom op runs instead: its backward recomputes the
   probabilities from the lse in fp32 (plain PyTorch, materialises ``[Sq, Sk]``; slower).
+  ``sliding_window`` is one more term of the explicit mask. ``softcap`` cannot be expressed to
+  SDPA: the custom op then runs plain fp32 PyTorch (materialised ``[Sq, Sk]`` scores, capped,
+  masked, softmaxed) with the same hand-written backward, times the tanh derivative.
 * ``reference``: :func:`fusedops.reference.attention` (plain PyTorch, fp32 math).
 """
 
@@ -51,26 +56,55 @@ MAX_HEAD_DIM = 256
 # ------------------------------------------------------------------------------------------
 
 
-def _mask(q, k, causal, key_padding_mask):
+def _mask(q, k, causal, key_padding_mask, window=None):
     return attention_mask(
-        q.shape[2], k.shape[2], causal=causal, key_padding_mask=key_padding_mask, device=q.device
+        q.shape[2],
+        k.shape[2],
+        causal=causal,
+        key_padding_mask=key_padding_mask,
+        device=q.device,
+        sliding_window=window,
     )
 
 
-def _sdpa_forward(q, k, v, key_padding_mask, causal, scale, need_lse):
+def _sdpa_window_blocks(q, k, v, key_padding_mask, scale, need_lse, window):
+    """Sliding window by query blocks: each block of ``block`` queries runs SDPA over the
+    ``block + window - 1`` keys its rows may see, so the cost is O(S * w), not O(S^2)."""
+    seq_q, seq_k = q.shape[2], k.shape[2]
+    shift, block = seq_k - seq_q, max(window, 256)
+    outs, lses = [], []
+    for start in range(0, seq_q, block):
+        end = min(start + block, seq_q)
+        # Keys [lo, hi) with hi = end + shift: the block keeps the bottom-right alignment.
+        lo, hi = max(0, start + shift - window + 1), end + shift
+        pad = None if key_padding_mask is None else key_padding_mask[:, max(lo, 0) : max(hi, 0)]
+        ks, vs = k[:, :, max(lo, 0) : max(hi, 0)], v[:, :, max(lo, 0) : max(hi, 0)]
+        if hi <= 0:  # no key for any row of the block
+            outs.append(torch.zeros_like(q[:, :, start:end]))
+            lses.append(torch.full(q[:, :, start:end, 0].shape, float("-inf"), device=q.device))
+            continue
+        out, lse = _sdpa_forward(q[:, :, start:end], ks, vs, pad, True, scale, need_lse, window)
+        outs.append(out)
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2) if need_lse else None
+
+
+def _sdpa_forward(q, k, v, key_padding_mask, causal, scale, need_lse, window=None):
     """``(out, lse or None)`` through torch SDPA; rows with no allowed key give zeros / -inf."""
     seq_q, seq_k = q.shape[2], k.shape[2]
+    if window is not None and seq_q > max(window, 256) and seq_k > 2 * max(window, 256):
+        return _sdpa_window_blocks(q, k, v, key_padding_mask, scale, need_lse, window)
     gqa = q.shape[1] != k.shape[1]
     row_ok = None
-    if causal and seq_q == 1:
+    if causal and seq_q == 1 and window is None:
         causal = False  # bottom-right: a single (decode) query sees every key; no mask to build
-    if causal and seq_q == seq_k and key_padding_mask is None:
+    if causal and seq_q == seq_k and key_padding_mask is None and window is None:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
         mask = None
         if need_lse:
             mask = _mask(q, k, causal, None)
     else:
-        mask = _mask(q, k, causal, key_padding_mask)
+        mask = _mask(q, k, causal, key_padding_mask, window)
         sdpa_mask = mask
         if mask is not None:
             row_ok = mask.any(dim=-1, keepdim=True)  # [B or 1, 1, Sq, 1]
@@ -91,19 +125,33 @@ def _expand_kv(x: torch.Tensor, heads_q: int) -> torch.Tensor:
     return x if group == 1 else x.repeat_interleave(group, dim=1)
 
 
-def _scores(q, k, mask, scale):
-    """fp32 ``scale * q k^T`` ``[B, Hq, Sq, Sk]`` with disallowed entries at ``-inf``."""
-    s = torch.matmul(q.float(), _expand_kv(k, q.shape[1]).float().transpose(-1, -2)) * scale
+def _raw_scores(q, k, scale):
+    """fp32 ``scale * q k^T`` ``[B, Hq, Sq, Sk]``."""
+    return torch.matmul(q.float(), _expand_kv(k, q.shape[1]).float().transpose(-1, -2)) * scale
+
+
+def _scores(q, k, mask, scale, softcap=None):
+    """fp32 scores ``[B, Hq, Sq, Sk]`` (``softcap * tanh(raw / softcap)`` with a softcap) with
+    disallowed entries at ``-inf``."""
+    s = _raw_scores(q, k, scale)
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
     return s if mask is None else s.masked_fill(~mask, float("-inf"))
 
 
-def _sdpa_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
-    """Backward of the SDPA forward from its lse: FA2's equations in plain fp32 PyTorch
-    (materialises ``[Sq, Sk]``)."""
+def _sdpa_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale, window=None,
+                   softcap=None):  # fmt: skip
+    """Backward of the CPU forward from its lse: FA2's equations in plain fp32 PyTorch
+    (materialises ``[Sq, Sk]``); with a softcap ``dS`` is multiplied by ``1 - tanh^2``."""
     heads_q, heads_kv = q.shape[1], k.shape[1]
     group = heads_q // heads_kv
-    mask = _mask(q, k, causal, key_padding_mask)
-    s = _scores(q, k, mask, scale)
+    mask = _mask(q, k, causal, key_padding_mask, window)
+    raw = _raw_scores(q, k, scale)  # [B, Hq, Sq, Sk]
+    tanh = None
+    if softcap is not None:
+        tanh = torch.tanh(raw / softcap)
+        raw = tanh * softcap
+    s = raw if mask is None else raw.masked_fill(~mask, float("-inf"))
     lse_safe = torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1)
     p = torch.exp(s - lse_safe)  # 0 at -inf scores (including rows with no allowed key)
     do = dout.float()
@@ -112,6 +160,8 @@ def _sdpa_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
     dp = torch.matmul(do, vf.transpose(-1, -2))
     delta = (do * out.float()).sum(dim=-1, keepdim=True)
     ds = p * (dp - delta) * scale
+    if tanh is not None:
+        ds = ds * (1.0 - tanh * tanh)  # d(c * tanh(x / c)) / dx
     dq = torch.matmul(ds, kf)
     dk = torch.matmul(ds.transpose(-1, -2), q.float())
     if group != 1:
@@ -121,8 +171,21 @@ def _sdpa_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _sdpa_forward_with_lse(q, k, v, key_padding_mask, causal, scale):
-    out, lse = _sdpa_forward(q, k, v, key_padding_mask, causal, scale, True)
+def _softcap_forward(q, k, v, key_padding_mask, causal, scale, window, softcap):
+    """``(out, lse)`` with capped scores in plain fp32 PyTorch (SDPA has no softcap)."""
+    mask = _mask(q, k, causal, key_padding_mask, window)
+    s = _scores(q, k, mask, scale, softcap)  # [B, Hq, Sq, Sk]
+    lse = s.logsumexp(dim=-1)  # -inf for rows with no allowed key
+    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1))
+    out = torch.matmul(p, _expand_kv(v, q.shape[1]).float())
+    return out.to(q.dtype), lse
+
+
+def _cpu_forward(q, k, v, key_padding_mask, causal, scale, window=None, softcap=None):
+    """``(out, lse)`` of the ``cpp`` backend: SDPA, or plain PyTorch with a softcap."""
+    if softcap is not None:
+        return _softcap_forward(q, k, v, key_padding_mask, causal, scale, window, softcap)
+    out, lse = _sdpa_forward(q, k, v, key_padding_mask, causal, scale, True, window)
     return out.contiguous(), lse.float().contiguous()
 
 
@@ -131,19 +194,21 @@ def _sdpa_forward_with_lse(q, k, v, key_padding_mask, causal, scale):
 # ------------------------------------------------------------------------------------------
 
 
-def _triton_forward(q, k, v, key_padding_mask, causal, scale):
+def _triton_forward(q, k, v, key_padding_mask, causal, scale, window=None, softcap=None):
     from fusedops.kernels.attention import attention_forward
 
     b, h, s, d = q.shape
     out = empty_output((b, h, s, d), q.dtype, q.device)
     lse = empty_output((b, h, s), torch.float32, q.device)
     attention_forward(
-        q, k, v, out, lse, causal=causal, softmax_scale=scale, key_padding_mask=key_padding_mask
-    )
+        q, k, v, out, lse, causal=causal, softmax_scale=scale, key_padding_mask=key_padding_mask,
+        sliding_window=window, softcap=softcap,
+    )  # fmt: skip
     return out, lse
 
 
-def _triton_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
+def _triton_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale, window=None,
+                     softcap=None):  # fmt: skip
     from fusedops.kernels.attention_backward import attention_backward
 
     dq = empty_output(tuple(q.shape), q.dtype, q.device)
@@ -151,12 +216,12 @@ def _triton_backward(q, k, v, out, lse, dout, key_padding_mask, causal, scale):
     dv = empty_output(tuple(v.shape), v.dtype, v.device)
     attention_backward(
         q, k, v, out, lse, dout, dq, dk, dv, causal=causal, softmax_scale=scale,
-        key_padding_mask=key_padding_mask,
+        key_padding_mask=key_padding_mask, sliding_window=window, softcap=softcap,
     )  # fmt: skip
     return dq, dk, dv
 
 
-_FORWARD = {"cpp": _sdpa_forward_with_lse, "triton": _triton_forward}
+_FORWARD = {"cpp": _cpu_forward, "triton": _triton_forward}
 _BACKWARD = {"cpp": _sdpa_backward, "triton": _triton_backward}
 
 
@@ -172,11 +237,15 @@ def _attention(
     key_padding_mask: torch.Tensor | None,
     causal: bool,
     softmax_scale: float,
+    sliding_window: int | None,
+    softcap: float | None,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B, Hq, Sq, D] in q's dtype, lse [B, Hq, Sq] fp32)`` of validated inputs
     (stride(-1) == 1; ``key_padding_mask`` contiguous bool ``[B, Sk]`` or None)."""
-    return implementation(OP, _FORWARD, backend)(q, k, v, key_padding_mask, causal, softmax_scale)
+    return implementation(OP, _FORWARD, backend)(
+        q, k, v, key_padding_mask, causal, softmax_scale, sliding_window, softcap
+    )
 
 
 def _attention_backward(
@@ -189,11 +258,13 @@ def _attention_backward(
     key_padding_mask: torch.Tensor | None,
     causal: bool,
     softmax_scale: float,
+    sliding_window: int | None,
+    softcap: float | None,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dq, dk, dv)`` shaped like ``q``, ``k``, ``v`` (GQA grads summed over the group)."""
     return implementation(OP, _BACKWARD, backend)(
-        q, k, v, out, lse, dout, key_padding_mask, causal, softmax_scale
+        q, k, v, out, lse, dout, key_padding_mask, causal, softmax_scale, sliding_window, softcap
     )
 
 
@@ -215,20 +286,19 @@ def _(q, k, v, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, key_padding_mask, causal, softmax_scale, backend = inputs
+    q, k, v, key_padding_mask, *options = inputs  # causal, scale, window, softcap, backend
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-    ctx.args = (causal, softmax_scale, backend)
+    ctx.args = tuple(options)
 
 
 def _backward(ctx, grad_out, grad_lse):
     # grad_lse is ignored: the public API returns lse as a constant (documented).
     q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-    causal, scale, backend = ctx.args
-    args = (q, k, v, out, lse, unit_stride(grad_out), key_padding_mask, causal, scale, backend)
+    args = (q, k, v, out, lse, unit_stride(grad_out), key_padding_mask, *ctx.args)
     # With create_graph the op runs and raises: there is no double backward.
     dq, dk, dv = run(attention_backward_op, _attention_backward, torch.is_grad_enabled(), *args)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, *([None] * (1 + len(ctx.args)))  # mask + options
 
 
 attention_op.register_autograd(_backward, setup_context=_setup_context)
@@ -240,32 +310,31 @@ _Attention = autograd_function("_Attention", _attention, _setup_context, _backwa
 # ------------------------------------------------------------------------------------------
 
 
-def _check_qkv(op, q, k, v):
+def check_qkv_tensors(op: str, q, k, v, layout: str) -> None:
+    """q, k, v are float tensors of ``len(layout)`` dims (``layout`` names them, e.g.
+    ``"BHSD"``), of one dtype and device, with ``k.shape == v.shape``."""
+    ndim = len(layout)
+    dims = ", ".join(layout)
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(op, name, t)
         if t.dtype not in FLOAT_DTYPES:
             raise TypeError(
                 f"{op}: {name} must have dtype in (float32, float16, bfloat16), got {t.dtype}"
             )
-        if t.dim() != 4:
-            raise ValueError(f"{op}: {name} must be 4-D [B, H, S, D], got shape {tuple(t.shape)}")
+        if t.dim() != ndim:
+            raise ValueError(f"{op}: {name} must be {ndim}-D [{dims}], got shape {tuple(t.shape)}")
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{op}: {name} dtype {t.dtype} differs from q dtype {q.dtype}")
         check_same_device(op, name, t, q.device)
-    batch, heads_q, _, dim = q.shape
-    k_shape = k.shape
-    if k_shape != v.shape:
+    if k.shape != v.shape:
         raise ValueError(
-            f"{op}: k and v must have the same shape [B, Hkv, Sk, D], got {tuple(k_shape)} "
-            f"and {tuple(v.shape)}"
+            f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
         )
-    k_batch, heads_kv, _, k_dim = k_shape
-    if k_batch != batch or k_dim != dim:
-        raise ValueError(
-            f"{op}: k {tuple(k_shape)} must match q {tuple(q.shape)} in batch and head dim "
-            "([B, Hkv, Sk, D] vs [B, Hq, Sq, D])"
-        )
+
+
+def check_heads(op: str, heads_q: int, heads_kv: int, dim: int) -> None:
+    """GQA head counts (``Hq % Hkv == 0``) and the kernels' head-dim range."""
     if heads_kv < 1 or heads_q % heads_kv:
         raise ValueError(
             f"{op}: the number of query heads Hq={heads_q} must be a multiple of the number of "
@@ -275,6 +344,18 @@ def _check_qkv(op, q, k, v):
         raise ValueError(
             f"{op}: head dim D={dim} outside the supported range [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
         )
+
+
+def _check_qkv(op, q, k, v):
+    check_qkv_tensors(op, q, k, v, "BHSD")
+    batch, heads_q, _, dim = q.shape
+    k_batch, heads_kv, _, k_dim = k.shape
+    if k_batch != batch or k_dim != dim:
+        raise ValueError(
+            f"{op}: k {tuple(k.shape)} must match q {tuple(q.shape)} in batch and head dim "
+            "([B, Hkv, Sk, D] vs [B, Hq, Sq, D])"
+        )
+    check_heads(op, heads_q, heads_kv, dim)
 
 
 def _check_mask(op, mask, batch, seq_k, device):
@@ -293,7 +374,8 @@ def _check_mask(op, mask, batch, seq_k, device):
     return mask.contiguous()
 
 
-def _check_scale(op, softmax_scale, dim) -> float:
+def check_scale(op: str, softmax_scale: float | None, dim: int) -> float:
+    """The softmax scale: ``1 / sqrt(dim)`` for None, else a finite float > 0."""
     if softmax_scale is None:
         return 1.0 / math.sqrt(dim)
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
@@ -302,6 +384,39 @@ def _check_scale(op, softmax_scale, dim) -> float:
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"{op}: softmax_scale must be finite and > 0, got {softmax_scale!r}")
     return scale
+
+
+def check_options(
+    op: str,
+    causal: bool,
+    sliding_window: int | None,
+    softcap: float | None,
+    return_lse: bool,
+) -> float | None:
+    """Check the flags, ``sliding_window`` (int >= 1, needs ``causal``) and ``softcap`` (finite
+    float > 0); return the softcap as a float (or None)."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"{op}: causal must be a bool, got {causal!r}")
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"{op}: return_lse must be a bool, got {return_lse!r}")
+    if sliding_window is not None:
+        if isinstance(sliding_window, bool) or not isinstance(sliding_window, int):
+            raise TypeError(f"{op}: sliding_window must be an int or None, got {sliding_window!r}")
+        if sliding_window < 1:
+            raise ValueError(f"{op}: sliding_window must be >= 1, got {sliding_window}")
+        if not causal:
+            raise ValueError(
+                f"{op}: sliding_window={sliding_window} needs causal=True (the window is the "
+                "last w keys up to each query's bottom-right aligned position)"
+            )
+    if softcap is None:
+        return None
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"{op}: softcap must be a float or None, got {softcap!r}")
+    cap = float(softcap)
+    if not math.isfinite(cap) or cap <= 0:
+        raise ValueError(f"{op}: softcap must be finite and > 0, got {softcap!r}")
+    return cap
 
 
 def check_attention_args(
@@ -314,15 +429,14 @@ def check_attention_args(
     softmax_scale: float | None = None,
     key_padding_mask: torch.Tensor | None = None,
     return_lse: bool = False,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[float, torch.Tensor | None]:
     """Check the arguments of :func:`attention` as ``op`` (the name errors start with, e.g. a
     wrapper's); return the softmax scale and the contiguous key padding mask (or None)."""
     _check_qkv(op, q, k, v)
-    if not isinstance(causal, bool):
-        raise TypeError(f"{op}: causal must be a bool, got {causal!r}")
-    if not isinstance(return_lse, bool):
-        raise TypeError(f"{op}: return_lse must be a bool, got {return_lse!r}")
-    scale = _check_scale(op, softmax_scale, q.shape[3])
+    check_options(op, causal, sliding_window, softcap, return_lse)
+    scale = check_scale(op, softmax_scale, q.shape[3])
     return scale, _check_mask(op, key_padding_mask, q.shape[0], k.shape[2], q.device)
 
 
@@ -334,6 +448,8 @@ def attention(
     causal: bool = True,
     softmax_scale: float | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
     return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention (FlashAttention-2 style on the Triton backend).
@@ -344,9 +460,16 @@ def attention(
         k, v: ``[B, Hkv, Sk, D]``, same dtype and device; ``Hq % Hkv == 0`` (query head ``h``
             uses kv head ``h // (Hq // Hkv)``: GQA/MQA without repeating k/v).
         causal: bottom-right causal mask: query ``i`` attends key ``j`` iff
-            ``j <= i + Sk - Sq`` (so a decode step ``Sq = 1`` sees every cached key).
+            ``j <= p = i + Sk - Sq`` (so a decode step ``Sq = 1`` sees every cached key).
         softmax_scale: defaults to ``1 / sqrt(D)``.
         key_padding_mask: bool ``[B, Sk]``, True = attend (combinable with ``causal``).
+        sliding_window: ``w`` (int >= 1, needs ``causal=True``): query ``i`` attends key ``j``
+            iff ``p - w < j <= p``, the last ``w`` keys up to its position (Hugging Face's
+            ``sliding_window``). The Triton kernels skip key tiles outside the window.
+        softcap: ``c`` (finite > 0): scores ``c * tanh(scale * q.k / c)`` before the softmax
+            (Gemma-2); the backward includes the tanh derivative. On CPU this runs plain
+            PyTorch (materialised ``[Sq, Sk]`` scores) inside the custom op: SDPA has no
+            softcap.
         return_lse: also return ``lse [B, Hq, Sq]`` fp32, the natural log of each row's
             softmax denominator (``-inf`` for a row with no allowed key). It is returned as a
             constant: no gradient flows back through it.
@@ -367,30 +490,40 @@ def attention(
         softmax_scale=softmax_scale,
         key_padding_mask=key_padding_mask,
         return_lse=return_lse,
+        sliding_window=sliding_window,
+        softcap=softcap,
     )
+    cap = None if softcap is None else float(softcap)
     backend = resolve_backend(OP, q.device, BACKENDS)
     if backend == "reference":
         result = reference.attention(
-            q, k, v, causal=causal, softmax_scale=scale, key_padding_mask=mask, return_lse=True
-        )
+            q, k, v, causal=causal, softmax_scale=scale, key_padding_mask=mask, return_lse=True,
+            sliding_window=sliding_window, softcap=cap,
+        )  # fmt: skip
         return result if return_lse else result[0]
     if q.numel() == 0 or k.shape[2] == 0:
-        # Nothing to attend (an empty batch/head/sequence, or no keys: every row is empty).
-        # A where() on a constant False gives zeros that stay connected to q, k and v in
-        # autograd (zero gradients) without multiplying them by 0 (inf * 0 would be NaN).
-        never = torch.zeros((), dtype=torch.bool, device=q.device)
-        inputs = q + (k.sum() + v.sum())  # [B, Hq, Sq, D]: never selected
-        out = torch.where(never, inputs, torch.zeros((), dtype=q.dtype, device=q.device))
-        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
-        return (out, lse) if return_lse else out
+        return empty_attention(q, k, v, q.shape[:3], return_lse)
     q, k, v = unit_stride(q), unit_stride(k), unit_stride(v)
     grad = needs_grad(q, k, v)
-    if backend == "cpp" and not (return_lse and grad):
+    if backend == "cpp" and cap is None and not (return_lse and grad):
         # SDPA directly (its own fused backward when a gradient is needed); the custom op (lse
         # + a materialising fp32 backward) only when the lse is asked for with a gradient.
-        out, lse = _sdpa_forward(q, k, v, mask, causal, scale, return_lse)
+        out, lse = _sdpa_forward(q, k, v, mask, causal, scale, return_lse, sliding_window)
         return (out, lse.float().detach()) if return_lse else out
     out, lse = run(
-        attention_op, _attention, grad, q, k, v, mask, causal, scale, backend, autograd=_Attention
-    )
+        attention_op, _attention, grad, q, k, v, mask, causal, scale, sliding_window, cap,
+        backend, autograd=_Attention,
+    )  # fmt: skip
     return (out, lse.detach()) if return_lse else out
+
+
+def empty_attention(q, k, v, lse_shape, return_lse):
+    """The result when there is nothing to attend (no queries, or no keys: every row is empty):
+    zeros (lse ``-inf``, shaped ``lse_shape``). A where() on a constant False gives zeros that
+    stay connected to q, k and v in autograd (zero gradients) without multiplying them by 0
+    (inf * 0 would be NaN)."""
+    never = torch.zeros((), dtype=torch.bool, device=q.device)
+    inputs = q + (k.sum() + v.sum())  # like q: never selected
+    out = torch.where(never, inputs, torch.zeros((), dtype=q.dtype, device=q.device))
+    lse = torch.full(tuple(lse_shape), float("-inf"), dtype=torch.float32, device=q.device)
+    return (out, lse) if return_lse else out

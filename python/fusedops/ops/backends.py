@@ -22,6 +22,8 @@ _OP_MODULES = {
     "int8_embedding": "int8_embedding",
     "apply_rotary": "rope",
     "attention": "attention",
+    "attention_varlen": "attention_varlen",
+    "attention_with_kvcache": "attention_kvcache",
 }
 OPS = tuple(_OP_MODULES)
 
