@@ -15,11 +15,13 @@ tokenizers = pytest.importorskip("tokenizers")
 import torch  # noqa: E402
 
 from fusedops import cli  # noqa: E402
+from fusedops.integrations import hf_attention  # noqa: E402
 
 WORDS = ["<unk>", "<s>", "</s>", "user", "assistant"] + [f"w{i}" for i in range(59)]
 PROMPT = "w3 w14 w15 w9 w26"
 SPEED = re.compile(
-    r"^(patched|unpatched \(--no-patch\)), float32 on cpu: prompt (\d+) tokens, "
+    r"^(patched|unpatched \(--no-patch\)), float32 on cpu, (?:dynamic|static) cache: "
+    r"prompt (\d+) tokens, "
     r"prefill [\d.]+ ms; (\d+) new tokens, decode [\d.]+ tokens/s$",
     re.M,
 )
@@ -64,10 +66,20 @@ def _generate(capsys, *args: str) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
-def test_generate_patched_matches_unpatched(tiny_llama, capsys):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_patched_matches_unpatched(tiny_llama, capsys, monkeypatch, cache):
     args = ["--model", str(tiny_llama), "--prompt", PROMPT, "--max-new-tokens", "12"]
+    args += ["--cache", cache]
+    kvcache, calls = hf_attention.attention_with_kvcache, []
+    monkeypatch.setattr(
+        hf_attention,
+        "attention_with_kvcache",
+        lambda *a, **kw: calls.append(1) or kvcache(*a, **kw),
+    )
     rc, patched, _ = _generate(capsys, *args)
     assert rc == 0
+    # patched static-cache decode steps (11 steps x 2 layers) run attention_with_kvcache
+    assert len(calls) == (22 if cache == "static" else 0)
     rc, unpatched, _ = _generate(capsys, *args, "--no-patch")
     assert rc == 0
     text_p, text_u = patched.split("\n\n")[0], unpatched.split("\n\n")[0]

@@ -186,6 +186,12 @@ def _model_demo(device: torch.device, quick: bool) -> tuple[list[str], list[tupl
             checks.append(
                 (f"{name}: greedy tokens identical patched vs unpatched", c.tokens_identical)
             )
+            checks.append(
+                (
+                    f"{name}: static cache (attention_with_kvcache): greedy tokens identical",
+                    c.static_tokens_identical,
+                )
+            )
         against = "unpatched" if c.tokens_must_match else "fp32 unpatched"
         bound = f"{c.ref_err:.3g} <= {c.bound:.3g} ({c.bound_text})"
         checks.append((f"{name}: logits vs {against}: max diff {bound}", c.logits_ok))
@@ -338,14 +344,15 @@ def generate(args: argparse.Namespace) -> int:
             print(f"fusedops generate: {exc} (--no-patch runs the model as is)", file=sys.stderr)
             return 2
     inputs = mb.chat_inputs(tokenizer, args.prompt, device)
-    result = mb.generate_greedy(model, tokenizer, inputs, args.max_new_tokens)
+    result = mb.generate_greedy(model, tokenizer, inputs, args.max_new_tokens, args.cache)
     print(result.text)
     print()
     n_prompt, n_new = inputs["input_ids"].shape[1], len(result.tokens)
     rate = "-" if result.decode_tokens_per_s is None else f"{result.decode_tokens_per_s:.1f}"
     state = "unpatched (--no-patch)" if report is None else "patched"
     print(
-        f"{state}, {args.dtype} on {bm.device_label(device)}: prompt {n_prompt} tokens, "
+        f"{state}, {args.dtype} on {bm.device_label(device)}, {args.cache} cache: prompt "
+        f"{n_prompt} tokens, "
         f"prefill {result.prefill_ms:.1f} ms; {n_new} new tokens, decode {rate} tokens/s"
     )
     if report is not None:
@@ -377,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         "--int8-embedding", action="store_true", help="patch with an INT8 input embedding table"
     )
     gen_p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    gen_p.add_argument(
+        "--cache",
+        choices=("dynamic", "static"),
+        default="dynamic",
+        help="Hugging Face's KV cache (default: dynamic); patched static-cache decode steps "
+        "run fusedops.attention_with_kvcache",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(quick=args.quick)

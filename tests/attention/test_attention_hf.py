@@ -89,8 +89,10 @@ def test_refusals():
         fusedops.attention_hf(_Layer(), q, k, v, torch.ones(2, 4, 6, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match="attention_hf: attention dropout"):
         fusedops.attention_hf(_Layer(), q, k, v, None, dropout=0.1)
-    with pytest.raises(ValueError, match="attention_hf: sliding_window=4"):
-        fusedops.attention_hf(_Layer(), q, k, v, None, sliding_window=4)
+    with pytest.raises(ValueError, match="attention_hf: sliding_window must be >= 1, got 0"):
+        fusedops.attention_hf(_Layer(), q, k, v, None, sliding_window=0)
+    with pytest.raises(ValueError, match="attention_hf: softcap must be finite and > 0"):
+        fusedops.attention_hf(_Layer(), q, k, v, None, softcap=-1.0)
     with pytest.raises(ValueError, match="attention_hf: head dim D=8"):
         fusedops.attention_hf(_Layer(), *_qkv(dim=8), None)
 

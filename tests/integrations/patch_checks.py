@@ -1,30 +1,33 @@
-"""What the patching tests share: the parity bound, the per-family expectations of a report and
-the module-level RoPE function of a model's modeling file."""
+"""What the patching tests share: the parity bound, the per-family expectations of a report, the
+module-level RoPE function of a model's modeling file and greedy generation."""
 
 from __future__ import annotations
 
 import importlib
 
 import torch
+from tiny_models import PAD_ID
 
 # Patched vs unpatched in fp32: max |difference| <= this times max |reference value|.
 PARITY_RTOL = 1e-4
 
 # What patch() must replace per case of tiny_models.CASES; any other kind the family has is
-# replaced or left alone with a reason (a sliding window, GPT-2's per-layer attention scaling).
+# replaced or left alone with a reason (GPT-2's per-layer attention scaling).
 EXPECTED_KINDS: dict[str, tuple[str, ...]] = {
     "llama": ("embedding", "rope", "attention"),
     "llama_tied": ("embedding", "rope", "attention"),
     "mistral": ("embedding", "rope", "attention"),
-    "mistral_window": ("embedding", "rope"),
+    "mistral_window": ("embedding", "rope", "attention"),
     "qwen2": ("embedding", "rope", "attention"),
+    "qwen2_window": ("embedding", "rope", "attention"),
+    "gemma2": ("embedding", "rope", "attention"),
     "qwen3": ("embedding", "rope", "attention"),
     "gemma": ("embedding", "rope", "attention"),
     "gpt2": ("embedding", "attention"),
     "gpt2_layer_scaled": ("embedding",),
     "bert": ("embedding", "attention"),
 }
-ROPE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+ROPE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
 
 
 def check_report_kinds(report, case: str, model_type: str) -> None:
@@ -81,3 +84,22 @@ def assert_parity(actual: torch.Tensor, expected: torch.Tensor, what: str) -> fl
     rel = max_relative_diff(actual, expected)
     assert rel <= PARITY_RTOL, f"{what}: max |diff| = {rel:.3g} x max |reference| > {PARITY_RTOL}"
     return rel
+
+
+def greedy_generate(model, ids, mask, *, new_tokens: int, cache: str = "dynamic"):
+    """``(sequences [B, S + N], logits [N, B, V])`` of exactly ``new_tokens`` greedy tokens
+    with the ``"dynamic"`` or ``"static"`` cache."""
+    kwargs = {"cache_implementation": "static"} if cache == "static" else {}
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=PAD_ID,
+            output_logits=True,
+            return_dict_in_generate=True,
+            **kwargs,
+        )
+    return out.sequences, torch.stack(out.logits)

@@ -1,6 +1,6 @@
 """Training through a patched model: in training mode (dropout probabilities 0) the loss
 gradient of every parameter matches the unpatched model's in fp32, on tiny llama (tied and
-untied embeddings), gpt2 and bert with padded batches."""
+untied embeddings), gemma2 (sliding window + softcap), gpt2 and bert with padded batches."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ BACKWARD_CASES = [
     ("llama", "causal_lm", False),
     ("llama", "causal_lm", True),
     ("llama_tied", "causal_lm", False),
+    ("gemma2", "causal_lm", False),  # window-4 and full layers, softcapped scores
     ("gpt2", "causal_lm", False),
     ("bert", "base", False),
 ]

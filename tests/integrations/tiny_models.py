@@ -2,14 +2,16 @@
 fp32, built in well under a second), reference/candidate twins with identical weights, and padded
 token batches.
 
-A case is a model family plus the variant it tests (tied or untied embeddings, a sliding window,
-GPT-2's per-layer attention scaling). Twins come from :func:`copy.deepcopy` of one built model, so
+A case is a model family plus the variant it tests (tied or untied embeddings, sliding windows
+on every layer or alternating with full layers, Gemma-2's softcap, GPT-2's per-layer attention
+scaling). Twins come from :func:`copy.deepcopy` of one built model, so
 each has its own config object: ``set_attn_implementation`` mutates the config it is given.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -77,6 +79,7 @@ class Case:
     config_class: str
     kwargs: dict = field(default_factory=dict)
     heads: tuple[str, ...] = ("causal_lm", "seq_cls", "base")
+    attention: str = "sdpa"  # the unpatched implementation (Gemma-2 has no SDPA path)
 
     @property
     def decoder(self) -> bool:
@@ -95,8 +98,34 @@ CASES: dict[str, Case] = {
         _case("mistral", "mistral", "MistralConfig", _DECODER, sliding_window=None),
         _case("mistral_window", "mistral", "MistralConfig", _DECODER, sliding_window=4),
         _case("qwen2", "qwen2", "Qwen2Config", _DECODER, tie_word_embeddings=False),
+        # layer 0 full attention, layer 1 a window of 4 (Qwen2's max_window_layers split)
+        _case(
+            "qwen2_window",
+            "qwen2",
+            "Qwen2Config",
+            _DECODER,
+            tie_word_embeddings=False,
+            use_sliding_window=True,
+            sliding_window=4,
+            max_window_layers=1,
+        ),
         _case("qwen3", "qwen3", "Qwen3Config", _DECODER, head_dim=16, tie_word_embeddings=True),
         _case("gemma", "gemma", "GemmaConfig", _DECODER, head_dim=16, tie_word_embeddings=True),
+        # alternating window-4 / full layers, scores capped at 2 (small enough to bite)
+        dataclasses.replace(
+            _case(
+                "gemma2",
+                "gemma2",
+                "Gemma2Config",
+                _DECODER,
+                head_dim=16,
+                sliding_window=4,
+                query_pre_attn_scalar=16,
+                attn_logit_softcapping=2.0,
+                tie_word_embeddings=True,
+            ),
+            attention="eager",
+        ),
         _case("gpt2", "gpt2", "GPT2Config", _GPT2, tie_word_embeddings=True),
         _case(
             "gpt2_layer_scaled", "gpt2", "GPT2Config", _GPT2, scale_attn_by_inverse_layer_idx=True
@@ -130,25 +159,31 @@ CASE_HEADS = [(name, head) for name, case in CASES.items() for head in case.head
 
 
 def make_config(name: str, **overrides):
-    """A fresh config object of case ``name`` (sdpa attention) with ``overrides`` applied."""
+    """A fresh config object of case ``name`` (the case's unpatched attention) with
+    ``overrides`` applied."""
     import transformers
 
-    case = CASES[name] if name in CASES else {UNSUPPORTED.name: UNSUPPORTED}[name]
+    case = _lookup(name)
     config_class = getattr(transformers, case.config_class)
     config = config_class(**{**case.kwargs, **overrides})
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = case.attention
     return config
+
+
+def _lookup(name: str) -> Case:
+    return CASES[name] if name in CASES else {UNSUPPORTED.name: UNSUPPORTED}[name]
 
 
 def build(name: str, head: str = "causal_lm", *, seed: int = 0, **overrides) -> torch.nn.Module:
     """Case ``name`` with ``head`` (a key of :data:`HEADS`), random weights from ``seed``, fp32,
-    sdpa attention, in eval mode."""
+    the case's unpatched attention (sdpa but for Gemma-2's eager), in eval mode."""
     import transformers
 
     auto = getattr(transformers, HEADS[head])
     config = make_config(name, **overrides)
     torch.manual_seed(seed)
-    model = auto.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    attention = _lookup(name).attention
+    model = auto.from_config(config, attn_implementation=attention, dtype=torch.float32)
     return model.eval()
 
 

@@ -107,10 +107,15 @@ class _Stamps:
 
 
 def generate_greedy(
-    model: Any, tokenizer: Any, inputs: Mapping[str, torch.Tensor], max_new_tokens: int
+    model: Any,
+    tokenizer: Any,
+    inputs: Mapping[str, torch.Tensor],
+    max_new_tokens: int,
+    cache: str = "dynamic",
 ) -> Generation:
-    """Greedy ``model.generate`` of up to ``max_new_tokens``; the prefill time is from the call
-    to the first new token, the decode rate over the tokens after it."""
+    """Greedy ``model.generate`` of up to ``max_new_tokens`` with Hugging Face's ``"dynamic"``
+    or ``"static"`` KV cache; the prefill time is from the call to the first new token, the
+    decode rate over the tokens after it."""
     stamps = _Stamps()
     with torch.inference_mode():
         t0 = time.perf_counter()
@@ -120,6 +125,7 @@ def generate_greedy(
             do_sample=False,
             streamer=stamps,
             pad_token_id=_pad_id(model, tokenizer),
+            cache_implementation=cache,
         )
     new = out[0, inputs["input_ids"].shape[1] :].tolist()  # [N]
     token_times = stamps.times[1:]  # the first put() is the prompt
@@ -300,10 +306,16 @@ class CausalComparison:
     report: Any
     reference: LogitsReference
     tokens_must_match: bool = True
+    static_generations: dict[str, Generation] | None = None  # with Hugging Face's StaticCache
 
     @property
     def tokens_identical(self) -> bool:
         return self.generations[UNPATCHED].tokens == self.generations[PATCHED].tokens
+
+    @property
+    def static_tokens_identical(self) -> bool:
+        static = self.static_generations or {}
+        return static[UNPATCHED].tokens == static[PATCHED].tokens
 
     @property
     def logits_ok(self) -> bool:
@@ -339,6 +351,11 @@ def compare_causal(
     generations = {UNPATCHED: generate_greedy(model, tokenizer, inputs, new_tokens)}
     with patch() as report:
         generations[PATCHED] = generate_greedy(model, tokenizer, inputs, new_tokens)
+    # A static cache: the patched decode steps run fusedops.attention_with_kvcache.
+    note(f"  greedy generation of {new_tokens} tokens with a static cache, both ways ...")
+    static = {UNPATCHED: generate_greedy(model, tokenizer, inputs, new_tokens, cache="static")}
+    with patch():
+        static[PATCHED] = generate_greedy(model, tokenizer, inputs, new_tokens, cache="static")
     if reference is None:
         new = torch.tensor([generations[UNPATCHED].tokens], dtype=torch.long, device=device)
         ids = torch.cat([inputs["input_ids"], new], dim=1)  # [1, prompt + new]
@@ -392,6 +409,7 @@ def compare_causal(
         report=report,
         reference=reference,
         tokens_must_match=dtype == torch.float32,
+        static_generations=static,
     )
 
 

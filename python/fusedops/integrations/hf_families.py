@@ -12,7 +12,8 @@
 
 ``rope``: the family's modeling file has Hugging Face's ``apply_rotary_pos_emb``, swapped for
 ``fusedops.apply_rotary``. ``attention``: the model runs with ``attn_implementation="fusedops"``
-(causal for decoders, bidirectional with padding for encoders).
+(causal for decoders, bidirectional with padding for encoders; sliding-window layers and
+Gemma-2's attention softcap included).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FAMILIES: dict[str, Family] = {
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
     "gemma": Family("scaled_tokens", ("embed_tokens",), rope=True),
+    "gemma2": Family("scaled_tokens", ("embed_tokens",), rope=True),
     "gpt2": Family("learned_positions", ("wte", "wpe"), rope=False),
     "bert": Family("bert", ("embeddings",), rope=False),
 }

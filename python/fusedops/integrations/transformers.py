@@ -254,15 +254,6 @@ class _Patcher:
     def attention(self, model: nn.Module) -> None:
         config = model.config
         target = f"{self.path(model)}.config._attn_implementation"
-        window = _sliding_window(config)
-        if window is not None:
-            self.left_alone(
-                "attention",
-                target,
-                f"sliding-window attention (window {window}) is not supported by "
-                "fusedops.attention",
-            )
-            return
         head_dim = getattr(config, "head_dim", None) or _hidden_per_head(config)
         if head_dim is not None and not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
             self.left_alone(
@@ -280,7 +271,9 @@ class _Patcher:
             self.left_alone("attention", target, f"the model refuses it: {exc}")
             return
         self.undo.append(_RestoreAttention(model, previous))
-        self.replaced("attention", target, f"{previous!r} -> {ATTENTION_NAME!r}")
+        variants = _attention_variants(config)
+        detail = f"{previous!r} -> {ATTENTION_NAME!r}" + (f" ({variants})" if variants else "")
+        self.replaced("attention", target, detail)
 
 
 def _hidden_per_head(config) -> int | None:
@@ -295,15 +288,21 @@ def _is_tied(model: nn.Module, weight: torch.Tensor) -> bool:
     return out is not None and getattr(out, "weight", None) is weight
 
 
-def _sliding_window(config) -> int | None:
-    """The window of a config that has sliding-window layers, else None."""
+def _attention_variants(config) -> str:
+    """The sliding-window layers and the softcap of a config, in words ("" for neither)."""
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return window if "sliding_attention" in layer_types else None
-    if getattr(config, "use_sliding_window", True) is False:
-        return None
-    return window
+    parts = []
+    if window is not None and getattr(config, "use_sliding_window", True) is not False:
+        if layer_types is None:
+            parts.append(f"sliding window {window} on every layer")
+        elif "sliding_attention" in layer_types:
+            count = layer_types.count("sliding_attention")
+            parts.append(f"sliding window {window} on {count} of {len(layer_types)} layers")
+    softcap = getattr(config, "attn_logit_softcapping", None)
+    if softcap is not None:
+        parts.append(f"softcap {softcap:g}")
+    return ", ".join(parts)
 
 
 def _hf_models(model: nn.Module) -> list[nn.Module]:
@@ -372,7 +371,9 @@ def patch(
         rope: swap the modeling file's ``apply_rotary_pos_emb`` (runs fused inside patched
             layers only).
         attention: set ``attn_implementation="fusedops"`` (:func:`fusedops.attention` with
-            a ``[B, Sk]`` key mask; sliding-window models are left alone).
+            a ``[B, Sk]`` key mask, sliding windows and softcaps included; packed sequences
+            run ``fusedops.attention_varlen`` and static-cache decode steps
+            ``fusedops.attention_with_kvcache``).
         int8_embedding: store the input embedding table as INT8
             (:class:`fusedops.nn.Int8Embedding`); inference only. A tied table keeps its
             float copy for the output layer (no memory saved); an untied one is released,
