@@ -247,6 +247,17 @@ def _attend_block(
     return online_softmax_step(acc, l_i, m_i, s, v, DOT_PRECISION)
 
 
+@triton.jit
+def varlen_bounds(cu_q_ptr, cu_k_ptr, b):
+    """Sequence ``b`` of packed tensors (rows ``[cu[b], cu[b + 1])``): ``(first q row, first k
+    row)`` as int64 and ``(Sq, Sk)``."""
+    q_start = tl.load(cu_q_ptr + b)
+    k_start = tl.load(cu_k_ptr + b)
+    seq_q = tl.load(cu_q_ptr + b + 1) - q_start
+    seq_k = tl.load(cu_k_ptr + b + 1) - k_start
+    return q_start.to(tl.int64), k_start.to(tl.int64), seq_q, seq_k
+
+
 @triton.autotune(
     configs=_configs(),
     key=[
@@ -320,15 +331,12 @@ def attention_fwd_kernel(
     l_base = lse_ptr + b64 * stride_lb + h.to(tl.int64) * stride_lh
     if VARLEN:
         # Sequence b holds rows [cu[b], cu[b + 1]) of the packed tensors (batch strides 0).
-        q_start = tl.load(cu_q_ptr + b)
-        k_start = tl.load(cu_k_ptr + b)
-        seq_q = tl.load(cu_q_ptr + b + 1) - q_start
-        seq_k = tl.load(cu_k_ptr + b + 1) - k_start
-        q_base += q_start.to(tl.int64) * stride_qm
-        k_base += k_start.to(tl.int64) * stride_kn
-        v_base += k_start.to(tl.int64) * stride_vn
-        o_base += q_start.to(tl.int64) * stride_om
-        l_base += q_start.to(tl.int64) * stride_lm
+        q_row0, k_row0, seq_q, seq_k = varlen_bounds(cu_q_ptr, cu_k_ptr, b)
+        q_base += q_row0 * stride_qm
+        k_base += k_row0 * stride_kn
+        v_base += k_row0 * stride_vn
+        o_base += q_row0 * stride_om
+        l_base += q_row0 * stride_lm
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     offs_n = tl.arange(0, BLOCK_N)  # [BN]
@@ -624,5 +632,6 @@ __all__ = [
     "mask_args",
     "tanh",
     "variant_args",
+    "varlen_bounds",
     "visited_key_tiles",
 ]

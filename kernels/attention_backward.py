@@ -43,6 +43,7 @@ from .attention import (
     seq_bucket,
     tanh,
     variant_args,
+    varlen_bounds,
 )
 
 _LOG2E = tl.constexpr(LOG2E)  # as the kernels read it
@@ -263,15 +264,11 @@ def _bwd_dkdv(
     dv_base = dv_ptr + b * stride_dvb + hk * stride_dvh
     q_row0 = tl.zeros([], tl.int64)  # VARLEN: the sequence's first row in q/dO/lse/delta
     if VARLEN:
-        q_start = tl.load(cu_q_ptr + b)
-        k_start = tl.load(cu_k_ptr + b)
-        seq_q = tl.load(cu_q_ptr + b + 1) - q_start
-        seq_k = tl.load(cu_k_ptr + b + 1) - k_start
-        q_row0 = q_start.to(tl.int64)
-        k_base += k_start.to(tl.int64) * stride_ks
-        v_base += k_start.to(tl.int64) * stride_vs
-        dk_base += k_start.to(tl.int64) * stride_dks
-        dv_base += k_start.to(tl.int64) * stride_dvs
+        q_row0, k_row0, seq_q, seq_k = varlen_bounds(cu_q_ptr, cu_k_ptr, b)
+        k_base += k_row0 * stride_ks
+        v_base += k_row0 * stride_vs
+        dk_base += k_row0 * stride_dks
+        dv_base += k_row0 * stride_dvs
 
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -441,16 +438,11 @@ def _bwd_dq(
     q_row0 = tl.zeros([], tl.int64)  # VARLEN: the sequence's first row in q/dO/lse/delta/dq
     k_row0 = tl.zeros([], tl.int64)  # VARLEN: the sequence's first row in k/v
     if VARLEN:
-        q_start = tl.load(cu_q_ptr + b)
-        k_start = tl.load(cu_k_ptr + b)
-        seq_q = tl.load(cu_q_ptr + b + 1) - q_start
-        seq_k = tl.load(cu_k_ptr + b + 1) - k_start
-        q_row0 = q_start.to(tl.int64)
+        q_row0, k_row0, seq_q, seq_k = varlen_bounds(cu_q_ptr, cu_k_ptr, b)
         q_base += q_row0 * stride_qs
         do_base += q_row0 * stride_dos
         lse_base += q_row0 * stride_ls
         delta_base += q_row0
-        k_row0 = k_start.to(tl.int64)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
