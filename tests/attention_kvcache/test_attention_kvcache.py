@@ -285,6 +285,15 @@ def test_triton_window_softcap(window, softcap):
     check_kvcache("triton", case, sliding_window=window, softcap=softcap)
 
 
+@pytest.mark.parametrize("splits,window", [(0, None), (5, 700)])
+def test_triton_long_cache(splits, window):
+    """A 4k-key paged cache (block 256) on the interpreter: ragged lengths near the capacity,
+    the heuristic's split count and an explicit one, with and without a window."""
+    case = make_case(2, 1, 4, 1, 64, s_max=4096, block_size=256, lens=[4000, 2900],
+                     rotary="half", device=TRITON_DEVICE)  # fmt: skip
+    check_kvcache("triton", case, num_splits=splits, sliding_window=window)
+
+
 def test_triton_every_split_count_agrees():
     """num_splits 1..3 and the heuristic give the same output (within fp32 rounding) and
     the same cache."""
