@@ -134,11 +134,13 @@ def _variant_jobs() -> list[CompileJob]:
 
 
 def _fp16_twinned() -> list[CompileJob]:
-    """The fp16 jobs whose bf16 twins are compiled: the biggest tile of each head dim."""
+    """The fp16 jobs whose bf16 twins are compiled: the biggest tile of each head dim, with
+    every variant flag on (jobs of the "configs" family: only the bf16 twins compile anew)."""
     jobs = []
     for head_dim in HEAD_DIMS:
-        cfg = max(k.forward_config_space(head_dim), key=lambda c: (c[0] * c[1], c[3], c[2]))
-        jobs += [_job("fp16", arch, cfg, head_dim) for arch in ARCHS]
+        space = k.forward_config_space(head_dim, variants=True)
+        cfg = max(space, key=lambda c: (c[0] * c[1], c[3], c[2]))
+        jobs += [_job("fp16", arch, cfg, head_dim, **ALL_FLAGS) for arch in ARCHS]
     return jobs
 
 

@@ -159,13 +159,14 @@ def _preprocess_jobs() -> list[CompileJob]:
 
 def _fp16_twinned() -> list[CompileJob]:
     """The fp16 jobs whose bf16 twins are compiled: the biggest tile of each kernel and head
-    dim, and the preprocess at the widest head dim."""
+    dim with every variant flag on (jobs of the "configs" family: only the bf16 twins compile
+    anew), and the preprocess at the widest head dim."""
     jobs = []
     for head_dim in HEAD_DIMS:
         for kernel in ("dkdv", "dq"):
-            space = k.backward_config_space(head_dim, kernel)
+            space = k.backward_config_space(head_dim, kernel, variants=True)
             config = max(space, key=lambda c: (c[0] * c[1], c[3], c[2]))
-            jobs += [_job(kernel, "fp16", arch, head_dim, config) for arch in ARCHS]
+            jobs += [_job(kernel, "fp16", arch, head_dim, config, **ALL_FLAGS) for arch in ARCHS]
     return jobs + [_preprocess_job("fp16", arch, max(HEAD_DIMS)) for arch in ARCHS]
 
 

@@ -177,6 +177,7 @@ def test_opcheck(backend, device):
 def test_torch_compile_fullgraph(backend, device):
     """Forward and backward under torch.compile(fullgraph=True), no host sync in the graph
     (check_indices=False), window and softcap in the same graph."""
+    torch._dynamo.reset()  # the backend is a traced constant: never reuse another backend's graph
     q, k, v, cu_q, cu_k = _packed([3, 6], [5, 6], 4, 2, 16, torch.float32, device)
 
     def fn(q, k, v, cu_q, cu_k):
