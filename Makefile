@@ -24,7 +24,7 @@ HAVE_NVCC := $(shell command -v nvcc 2>/dev/null)
 CUDA_LOG := build/cuda-build.log
 CUDA_RC := build/cuda-build.rc
 
-.PHONY: setup demo test bench lint format clean cuda-build cuda-proof
+.PHONY: setup demo test bench bench-pytest lint format clean cuda-build cuda-proof
 
 setup: $(STAMP)
 
@@ -87,8 +87,13 @@ cuda-build: $(CUDA_STAMP)
 cuda-proof: $(STAMP) $(CUDA_STAMP)
 	$(VPY) -m pytest -q tests/int8/test_int8_cuda_compile.py tests/int8/test_int8_cuda_build.py
 
+# `fusedops bench --quick` on the default device: results.json, results.csv, report.md and PNG
+# plots in bench-results/<device-name>-<date>/ (BENCH_ARGS adds flags, e.g. --ops rope).
 bench: $(STAMP)
-	$(VPY) bench/run.py --out bench/results.csv
+	$(VPY) -m fusedops.cli bench --quick $(BENCH_ARGS)
+
+# The pytest-benchmark suites of bench/ (the named cases, the same spec classes).
+bench-pytest: $(STAMP)
 	$(VPY) -m pytest bench -q -o python_files='bench_*.py' --benchmark-only
 
 lint: $(STAMP)

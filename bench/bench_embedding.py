@@ -1,6 +1,6 @@
 """Fused embedding benchmarks: fusedops vs the eager reference vs ``torch.compile`` of it.
 
-``CASES`` is read by ``bench/run.py`` and by pytest-benchmark (``test_embedding``). The specs,
+``CASES`` is read by pytest-benchmark (``test_embedding``). The specs,
 byte counts and checks are in :mod:`fusedops.benchmarking.cases` (``EmbeddingSpec``): eager is
 ``fusedops.reference.fused_embedding`` (gather, fp32 scale, positional add); ``learned-bwd``
 times only the token-table gradient. On CUDA the fused call passes ``check_indices=False``.

@@ -1,6 +1,6 @@
 """BERT embedding + LayerNorm benchmarks: fusedops vs the eager composition vs ``torch.compile``.
 
-``CASES`` is read by ``bench/run.py`` and by pytest-benchmark (``test_embedding_layernorm``).
+``CASES`` is read by pytest-benchmark (``test_embedding_layernorm``).
 The specs are in :mod:`fusedops.benchmarking.cases` (``EmbeddingLayerNormSpec``): eager is
 ``fusedops.reference.fused_embedding_layernorm`` (what Hugging Face's ``BertEmbeddings`` runs:
 three gathers, two adds, ``F.layer_norm``). On CUDA the fused call passes

@@ -1,6 +1,6 @@
 """INT8 embedding benchmarks: the fused dequantizing lookup vs float and composed baselines.
 
-``CASES`` is read by ``bench/run.py`` and by pytest-benchmark (``test_int8_embedding``). The
+``CASES`` is read by pytest-benchmark (``test_int8_embedding``). The
 specs, byte counts and checks are in :mod:`fusedops.benchmarking.cases` (``Int8Spec``): eager
 is the bitsandbytes-style composition ``F.embedding(ids, q).float() * F.embedding(ids, scales)``,
 ``compile`` is ``torch.compile`` of it, ``F.embedding`` gathers the unquantized table in the

@@ -1,9 +1,8 @@
 """Model benchmarks: a whole Hugging Face model patched by ``fusedops.patch`` against the same
 model unpatched.
 
-``CASES`` is read by ``bench/run.py`` (which also prints them as a model table: median ms and
-tokens/s both ways and the patched speed as a multiple of unpatched) and by pytest-benchmark
-(``test_models``). The specs are :class:`fusedops.benchmarking.models.ModelSpec`: ``fusedops`` is
+``CASES`` is read by pytest-benchmark (``test_models``); ``fusedops bench --ops model`` sweeps
+the same spec. The specs are :class:`fusedops.benchmarking.models.ModelSpec`: ``fusedops`` is
 the patched model (``fusedops.patched`` around the calls), ``eager`` the unpatched one, so
 ``vs eager`` is the patched speed. Each case first checks the patched model against unpatched
 (logits within 1e-4 x max |logit|, identical greedy tokens for decode, sentence-embedding cosine

@@ -1,6 +1,6 @@
 """RoPE benchmarks: fusedops vs the Hugging Face eager formula vs ``torch.compile`` of it.
 
-``CASES`` is read by ``bench/run.py`` and by pytest-benchmark (``test_rope``). The specs, byte
+``CASES`` is read by pytest-benchmark (``test_rope``). The specs, byte
 counts and checks are in :mod:`fusedops.benchmarking.cases` (``RopeSpec``): q and k of a
 Llama-style layer (GQA 32/8) with the ``[1, S, D]`` cos/sin it receives; eager is
 ``q * cos + rotate_half(q) * sin`` (and k).

@@ -13,8 +13,14 @@ Fixtures:
   case's implementations), checks ``fusedops`` against the reference before timing it, calls the
   implementation once untimed (``torch.compile`` / Triton autotuning), then times it with the
   ``benchmark`` fixture inside the implementation's context (e.g. ``use_backend("cpp")``).
-  GB/s, the fraction of the device's copy ceiling and TFLOP/s go to ``extra_info``. When the
-  ``fusedops._C`` extension is not built the ``fusedops`` tests are skipped with the reason.
+  A peer is checked against the reference too before it is timed (a wrong peer fails its
+  test). GB/s, the fraction of the device's copy ceiling and TFLOP/s go to ``extra_info``. When
+  the ``fusedops._C`` extension is not built the ``fusedops`` tests are skipped with the reason;
+  a peer that is not installed or cannot run here (Liger-Kernel, flash-attention, a forced SDPA
+  backend off CUDA) is skipped with its reason.
+
+``fusedops bench`` (the command line) sweeps the same spec classes and writes JSON, CSV,
+``report.md`` and plots; these suites are the pytest-benchmark view of the named cases.
 """
 
 from __future__ import annotations
@@ -80,11 +86,20 @@ def run_bench(benchmark: Any, bench_device: torch.device) -> Callable[[bm.Case, 
 
     def run(case: bm.Case, impl_name: str) -> None:
         workload = _workload(case, bench_device)
-        impl = next(i for i in workload.impls if i.name == impl_name)
+        impl = next((i for i in workload.impls if i.name == impl_name), None)
+        if impl is None:
+            reason = next((s for s in workload.skipped if s.name == impl_name), None)
+            pytest.skip(f"{reason.status}: {reason.reason}" if reason else "not bound here")
         try:
             if impl_name == bm.FUSED and not _built["checked"]:
                 bm.check_case(case, workload)
                 _built["checked"] = True
+            verify = impl.verify or workload.verify
+            if impl_name != bm.FUSED and verify is not None:
+                with impl.context():
+                    accuracy = verify(impl.fn())
+                if not accuracy.ok:
+                    raise bm.Mismatch(f"{impl_name} {case.id} differs: {accuracy.detail}")
             with impl.context():
                 fn = impl.fn
                 if bench_device.type == "cuda":

@@ -1,4 +1,5 @@
-"""The benchmark harness shared by bench/ and the demo: counts, the accuracy check, run_case."""
+"""The benchmark harness shared by ``fusedops bench``, bench/ and the demo: counts, the accuracy
+check, run_case."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ SMALL_SPECS = [
     cases.ROPE_SMALL,
     cases.ATTENTION_SMALL,
 ]
+# Made-up ceilings (the runner divides by them) and a short timing budget: nothing here measures.
+CEILINGS = bm.Ceilings(copy_gb_s=10.0, matmul_tflop_s={"float32": 1.0})
+FAST = bm.TimingPlan(warmup_ms=1, rep_ms=5, min_reps=2)
 
 
 def test_counts_by_hand():
@@ -55,15 +59,26 @@ def test_compare_fails_beyond_tolerance_on_nan_and_on_dtype():
 @pytest.mark.parametrize("spec", SMALL_SPECS, ids=lambda s: f"{s.op}-{s.name}")
 def test_small_case_checks_and_times_on_cpu(spec):
     case = Case(spec, torch.float32)
-    rows = bm.run_case(case, "cpu", min_time=0.01, rounds=1, warmup=0)
-    assert [r.impl for r in rows] == list(case.impl_names)
-    fused = rows[0]
-    assert fused.impl == bm.FUSED and fused.median_ms > 0
-    assert fused.speedup_vs_eager is not None and fused.speedup_vs_compile is None
+    records = bm.run_case(case, "cpu", ceilings=CEILINGS, plan=FAST)
+    timed = [r for r in records if r.status == "ok"]
+    assert [r.impl for r in timed] == [n for n in case.impl_names if n in {r.impl for r in timed}]
+    assert {bm.FUSED, bm.EAGER} <= {r.impl for r in timed}
+    fused = records[0]
+    assert fused.impl == bm.FUSED and fused.median_ms > 0 and fused.backend == "cpp"
+    assert fused.max_err is not None and fused.max_err < 1e-3
+    eager = next(r for r in timed if r.impl == bm.EAGER)
+    assert fused.speedup[bm.EAGER] == pytest.approx(eager.median_ms / fused.median_ms)
+    assert bm.COMPILE not in fused.speedup  # the small specs leave compile out
     assert (fused.gb_s is None) == (spec.op == "attention")
     assert (fused.tflop_s is None) != (spec.op == "attention")
-    table = bm.format_per_call_table(rows)
-    assert f"{fused.median_ms * 1e3:.1f}" in table
+    rate, ceiling = (fused.tflop_s, 1.0) if spec.op == "attention" else (fused.gb_s, 10.0)
+    assert fused.ceiling_value == ceiling and fused.frac_of_ceiling == pytest.approx(rate / ceiling)
+    # Peers that cannot run here are reported, not raised (Liger needs CUDA and its package).
+    for r in records:
+        if r.impl == "liger":
+            assert r.status in ("not installed", "not runnable") and r.detail
+    table = bm.format_table(records)
+    assert f"{fused.median_ms:.4g}" in table
 
 
 @pytest.mark.parametrize("spec", SMALL_SPECS, ids=lambda s: f"{s.op}-{s.name}")
@@ -87,5 +102,11 @@ def test_check_catches_a_wrong_fused_output(spec, monkeypatch):
 
     monkeypatch.setattr(fusedops, public, wrong)
     case = Case(spec, torch.float32)
+    records = bm.run_case(case, "cpu", ceilings=CEILINGS, plan=FAST)
+    assert (records[0].impl, records[0].status) == (bm.FUSED, "mismatch")
+    assert "max abs error" in records[0].detail and records[0].max_err > 0.1
+    # Nothing of the case is timed: the peers after a wrong fused output are not even called.
+    assert all(r.median_ms is None for r in records)
+    assert all(r.status in ("not installed", "not runnable") for r in records[1:])
     with pytest.raises(bm.Mismatch, match=case.id):
-        bm.run_case(case, "cpu", min_time=0.01, rounds=1)
+        bm.check_case(case, case.build("cpu"))

@@ -1,7 +1,13 @@
-"""``fusedops demo`` and ``fusedops generate``: fusedops on real models and on each op.
+"""``fusedops demo``, ``fusedops generate`` and ``fusedops bench``: fusedops on real models, on
+each op, and as a benchmark of a device.
 
     python -m fusedops.cli demo [--quick]
     python -m fusedops.cli generate --model smollm2 --prompt "Hello" [--max-new-tokens 64]
+    python -m fusedops.cli bench [--quick] [--ops rope,attention] [--out DIR]
+    python -m fusedops.cli bench compare A/results.json B/results.json
+
+``bench`` sweeps the ops against the device's measured ceilings and the peers, and writes
+results.json, results.csv, report.md and plots (:mod:`fusedops.benchmarking.command`).
 
 ``demo`` first runs two real models offline (:mod:`fusedops.integrations.hf_models`), unpatched
 and ``fusedops.patch``'ed, through :mod:`fusedops.benchmarking.models`: SmolLM2-135M-Instruct
@@ -25,7 +31,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -51,19 +56,6 @@ from fusedops.benchmarking import models as mb  # noqa: E402
 from fusedops.integrations import hf_models  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class DemoRow:
-    case: Case
-    backend: str
-    accuracy: bm.Accuracy
-    timings: dict[str, bm.Timing]
-    note: str = ""
-
-    def ms(self, impl: str) -> float | None:
-        timing = self.timings.get(impl)
-        return None if timing is None else timing.median_ms
 
 
 def _demo_cases(quick: bool) -> list[tuple[Case, float]]:
@@ -93,47 +85,29 @@ def _demo_cases(quick: bool) -> list[tuple[Case, float]]:
     return out
 
 
-def _backend_label(case: Case, device: torch.device) -> str:
-    backend = case.backend_on(device)
-    if backend == "triton" and device.type != "cuda":
-        return "triton (interpreter)"
-    return device.type if backend == "auto" else backend
+def _run_ops(device: torch.device, quick: bool) -> list[bm.Record]:
+    """The per-op cases through the benchmark runner (``fusedops bench``'s): fusedops checked
+    against the reference, timed against eager and ``torch.compile`` of it."""
+    flop_dtypes = sorted(
+        {case.dtype for case, _ in _demo_cases(quick) if case.op == "attention"}, key=str
+    )
+    ceilings = bm.measure_ceilings(device, flop_dtypes)
+    records: list[bm.Record] = []
+    for case, min_time in _demo_cases(quick):
+        interpreted = case.backend_on(device) == "triton" and device.type != "cuda"
+        label = "triton (interpreter)" if interpreted else case.backend_on(device)
+        _progress(f"[op] running {case.id} on {label} ...")
+        plan = bm.TimingPlan(warmup_ms=min_time * 100, rep_ms=min_time * 1e3, min_reps=2)
+        rows = bm.run_case(case, device, ceilings=ceilings, plan=plan, peers=_DEMO_PEERS)
+        for row in rows:
+            if interpreted:  # numpy on the CPU: its time says nothing about GPU speed
+                row.speedup, row.gb_s, row.tflop_s, row.frac_of_ceiling = {}, None, None, None
+                row.backend = row.backend and label
+        records += rows
+    return records
 
 
-def _run(case: Case, device: torch.device, min_time: float) -> DemoRow:
-    workload = case.build(device)
-    accuracy = workload.check()
-    impls = [impl for impl in workload.impls if impl.name in (bm.FUSED, bm.EAGER, bm.COMPILE)]
-    timings = bm.time_impls(impls, device, min_time=min_time, rounds=1, warmup=1)
-    return DemoRow(case, _backend_label(case, device), accuracy, timings, workload.note)
-
-
-def _format(rows: list[DemoRow], device: torch.device) -> str:
-    header = ["op", "backend", "device", "dtype", "shape", "max err", "fusedops ms", "eager ms"]
-    header += ["compile ms", "vs eager", "vs compile", "notes"]
-    cells = []
-    for r in rows:
-        fused, eager, compiled = r.ms(bm.FUSED), r.ms(bm.EAGER), r.ms(bm.COMPILE)
-        assert fused is not None and eager is not None
-        # The interpreter runs kernels in numpy on the CPU: its time says nothing about speed.
-        vs_eager = "-" if "interpreter" in r.backend else f"{eager / fused:.2f}x"
-        cells.append(
-            [
-                f"{r.case.op} ({r.case.name})",
-                r.backend,
-                device.type,
-                bm.dtype_name(r.case.dtype),
-                r.case.shape,
-                f"{r.accuracy.max_err:.2e}",
-                f"{fused:.3f}",
-                f"{eager:.3f}",
-                "-" if compiled is None else f"{compiled:.3f}",
-                vs_eager,
-                "-" if compiled is None else f"{compiled / fused:.2f}x",
-                r.note or "-",
-            ]
-        )
-    return bm.text_table(header, cells, "<<<<<>>>>>><")
+_DEMO_PEERS = (bm.EAGER, bm.COMPILE)
 
 
 _START = time.perf_counter()
@@ -283,21 +257,19 @@ def demo(quick: bool = False) -> int:
     except (hf_models.MissingPackageError, FileNotFoundError) as exc:
         print(f"fusedops demo: {exc}", file=sys.stderr)
         return 1
-    rows = []
-    for case, min_time in _demo_cases(quick):
-        _progress(f"[op] running {case.id} on {_backend_label(case, device)} ...")
-        rows.append(_run(case, device, min_time))
+    records = _run_ops(device, quick)
     for table in tables:
         print()
         print(table)
     print()
-    print(_format(rows, device))
-    bad = [r for r in rows if not r.accuracy.ok]
+    print(bm.format_table(records, title="Per op (the cases `fusedops bench` runs)"))
+    fused = [r for r in records if r.impl == bm.FUSED]
+    bad = [r for r in fused if r.status != "ok"]
     for r in bad:
-        print(f"\nFAILED {r.case.id}: {r.accuracy.detail}", file=sys.stderr)
+        print(f"\nFAILED {r.op} {r.case} {r.dtype} {r.shape}: {r.detail}", file=sys.stderr)
     checks.append(
         (
-            f"per-op table: {len(rows) - len(bad)} of {len(rows)} rows match the reference "
+            f"per-op table: {len(fused) - len(bad)} of {len(fused)} cases match the reference "
             "(attention: within 2x the eager formula's error; INT8: also within half a "
             "quantization step)",
             not bad,
@@ -365,8 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and _INTERPRETER_TOO_LATE:
         # TRITON_INTERPRET=1 is in os.environ now: start over with it (see the top).
         os.execv(sys.executable, [sys.executable, "-m", "fusedops.cli", *sys.argv[1:]])
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if args_list[:1] == ["bench"]:  # its own parser (and `bench compare`)
+        from fusedops.benchmarking.command import main as bench_main
+
+        return bench_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="fusedops", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "bench",
+        help="benchmark the ops on this device (fusedops bench --help; fusedops bench compare)",
+    )
     demo_p = sub.add_parser("demo", help="run, check and time the fused ops on this machine")
     demo_p.add_argument("--quick", action="store_true", help="fewer cases, shorter timing")
     gen_p = sub.add_parser(
@@ -391,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Hugging Face's KV cache (default: dynamic); patched static-cache decode steps "
         "run fusedops.attention_with_kvcache",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.command == "demo":
         return demo(quick=args.quick)
     if args.command == "generate":

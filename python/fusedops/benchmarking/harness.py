@@ -14,7 +14,7 @@ import contextlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -49,13 +49,28 @@ class Unavailable(RuntimeError):
 class Impl:
     """One implementation of a workload, bound to its inputs.
 
-    ``fn()`` runs one call. ``context()`` is entered around the warm-up and timing of ``fn`` (e.g.
-    ``fusedops.use_backend("cpp")``), so per-call Python overhead stays out of the loop.
+    ``fn()`` runs one call and returns its output. ``context()`` is entered around the check,
+    warm-up and timing of ``fn`` (e.g. ``fusedops.use_backend("cpp")``), so per-call Python
+    overhead stays out of the loop. ``verify`` judges this implementation's output when it
+    computes something other than the workload's op (e.g. the unquantized table next to an
+    INT8 lookup); ``None``: the workload's ``verify``.
     """
 
     name: str
     fn: Callable[[], object]
     context: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+    verify: Callable[[object], Accuracy] | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A peer the workload could not bind: ``status`` is
+    :data:`~fusedops.benchmarking.results.NOT_INSTALLED` or ``NOT_RUNNABLE`` and ``reason``
+    says why (e.g. ``liger_kernel is not installed``, ``needs CUDA``)."""
+
+    name: str
+    status: str
+    reason: str
 
 
 @dataclass
@@ -65,16 +80,22 @@ class Workload:
     Attributes:
         impls: implementations in report order.
         check: the fused output against the reference (run under the fused backend).
+        verify: judges any implementation's output (what its ``fn()`` returned) against the
+            reference; ``check()`` is ``verify`` of the fused output. ``None``: only the fused
+            output can be checked (the peers are the reference itself, e.g. an unpatched model).
         min_bytes: minimum bytes one call moves (for GB/s), 0 if not memory-bound.
         flops: floating-point operations of one call, for compute-bound ops.
         note: one line for reports (e.g. the INT8 table's size against the fp32 one).
+        skipped: peers that could not be bound here, with the reason.
     """
 
     impls: list[Impl]
     check: Callable[[], Accuracy]
+    verify: Callable[[object], Accuracy] | None = None
     min_bytes: int = 0
     flops: int | None = None
     note: str = ""
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def backend_for(device: torch.device) -> str:
@@ -92,12 +113,21 @@ class OpSpec:
 
     op: ClassVar[str]
     extra_impls: ClassVar[tuple[str, ...]] = ()  # op-specific baselines, after FUSED
+    # Peers bound only where they run (a package, CUDA, a dtype): listed in the workload's
+    # ``skipped`` elsewhere.
+    optional_impls: ClassVar[tuple[str, ...]] = ()
     name: str
     compile: bool
 
     @property
     def shape(self) -> str:
         raise NotImplementedError
+
+    @property
+    def axis(self) -> tuple[str, int, str]:
+        """``(family, size, size_name)``: the shape without its swept size (one plotted line),
+        the swept size (the x axis) and its unit."""
+        return self.shape, 0, ""
 
     def default_backend(self, device: torch.device) -> str:
         return backend_for(device)
@@ -137,8 +167,9 @@ class Case:
 
     @property
     def impl_names(self) -> tuple[str, ...]:
-        """Names of the implementations the workload times, in report order."""
-        names = (FUSED, *self.spec.extra_impls, EAGER)
+        """Names of the implementations the workload may time, in report order (the
+        ``optional_impls`` only where they can run)."""
+        names = (FUSED, *self.spec.extra_impls, *self.spec.optional_impls, EAGER)
         return (*names, COMPILE) if self.spec.compile else names
 
     def backend_on(self, device: torch.device | str) -> str:

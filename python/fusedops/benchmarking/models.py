@@ -529,6 +529,11 @@ class ModelSpec(OpSpec):
     def default_backend(self, device: torch.device) -> str:
         return "auto"
 
+    @property
+    def axis(self) -> tuple[str, int, str]:
+        n, unit = self.work()
+        return f"{self.model} {self.phase}", n, unit
+
     def work(self) -> tuple[int, str]:
         """What one call processes, for the rate column: ``(tokens, "tokens")``, or
         ``(sentences, "sentences")`` for ``encode``."""

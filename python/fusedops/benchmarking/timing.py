@@ -72,6 +72,7 @@ def measure(
     min_reps: int = 5,
     max_reps: int = 10_000,
     flush_l2: bool | None = None,
+    warmup_time: float | None = None,
 ) -> Timing:
     """Time ``fn()`` call by call and summarise (median, p20, p80 in ms).
 
@@ -82,6 +83,8 @@ def measure(
         device: where ``fn`` runs. ``cuda`` devices are timed with CUDA events (one
             ``synchronize`` after the loop); others with ``time.perf_counter`` per call.
         warmup: untimed calls first. With ``min_time``, they also estimate the per-call time.
+        warmup_time: seconds of untimed calls instead of a count (at least one call), as
+            ``triton.testing.do_bench``'s ``warmup`` (ms) does.
         reps: exact number of timed calls. Give either ``reps`` or ``min_time``
             (default: ``min_time=0.5``).
         min_time: seconds of timed calls to aim for; the count is clamped to
@@ -107,7 +110,13 @@ def measure(
 
     sync()
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    if warmup_time is not None:
+        warmup = 0
+        while warmup == 0 or time.perf_counter() - t0 < warmup_time:
+            fn()
+            sync()
+            warmup += 1
+    for _ in range(warmup if warmup_time is None else 0):
         fn()
     sync()
     elapsed = time.perf_counter() - t0
