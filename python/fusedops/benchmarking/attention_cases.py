@@ -27,7 +27,13 @@ import fusedops
 from fusedops import reference
 from fusedops.baselines import eager_attention, sdpa_attention
 from fusedops.benchmarking.accuracy import Accuracy
-from fusedops.benchmarking.cases import SDPA, AttentionSpec, attention_bound, bind_peers
+from fusedops.benchmarking.cases import (
+    SDPA,
+    AttentionSpec,
+    attention_bound,
+    bind_peers,
+    computed_once,
+)
 from fusedops.benchmarking.harness import (
     Impl,
     OpSpec,
@@ -287,13 +293,18 @@ class DecodeSpec(OpSpec):
 
         context = backend_context(backend)
 
-        def verify(actual: object) -> Accuracy:
+        @computed_once
+        def oracle() -> tuple[torch.Tensor, torch.Tensor]:
+            """The reference (fp32 math, per sequence; its cache write is the same slot every
+            implementation writes) and the eager formula (the yardstick)."""
             with torch.no_grad():
-                f32 = [t.float() for t in (q, k_cache, v_cache, k, v)]
                 expected = reference.attention_with_kvcache(
-                    *f32, cache_seqlens=lens, block_table=table
+                    q, k_cache, v_cache, k, v, cache_seqlens=lens, block_table=table
                 )
-                return attention_bound(actual, expected, eager(), dtype)  # type: ignore[arg-type]
+                return expected, eager()
+
+        def verify(actual: object) -> Accuracy:
+            return attention_bound(actual, *oracle(), dtype)  # type: ignore[arg-type]
 
         def check() -> Accuracy:
             with torch.no_grad(), context():

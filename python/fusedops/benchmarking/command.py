@@ -49,7 +49,7 @@ DTYPES = {
 def _names(text: str, allowed: Sequence[str], what: str) -> list[str]:
     """A comma-separated list of ``allowed`` names (``all``: every one), in ``allowed`` order."""
     items = [t.strip() for t in text.split(",") if t.strip()]
-    if items == ["all"]:
+    if "all" in items:
         return list(allowed)
     bad = [t for t in items if t not in allowed]
     if bad or not items:
@@ -269,12 +269,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         peers = [p for p in PEER_GROUPS if not (args.quick and p == COMPILE)]
     default_rep = 100.0 if device.type == "cuda" else 200.0
     plan = TimingPlan(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms or default_rep)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out: {args.out} is a file, not a folder")
     cases = select_cases(args.ops, tier, dtypes, args.filter)
+    if not cases:
+        parser.error("no case matches the selected --ops / -k")
     if args.list:
         print("\n".join(f"{op}: {case.id}" for op, case in cases))
         return 0
-    if not cases:
-        parser.error("no case matches the selected --ops / -k")
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -24,9 +24,9 @@ from fusedops.benchmarking.accuracy import Accuracy
 from fusedops.benchmarking.timing import as_device
 
 EAGER = "eager"
-"""Name of the eager-reference implementation: the baseline of ``speedup_vs_eager``."""
+"""Name of the plain-PyTorch formula (the unpatched model for model cases): peer group ``eager``."""
 COMPILE = "compile"
-"""Name of the ``torch.compile`` of the eager baseline: baseline of ``speedup_vs_compile``."""
+"""Name of ``torch.compile`` of the eager formula: peer group ``compile``."""
 FUSED = "fusedops"
 """Name of the implementation under test (fusedops' kernel for the device)."""
 DECODE: frozenset[str] = frozenset({"decode"})

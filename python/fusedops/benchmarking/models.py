@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -603,37 +603,3 @@ def _encode_check(model: Any, batch: dict, context: Context) -> Callable[[], Acc
         return Accuracy(err, 1.0, cos >= 0.99999, f"min cosine {cos:.7f} (bar 0.99999)")
 
     return check
-
-
-def model_table(rows: Sequence[Any], specs: Mapping[str, ModelSpec]) -> str:
-    """Per model case: unpatched and patched median ms and tokens/s, and patched / unpatched
-    speed. ``rows`` are :class:`~fusedops.benchmarking.runner.Row`\\ s of ``op == "model"``;
-    ``specs`` maps a case name to its spec."""
-    from fusedops.benchmarking.report import text_table
-
-    cases: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for row in rows:
-        cases.setdefault((row.case, row.dtype, row.shape), {})[row.impl] = row
-    header = ["model case", "dtype", "shape", "unpatched ms", "patched ms", "unpatched /s"]
-    header += ["patched /s", "per", "patched speed"]
-    cells = []
-    for (case, dtype, shape), impls in cases.items():
-        base, fused = impls.get(EAGER), impls.get(FUSED)
-        if base is None or fused is None:
-            continue
-        n, unit = specs[case].work()
-        cells.append(
-            [
-                case,
-                dtype,
-                shape,
-                f"{base.median_ms:.1f}",
-                f"{fused.median_ms:.1f}",
-                f"{n / (base.median_ms * 1e-3):.1f}",
-                f"{n / (fused.median_ms * 1e-3):.1f}",
-                unit,
-                f"{base.median_ms / fused.median_ms:.3f}x",
-            ]
-        )
-    title = "Models: patched vs unpatched (medians; patched speed = unpatched ms / patched ms)"
-    return text_table(header, cells, "<<<>>>><>", title=title)

@@ -74,6 +74,20 @@ def import_peer(group: str) -> ModuleType:
         raise PeerUnavailable(NOT_INSTALLED, reason) from None
 
 
+def peer_attribute(module: ModuleType | str, name: str) -> Any:
+    """``module.name`` (``module`` given or imported by name); :class:`PeerUnavailable`
+    (``not installed``) when this version of the package lacks it."""
+    try:
+        if isinstance(module, str):
+            module = importlib.import_module(module)
+        return getattr(module, name)
+    except (ImportError, AttributeError) as exc:
+        where = module if isinstance(module, str) else module.__name__
+        version = getattr(module, "__version__", None) if not isinstance(module, str) else None
+        found = f" (version {version})" if version else ""
+        raise PeerUnavailable(NOT_INSTALLED, f"{where}{found} has no {name}: {exc}") from None
+
+
 def require_cuda(device: torch.device, what: str) -> None:
     """:class:`PeerUnavailable` (``not runnable``) unless ``device`` is a CUDA device."""
     if device.type != "cuda":
@@ -85,8 +99,7 @@ def liger_rope(device: torch.device) -> Callable[..., tuple[torch.Tensor, torch.
     Hk, S, D]``, cos/sin ``[1 or B, S, D]`` (duplicated halves), as transformers passes them."""
     import_peer(LIGER)
     require_cuda(device, "Liger-Kernel")
-    rope = importlib.import_module("liger_kernel.transformers.rope")
-    return rope.liger_rotary_pos_emb
+    return peer_attribute("liger_kernel.transformers.rope", "liger_rotary_pos_emb")
 
 
 def liger_embedding(device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -94,11 +107,7 @@ def liger_embedding(device: torch.device) -> Callable[[torch.Tensor, torch.Tenso
     ``LigerEmbeddingFunction``; the scale and positional add stay in eager PyTorch)."""
     import_peer(LIGER)
     require_cuda(device, "Liger-Kernel")
-    try:
-        module = importlib.import_module("liger_kernel.ops.experimental.embedding")
-    except ImportError as exc:
-        raise PeerUnavailable(NOT_INSTALLED, f"this liger_kernel has no embedding: {exc}") from None
-    function = module.LigerEmbeddingFunction
+    function = peer_attribute("liger_kernel.ops.experimental.embedding", "LigerEmbeddingFunction")
     return lambda ids, weight: function.apply(weight, ids)
 
 
@@ -118,7 +127,7 @@ def flash_attn_causal(
     module = import_peer(FLASH_ATTN)
     require_cuda(device, "flash-attention")
     _require_half(dtype, "flash_attn_func")
-    func = module.flash_attn_func
+    func = peer_attribute(module, "flash_attn_func")
     window_size = (-1, -1) if window is None else (window - 1, 0)
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -135,7 +144,7 @@ def flash_attn_kvcache(device: torch.device, dtype: torch.dtype) -> Callable[...
     module = import_peer(FLASH_ATTN)
     require_cuda(device, "flash-attention")
     _require_half(dtype, "flash_attn_with_kvcache")
-    func = module.flash_attn_with_kvcache
+    func = peer_attribute(module, "flash_attn_with_kvcache")
 
     def run(q, k_cache, v_cache, k, v, *, cache_seqlens, block_table=None) -> torch.Tensor:
         return func(q, k_cache, v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
