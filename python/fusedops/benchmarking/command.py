@@ -18,6 +18,7 @@ output differs from the reference or fusedops raised, 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import re
 import sys
@@ -248,6 +249,45 @@ def write_outputs(
     return paths
 
 
+def _sweep(
+    args: argparse.Namespace,
+    args_list: Sequence[str],
+    device: torch.device,
+    tier: str,
+    dtypes: Sequence[torch.dtype],
+    peers: list[str],
+    plan: TimingPlan,
+    cases: Sequence[tuple[str, Case]],
+) -> tuple[list[Record], dict[str, Any]]:
+    """Measure the ceilings, describe the environment, run every case: ``(records, env)``."""
+    ceilings = measure_ceilings(device, list(dtypes))
+    env = environment.describe(device)
+    env.update(
+        command="fusedops bench " + " ".join(args_list),
+        sweep=tier,
+        ops=list(args.ops),
+        dtypes=[dtype_name(d) for d in dtypes],
+        timing={
+            "method": "CUDA events, L2 flushed before each call"
+            if device.type == "cuda"
+            else "wall clock (time.perf_counter) per call",
+            "warmup_ms": plan.warmup_ms,
+            "rep_ms": plan.rep_ms,
+        },
+        ceilings=ceilings.to_dict(),
+    )
+    records: list[Record] = []
+    bar = _progress(len(cases), disable=args.quiet)
+    for op, case in cases:
+        bar.set_description(op)
+        bar.set_postfix_str(f"{dtype_name(case.dtype)} {case.shape}", refresh=True)
+        records += _run_one(op, case, device, plan, peers, ceilings)
+        bar.update(1)
+    bar.close()
+    env["peers"] = peer_summary(records, peers)
+    return records, env
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fusedops bench`` (``argv`` without the ``bench`` word)."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -284,31 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     if not args.quiet:
         log(f"fusedops bench: {len(cases)} cases on {device}; measuring the ceilings ...")
-    ceilings = measure_ceilings(device, list(dtypes))
-    env = environment.describe(device)
-    env.update(
-        command="fusedops bench " + " ".join(args_list),
-        sweep=tier,
-        ops=list(args.ops),
-        dtypes=[dtype_name(d) for d in dtypes],
-        timing={
-            "method": "CUDA events, L2 flushed before each call"
-            if device.type == "cuda"
-            else "wall clock (time.perf_counter) per call",
-            "warmup_ms": plan.warmup_ms,
-            "rep_ms": plan.rep_ms,
-        },
-        ceilings=ceilings.to_dict(),
-    )
-    records: list[Record] = []
-    bar = _progress(len(cases), disable=args.quiet)
-    for op, case in cases:
-        bar.set_description(op)
-        bar.set_postfix_str(f"{dtype_name(case.dtype)} {case.shape}", refresh=True)
-        records += _run_one(op, case, device, plan, peers, ceilings)
-        bar.update(1)
-    bar.close()
-    env["peers"] = peer_summary(records, peers)
+    # Kernels launch and CUDA events record on the current device: make it --device's.
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on_device:
+        records, env = _sweep(args, args_list, device, tier, dtypes, peers, plan, cases)
     env["seconds"] = round(time.perf_counter() - start, 1)
     out_dir = args.out or default_out_dir(env)
     paths = write_outputs(out_dir, env, records, log)
@@ -323,12 +342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _progress(total: int, *, disable: bool) -> Any:
-    """A tqdm progress bar on stderr (a no-op one when ``disable`` or tqdm is missing)."""
+    """A tqdm progress bar on stderr (a no-op one when ``disable``, or, said on stderr, when
+    tqdm is not installed)."""
+    if disable:
+        return _NoBar()
     try:
         from tqdm import tqdm
     except ImportError:
-        disable = True
-    if disable:
+        print("fusedops bench: no progress bar: tqdm is not installed", file=sys.stderr)
         return _NoBar()
     return tqdm(total=total, file=sys.stderr, unit="case", dynamic_ncols=True)
 
