@@ -39,16 +39,15 @@ from fusedops.benchmarking.harness import (
 from fusedops.benchmarking.peers import (
     FLASH_ATTN,
     LIGER,
+    SDPA,
     PeerUnavailable,
     flash_attn_causal,
     liger_embedding,
     liger_rope,
     sdpa_backends,
 )
-from fusedops.benchmarking.results import ERROR
+from fusedops.benchmarking.results import ERROR, error_text
 
-SDPA = "sdpa"
-"""Attention baseline: ``F.scaled_dot_product_attention`` with the bottom-right causal mask."""
 FLOAT_TABLE = "F.embedding"
 """INT8 baseline: ``F.embedding`` of the unquantized table stored in the output dtype."""
 
@@ -99,8 +98,7 @@ def bind_peers(factories: dict[str, Callable[[], Impl]], skipped: list[Skipped])
         except PeerUnavailable as exc:
             skipped.append(Skipped(name, exc.status, exc.reason))
         except Exception as exc:
-            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-            skipped.append(Skipped(name, ERROR, text))
+            skipped.append(Skipped(name, ERROR, error_text(exc)))
     return impls
 
 

@@ -34,7 +34,7 @@ from fusedops.benchmarking.ceilings import measure_ceilings
 from fusedops.benchmarking.harness import FUSED, Case, dtype_name
 from fusedops.benchmarking.peers import COMPILE, PEER_GROUPS, peer_group
 from fusedops.benchmarking.report import format_table
-from fusedops.benchmarking.results import ERROR, OK, Record, write_csv, write_json
+from fusedops.benchmarking.results import ERROR, OK, Record, error_text, write_csv, write_json
 from fusedops.benchmarking.runner import TimingPlan, run_case
 
 DTYPES = {
@@ -220,7 +220,7 @@ def _run_one(
         return run_case(case, device, ceilings=ceilings, plan=plan, peers=peers, op=op)
     except Exception as exc:  # fusedops itself failed: report it, go on, exit 1 at the end
         family, size, size_name = case.spec.axis
-        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        text = error_text(exc, 500)
         return [
             Record(op, case.name, family, size, size_name, case.shape, dtype_name(case.dtype),
                    FUSED, backend=case.backend_on(device), status=ERROR, detail=text)

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from fusedops.benchmarking.markdown import FUSEDOPS, geomean, sig
+from fusedops.benchmarking.harness import FUSED
+from fusedops.benchmarking.markdown import geomean, sig
 from fusedops.benchmarking.report import text_table
 from fusedops.benchmarking.results import OK, Record, read_json
 
@@ -232,7 +233,7 @@ def _geomeans(rows: Sequence[CompareRow]) -> dict[str, tuple[float, int]]:
         if row.ratio is not None:
             ratios.setdefault(row.impl, []).append(row.ratio)
     out = {}
-    for impl in sorted(ratios, key=lambda i: (i != FUSEDOPS, i)):
+    for impl in sorted(ratios, key=lambda i: (i != FUSED, i)):
         mean = geomean(ratios[impl])
         if mean is not None:
             out[impl] = (mean, len(ratios[impl]))

@@ -15,11 +15,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fusedops.benchmarking.harness import FUSED
 from fusedops.benchmarking.peers import peer_group
 from fusedops.benchmarking.results import OK, Record
-
-FUSEDOPS = "fusedops"
-"""The implementation under test; every other ``impl`` is a peer."""
 
 DETAIL_CHARS = 80
 """Longest status detail shown in a table cell (longer ones are cut with ``...``)."""
@@ -50,7 +48,7 @@ def speedup_summary(records: Sequence[Record], op: str) -> dict[str, tuple[float
     fusedops is faster). Peers in first-seen order; peers with no finite speedup are left out."""
     ratios: dict[str, list[float]] = {}
     for record in records:
-        if record.op != op or record.impl != FUSEDOPS or record.status != OK:
+        if record.op != op or record.impl != FUSED or record.status != OK:
             continue
         for peer, ratio in record.speedup.items():
             if _positive(ratio):
@@ -201,7 +199,7 @@ def _peer_rows(env: Mapping[str, Any], records: Sequence[Record]) -> list[list[s
     counts: dict[str, dict[str, int]] = {}
     first_detail: dict[str, str] = {}
     for record in records:
-        if record.impl == FUSEDOPS:
+        if record.impl == FUSED:
             continue
         group = peer_group(record.impl) or record.impl  # e.g. sdpa_flash counts under sdpa
         per = counts.setdefault(group, {})
@@ -280,7 +278,7 @@ def _ordered_rows(records: Sequence[Record]) -> list[Record]:
     groups = {g: i for i, g in enumerate(dict.fromkeys(_group(r) for r in records))}
     indexed = sorted(
         enumerate(records),
-        key=lambda ir: (cases[ir[1].case], groups[_group(ir[1])], ir[1].impl != FUSEDOPS, ir[0]),
+        key=lambda ir: (cases[ir[1].case], groups[_group(ir[1])], ir[1].impl != FUSED, ir[0]),
     )
     return [r for _, r in indexed]
 
@@ -333,12 +331,12 @@ _Column = tuple[str, str, Callable[[Record], str]]
 
 
 def _op_columns(rows: Sequence[Record]) -> list[_Column]:
-    peers = list(dict.fromkeys(p for r in rows if r.impl == FUSEDOPS for p in r.speedup))
+    peers = list(dict.fromkeys(p for r in rows if r.impl == FUSED for p in r.speedup))
     columns: list[_Column] = [
         ("case", "<", lambda r: _cell(r.case)),
         ("shape", "<", lambda r: _code(r.shape)),
         ("dtype", "<", lambda r: _cell(r.dtype)),
-        ("impl", "<", lambda r: f"**{r.impl}**" if r.impl == FUSEDOPS else _cell(r.impl)),
+        ("impl", "<", lambda r: f"**{r.impl}**" if r.impl == FUSED else _cell(r.impl)),
         ("median ms", ">", lambda r: _timing_cells(r)[0]),
         ("p20-p80 ms", ">", lambda r: _timing_cells(r)[1]),
         ("GB/s", ">", lambda r: _rate(r.gb_s)),
@@ -356,7 +354,7 @@ def _op_columns(rows: Sequence[Record]) -> list[_Column]:
 
 def _speedup_getter(peer: str) -> Callable[[Record], str]:
     def get(record: Record) -> str:
-        ratio = record.speedup.get(peer) if record.impl == FUSEDOPS else None
+        ratio = record.speedup.get(peer) if record.impl == FUSED else None
         return f"{ratio:.2f}x" if _positive(ratio) else ""
 
     return get

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from fusedops.benchmarking.harness import COMPILE, EAGER
 from fusedops.benchmarking.results import NOT_INSTALLED, NOT_RUNNABLE
 
-EAGER = "eager"
-COMPILE = "compile"
 SDPA = "sdpa"
+"""Attention peer: ``F.scaled_dot_product_attention`` (the bottom-right causal mask)."""
 LIGER = "liger"
 FLASH_ATTN = "flash_attn"
 PEER_GROUPS: tuple[str, ...] = (EAGER, COMPILE, SDPA, LIGER, FLASH_ATTN)

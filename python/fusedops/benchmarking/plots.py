@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fusedops.benchmarking.markdown import FUSEDOPS, ops_in_order, sig, speedup_summary
+from fusedops.benchmarking.harness import FUSED
+from fusedops.benchmarking.markdown import ops_in_order, sig, speedup_summary
 from fusedops.benchmarking.results import OK, Record
 
 if TYPE_CHECKING:
@@ -97,9 +98,9 @@ def _ceiling(
 
 def _impl_colors(records: Sequence[Record]) -> dict[str, str]:
     """One color per implementation, the same in every panel (fusedops red)."""
-    peers = [i for i in dict.fromkeys(r.impl for r in records) if i != FUSEDOPS]
+    peers = [i for i in dict.fromkeys(r.impl for r in records) if i != FUSED]
     colors = {p: _PEER_COLORS[i % len(_PEER_COLORS)] for i, p in enumerate(peers)}
-    colors[FUSEDOPS] = _FUSEDOPS_COLOR
+    colors[FUSED] = _FUSEDOPS_COLOR
     return colors
 
 
@@ -135,7 +136,7 @@ def _draw_panel(
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     field, unit = _rate_of(records)
-    impls = sorted(dict.fromkeys(r.impl for r in records), key=lambda i: i != FUSEDOPS)
+    impls = sorted(dict.fromkeys(r.impl for r in records), key=lambda i: i != FUSED)
     top = 0.0
     sizes: set[float] = set()
     for impl in impls:
@@ -149,7 +150,7 @@ def _draw_panel(
         xs, ys = zip(*points, strict=True)
         sizes.update(xs)
         top = max(top, *ys)
-        fused = impl == FUSEDOPS
+        fused = impl == FUSED
         ax.plot(
             xs,
             ys,

@@ -109,6 +109,12 @@ class Record:
         return cls(**data)
 
 
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception on one line, cut at ``limit`` characters: the
+    ``detail`` of an ``error`` record."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:limit]
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

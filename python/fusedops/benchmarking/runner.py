@@ -20,6 +20,7 @@ from fusedops.benchmarking.results import (
     NOT_RUNNABLE,
     OK,
     Record,
+    error_text,
 )
 from fusedops.benchmarking.timing import Timing, as_device, gbs, measure
 
@@ -74,12 +75,11 @@ def _failure_status(exc: BaseException) -> tuple[str, str]:
     """Status and one-line detail of a peer that raised."""
     if isinstance(exc, PeerUnavailable):
         return exc.status, exc.reason
-    text = " ".join(str(exc).split())
     if isinstance(exc, torch.OutOfMemoryError):
         return ERROR, "out of memory"
-    if "No available kernel" in text:  # a forced SDPA backend that cannot take the case
+    if "No available kernel" in str(exc):  # a forced SDPA backend that cannot take the case
         return NOT_RUNNABLE, "no kernel of this SDPA backend takes these inputs"
-    return ERROR, f"{type(exc).__name__}: {text[:300]}"
+    return ERROR, error_text(exc)
 
 
 def _sync(device: torch.device) -> None:
