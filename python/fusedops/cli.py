@@ -100,9 +100,9 @@ def _run_ops(device: torch.device, quick: bool) -> list[bm.Record]:
         plan = bm.TimingPlan(warmup_ms=min_time * 100, rep_ms=min_time * 1e3, min_reps=2)
         rows = bm.run_case(case, device, ceilings=ceilings, plan=plan, peers=_DEMO_PEERS)
         for row in rows:
-            if interpreted:  # numpy on the CPU: its time says nothing about GPU speed
+            if interpreted and row.impl == bm.FUSED:  # numpy on the CPU: says nothing of GPUs
                 row.speedup, row.gb_s, row.tflop_s, row.frac_of_ceiling = {}, None, None, None
-                row.backend = row.backend and label
+                row.backend = label
         records += rows
     return records
 
