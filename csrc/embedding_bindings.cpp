@@ -47,7 +47,8 @@ void check_index_tensor(const at::Tensor& t, const char* op, const char* name) {
 at::Tensor embedding_fwd(const at::Tensor& input_ids, const at::Tensor& weight, double scale,
                          const std::optional<at::Tensor>& pos_weight,
                          const std::optional<at::Tensor>& positions, int64_t position_offset,
-                         int64_t pos_mode_code, double sinusoid_base) {
+                         int64_t pos_mode_code, double sinusoid_base,
+                         std::optional<int64_t> vocab_start) {
   check_index_tensor(input_ids, kFwd, "input_ids");
   TORCH_CHECK_VALUE(input_ids.dim() >= 1, kFwd, ": input_ids must have at least 1 dim, got ",
                     input_ids.dim());
@@ -55,6 +56,8 @@ at::Tensor embedding_fwd(const at::Tensor& input_ids, const at::Tensor& weight, 
   const PosMode pos_mode = pos_mode_arg(pos_mode_code, kFwd);
   const int64_t rows = weight.size(0);
   const int64_t dim = weight.size(1);
+  TORCH_CHECK_VALUE(!vocab_start.has_value() || *vocab_start >= 0, kFwd,
+                    ": vocab_start must be >= 0, got ", vocab_start.value_or(0));
 
   int64_t pos_rows = 0;
   if (pos_mode == PosMode::kLearned) {
@@ -89,9 +92,12 @@ at::Tensor embedding_fwd(const at::Tensor& input_ids, const at::Tensor& weight, 
   if (num_tokens == 0 || dim == 0) return out;
   const int64_t seq = input_ids.size(-1);
 
-  // Validate every index before anything is written.
+  // Validate every index before anything is written. With vocab_start the table is a shard:
+  // the caller checked the ids against the whole vocabulary and the kernel masks the others.
   AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "cpp_embedding_fwd_check", [&] {
-    check_ids_cpu<index_t>(kOp, ids.const_data_ptr<index_t>(), num_tokens, rows);
+    if (!vocab_start.has_value()) {
+      check_ids_cpu<index_t>(kOp, ids.const_data_ptr<index_t>(), num_tokens, rows);
+    }
     if (use_positions) {
       check_positions_cpu<index_t>(kOp, pos_ids.const_data_ptr<index_t>(), num_tokens, pos_mode,
                                    pos_rows);
@@ -111,6 +117,7 @@ at::Tensor embedding_fwd(const at::Tensor& input_ids, const at::Tensor& weight, 
       args.seq_len = seq;
       args.weight = weight.const_data_ptr<scalar_t>();
       args.num_rows = rows;
+      args.vocab_start = vocab_start.value_or(0);
       args.weight_row_stride = weight.stride(0);
       args.dim = dim;
       args.scale = static_cast<float>(scale);
@@ -131,7 +138,7 @@ at::Tensor embedding_fwd(const at::Tensor& input_ids, const at::Tensor& weight, 
 }
 
 at::Tensor embedding_bwd(const at::Tensor& grad_out, const at::Tensor& indices, int64_t num_rows,
-                         double scale, int64_t padding_idx) {
+                         double scale, int64_t padding_idx, int64_t vocab_start) {
   check_cpu(grad_out, kBwd, "grad_out");
   check_index_tensor(indices, kBwd, "indices");
   TORCH_CHECK_TYPE(is_float_dtype(grad_out.scalar_type()), kBwd,
@@ -139,6 +146,7 @@ at::Tensor embedding_bwd(const at::Tensor& grad_out, const at::Tensor& indices, 
   TORCH_CHECK_VALUE(grad_out.dim() >= 1, kBwd, ": grad_out must be [..., D], got shape ",
                     grad_out.sizes());
   TORCH_CHECK_VALUE(num_rows >= 0, kBwd, ": num_rows must be >= 0, got ", num_rows);
+  TORCH_CHECK_VALUE(vocab_start >= 0, kBwd, ": vocab_start must be >= 0, got ", vocab_start);
   TORCH_CHECK_VALUE(padding_idx >= -1 && padding_idx < std::max<int64_t>(num_rows, 0), kBwd,
                     ": padding_idx must be -1 (none) or in [0, ", num_rows, "), got ",
                     padding_idx);
@@ -146,14 +154,9 @@ at::Tensor embedding_bwd(const at::Tensor& grad_out, const at::Tensor& indices, 
   const int64_t tokens = dim == 0 ? indices.numel() : grad_out.numel() / dim;
   TORCH_CHECK_VALUE(indices.numel() == tokens, kBwd, ": indices has ", indices.numel(),
                     " elements but grad_out has ", tokens, " rows of D=", dim);
-  // The forward validated the ids; this check is what guarantees no out-of-bounds write.
-  AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "cpp_embedding_bwd_check", [&] {
-    const index_t* p = indices.const_data_ptr<index_t>();
-    const int64_t k = cpu::find_first_outside<index_t>(p, indices.numel(), num_rows);
-    TORCH_CHECK_INDEX(k < 0, "fused_embedding backward: indices contains id ",
-                      static_cast<int64_t>(k < 0 ? 0 : p[k]), " outside [0, ", num_rows, ")");
-  });
-
+  // Indices outside [vocab_start, vocab_start + num_rows) are skipped by the kernel (another
+  // shard's ids, or positions of a table gradient taken over a subset): never an error, and
+  // nothing is written outside grad_table.
   at::Tensor g = grad_out.contiguous();
   at::Tensor grad_table = at::empty({num_rows, dim}, grad_out.options().memory_format(
                                                          at::MemoryFormat::Contiguous));
@@ -167,6 +170,7 @@ at::Tensor embedding_bwd(const at::Tensor& grad_out, const at::Tensor& indices, 
       args.num_tokens = tokens;
       args.dim = dim;
       args.num_rows = num_rows;
+      args.vocab_start = vocab_start;
       args.scale = static_cast<float>(scale);
       args.padding_idx = padding_idx;
       args.grad_table = grad_table.mutable_data_ptr<scalar_t>();

@@ -288,21 +288,30 @@ struct FwdPlan {
   }
 
   void token(int64_t n, const float* prow, float* /*scratch*/) const {
-    const int64_t id = static_cast<int64_t>(a.ids[n]);
+    const int64_t row = shard_row(static_cast<int64_t>(a.ids[n]), a.vocab_start, a.num_rows);
     T* out = a.out + n * a.dim;
-    if (id < 0 || id >= a.num_rows) {  // validated by the caller; never read OOB
+    if (row < 0) {  // another shard's id (or one the caller let through): positional term only
+      write_masked(out, prow);
+      return;
+    }
+    write_row(out, a.weight + row * a.weight_row_stride, a.scale, prow, a.dim, stream);
+  }
+
+  // A token without a row: fused_value(0, scale, p) like a zero table row, or zeros.
+  void write_masked(T* __restrict out, const float* __restrict prow) const {
+    if (prow == nullptr) {
       std::fill(out, out + a.dim, from_f32<T>(0.0f));
       return;
     }
-    write_row(out, a.weight + id * a.weight_row_stride, a.scale, prow, a.dim, stream);
+    for (int64_t d = 0; d < a.dim; ++d) out[d] = from_f32<T>(fused_value(0.0f, a.scale, prow[d]));
   }
 
   // Pull token n's table row toward the cache ahead of use. Gathered rows are random in a
   // table far larger than the caches, so the hardware prefetchers cannot predict them: without
   // this each row costs a full DRAM round trip per thread.
   void prefetch_token(int64_t n) const {
-    const int64_t id = static_cast<int64_t>(a.ids[n]);
-    if (id < 0 || id >= a.num_rows) return;
+    const int64_t id = shard_row(static_cast<int64_t>(a.ids[n]), a.vocab_start, a.num_rows);
+    if (id < 0) return;
     const char* row = reinterpret_cast<const char*>(a.weight + id * a.weight_row_stride);
     const int64_t bytes = a.dim * static_cast<int64_t>(sizeof(T));
     for (int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(row + off, 0, 3);
@@ -408,17 +417,18 @@ void embedding_bwd(const EmbeddingBwdArgs<T, I>& a) {
   if (rows <= 0 || dim <= 0) return;
 
   // Stable counting sort of tokens by row. After the fill, end[r] is one past the last token of
-  // row r and row r starts at end[r - 1] (0 for r == 0). Skipped: padding and invalid indices.
+  // row r and row r starts at end[r - 1] (0 for r == 0). Skipped: padding and indices outside
+  // the table (other shards' ids).
   std::vector<int64_t> end(static_cast<size_t>(rows) + 1, 0);
   for (int64_t n = 0; n < a.num_tokens; ++n) {
-    const int64_t r = static_cast<int64_t>(a.indices[n]);
-    if (r >= 0 && r < rows && r != a.padding_idx) ++end[r + 1];
+    const int64_t r = shard_row(static_cast<int64_t>(a.indices[n]), a.vocab_start, rows);
+    if (r >= 0 && r != a.padding_idx) ++end[r + 1];
   }
   for (int64_t r = 0; r < rows; ++r) end[r + 1] += end[r];
   std::vector<int64_t> order(static_cast<size_t>(end[rows]));
   for (int64_t n = 0; n < a.num_tokens; ++n) {
-    const int64_t r = static_cast<int64_t>(a.indices[n]);
-    if (r >= 0 && r < rows && r != a.padding_idx) order[end[r]++] = n;
+    const int64_t r = shard_row(static_cast<int64_t>(a.indices[n]), a.vocab_start, rows);
+    if (r >= 0 && r != a.padding_idx) order[end[r]++] = n;
   }
   // end[r] now holds the old end[r + 1].
 

@@ -3,8 +3,10 @@
 //
 // Element types T: float, c10::Half, c10::BFloat16 (arithmetic in fp32, one round-to-nearest-
 // even conversion per output element). Index types I: int32_t, int64_t.
-// The callers validate indices first (find_first_outside); the kernels still never read or
-// write outside the tables: out-of-range rows are skipped (forward) or ignored (backward).
+// A table may be a vocabulary shard (vocab_start: id t is row t - vocab_start, shard_row). The
+// callers validate the indices of a whole table first (find_first_outside); the kernels never
+// read or write outside the tables: ids without a row (other shards' ids, or out of range) get
+// only the positional term (forward) or are ignored (backward).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +19,14 @@
 namespace fusedops {
 namespace cpu {
 
+// The table row of id t when the table holds rows [vocab_start, vocab_start + num_rows) of a
+// vocabulary (vocab_start 0: the whole table), or -1 when t lies outside. Unsigned arithmetic:
+// wraps instead of overflowing for any id, and one compare checks both ends.
+inline int64_t shard_row(int64_t id, int64_t vocab_start, int64_t num_rows) {
+  const uint64_t row = static_cast<uint64_t>(id) - static_cast<uint64_t>(vocab_start);
+  return row < static_cast<uint64_t>(num_rows) ? static_cast<int64_t>(row) : -1;
+}
+
 template <typename T, typename I>
 struct EmbeddingFwdArgs {
   const I* ids = nullptr;          // [num_tokens], flat row n has s = n % seq_len
@@ -24,6 +34,7 @@ struct EmbeddingFwdArgs {
   int64_t seq_len = 1;             // S (N % S == 0)
   const T* weight = nullptr;       // [num_rows, dim], element (r, d) at r * weight_row_stride + d
   int64_t num_rows = 0;            // V
+  int64_t vocab_start = 0;         // id t reads row t - vocab_start (shard_row)
   int64_t weight_row_stride = 0;
   int64_t dim = 0;                 // D
   float scale = 1.0f;
@@ -47,12 +58,14 @@ struct EmbeddingBwdArgs {
   int64_t num_tokens = 0;
   int64_t dim = 0;
   int64_t num_rows = 0;         // rows of grad_table
+  int64_t vocab_start = 0;      // index t is row t - vocab_start (shard_row)
   float scale = 1.0f;
-  int64_t padding_idx = -1;     // row left at zero; -1: none
+  int64_t padding_idx = -1;     // row (of the shard) left at zero; -1: none
   T* grad_table = nullptr;      // [num_rows, dim], contiguous; fully written
 };
 
-// grad_table[r] = scale * sum_{n : indices[n] == r} grad_out[n], summed in fp32 in token order.
+// grad_table[r] = scale * sum_{n : indices[n] - vocab_start == r} grad_out[n], summed in fp32 in
+// token order; indices whose row falls outside [0, num_rows) are ignored.
 // Each row is produced by a single thread, so the result is bit-identical for any thread count.
 template <typename T, typename I>
 void embedding_bwd(const EmbeddingBwdArgs<T, I>& args);

@@ -1,6 +1,8 @@
 // Torch bindings of fusedops::int8_embedding_fwd: argument validation shared with the CUDA impl,
 // and the CPU implementation (the schema is in schemas.cpp). The CPU op range-checks every id and
-// position whatever check_indices says: on CPU the check is one cheap pass and needs no sync.
+// position whatever check_indices says: on CPU the check is one cheap pass and needs no sync. With
+// vocab_start (a vocabulary shard) it checks the positions only: the kernel masks the ids of
+// other shards, and the caller checks them against the whole vocabulary.
 #include "int8_bindings.h"
 
 #include <ATen/ops/empty.h>
@@ -26,7 +28,7 @@ Int8Call int8_prepare(const at::Tensor& input_ids, const at::Tensor& qweight,
                       const std::optional<at::Tensor>& pos_weight,
                       const std::optional<at::Tensor>& positions, int64_t position_offset,
                       int64_t pos_mode_code, double sinusoid_base, at::ScalarType out_dtype,
-                      c10::DeviceType device_type) {
+                      c10::DeviceType device_type, std::optional<int64_t> vocab_start) {
   const char* op = kInt8Op;
   TORCH_CHECK_VALUE(input_ids.device().type() == device_type, op,
                     ": input_ids must be on the device of this kernel (", device_type, "), got ",
@@ -53,6 +55,8 @@ Int8Call int8_prepare(const at::Tensor& input_ids, const at::Tensor& qweight,
                    ": out_dtype must be float32/float16/bfloat16, got ", out_dtype);
   const PosMode pos_mode = pos_mode_arg(pos_mode_code, op);
   TORCH_CHECK_VALUE(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+  TORCH_CHECK_VALUE(!vocab_start.has_value() || *vocab_start >= 0, op,
+                    ": vocab_start must be >= 0, got ", vocab_start.value_or(0));
 
   Int8Call call;
   call.qweight = unit_inner_stride(qweight);
@@ -102,6 +106,7 @@ Int8Call int8_prepare(const at::Tensor& input_ids, const at::Tensor& qweight,
   a.seq_len = seq;
   a.qweight = call.qweight.const_data_ptr<int8_t>();
   a.num_rows = rows;
+  a.vocab_start = vocab_start.value_or(0);
   a.qweight_row_stride = call.qweight.stride(0);
   a.dim = dim;
   a.scales = call.scales.const_data_ptr();
@@ -132,16 +137,17 @@ at::Tensor int8_embedding_fwd_masked_cpu(const at::Tensor& input_ids, const at::
                                          double sinusoid_base, at::ScalarType out_dtype) {
   Int8Call call = int8_prepare(input_ids, qweight, scales, scale, pos_weight, positions,
                                position_offset, pos_mode, sinusoid_base, out_dtype,
-                               c10::DeviceType::CPU);
+                               c10::DeviceType::CPU, std::nullopt);
   if (!call.empty) cpu::int8_embedding_fwd(call.args);
   return call.out;
 }
 
 namespace {
 
+// Ids against the table (unless it is a vocabulary shard: check_ids false) and positions.
 template <typename I>
-void check_indices_cpu(const Int8EmbeddingArgs& a) {
-  check_ids_cpu<I>(kInt8Op, static_cast<const I*>(a.ids), a.num_tokens, a.num_rows);
+void check_indices_cpu(const Int8EmbeddingArgs& a, bool check_ids) {
+  if (check_ids) check_ids_cpu<I>(kInt8Op, static_cast<const I*>(a.ids), a.num_tokens, a.num_rows);
   if (a.positions != nullptr) {
     check_positions_cpu<I>(kInt8Op, static_cast<const I*>(a.positions), a.num_tokens,
                            a.pos_mode, a.pos_rows);
@@ -154,16 +160,18 @@ at::Tensor int8_embedding_fwd_cpu(const at::Tensor& input_ids, const at::Tensor&
                                   const std::optional<at::Tensor>& positions,
                                   int64_t position_offset, int64_t pos_mode,
                                   double sinusoid_base, at::ScalarType out_dtype,
-                                  bool /*check_indices: the CPU op always checks*/) {
+                                  bool /*check_indices: the CPU op always checks*/,
+                                  std::optional<int64_t> vocab_start) {
   Int8Call call = int8_prepare(input_ids, qweight, scales, scale, pos_weight, positions,
                                position_offset, pos_mode, sinusoid_base, out_dtype,
-                               c10::DeviceType::CPU);
+                               c10::DeviceType::CPU, vocab_start);
   if (call.empty) return call.out;
   // Validate every index before anything is written.
+  const bool check_ids = !vocab_start.has_value();
   if (call.args.ids_int64) {
-    check_indices_cpu<int64_t>(call.args);
+    check_indices_cpu<int64_t>(call.args, check_ids);
   } else {
-    check_indices_cpu<int32_t>(call.args);
+    check_indices_cpu<int32_t>(call.args, check_ids);
   }
   advise_huge_pages(call.out);
   cpu::int8_embedding_fwd(call.args);

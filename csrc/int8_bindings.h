@@ -25,14 +25,16 @@ struct Int8Call {
 };
 
 // Checks everything that needs no reading of index values (dtypes, shapes, devices, the
-// position_offset range: host values only), allocates the output and fills the kernel arguments.
-// Every tensor must be on `device_type` (and, for CUDA, on input_ids' device).
+// position_offset range, vocab_start >= 0: host values only), allocates the output and fills the
+// kernel arguments. Every tensor must be on `device_type` (and, for CUDA, on input_ids' device).
+// vocab_start: the table is a vocabulary shard (int8_math.h); its ids are then not range-checked
+// by the bindings (the caller checks them against the whole vocabulary), only the positions.
 Int8Call int8_prepare(const at::Tensor& input_ids, const at::Tensor& qweight,
                       const at::Tensor& scales, double scale,
                       const std::optional<at::Tensor>& pos_weight,
                       const std::optional<at::Tensor>& positions, int64_t position_offset,
                       int64_t pos_mode, double sinusoid_base, at::ScalarType out_dtype,
-                      c10::DeviceType device_type);
+                      c10::DeviceType device_type, std::optional<int64_t> vocab_start);
 
 // The CPU kernel without the index checks (the fusedops._C test hook of the masking rule).
 at::Tensor int8_embedding_fwd_masked_cpu(const at::Tensor& input_ids, const at::Tensor& qweight,

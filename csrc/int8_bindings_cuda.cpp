@@ -6,7 +6,8 @@
 // check_indices=True: ids and positions are range-checked on the device and the first bad value
 // is read back (a device sync) to raise the CPU op's IndexError. check_indices=False: nothing on
 // the device is read by the host (no sync, so the call can be captured in a CUDA graph); the
-// kernel masks out-of-range ids and positions (int8_math.h).
+// kernel masks out-of-range ids and positions (int8_math.h). With vocab_start the table is a
+// vocabulary shard: only positions are checked, and the kernel masks the other shards' ids.
 //
 // Only c10/cuda headers: ATen/cuda/CUDAContext.h pulls in cusparse/cublas headers that a plain
 // toolkit may lack, and is not needed for a stream and a device guard.
@@ -32,10 +33,13 @@ int64_t first_outside_cuda(const at::Tensor& v, int64_t hi, int64_t* value) {
   return k;
 }
 
-void check_indices_cuda(const Int8Call& call) {
+// Ids against the table (unless it is a vocabulary shard: check_ids false) and positions.
+void check_indices_cuda(const Int8Call& call, bool check_ids) {
   const Int8EmbeddingArgs& a = call.args;
   int64_t value = 0;
-  if (first_outside_cuda(call.ids, a.num_rows, &value) >= 0) bad_id(kInt8Op, value, a.num_rows);
+  if (check_ids && first_outside_cuda(call.ids, a.num_rows, &value) >= 0) {
+    bad_id(kInt8Op, value, a.num_rows);
+  }
   if (a.positions != nullptr &&
       first_outside_cuda(call.pos_ids, int8_position_limit(a), &value) >= 0) {
     bad_position(kInt8Op, value, a.pos_mode, a.pos_rows);
@@ -48,13 +52,13 @@ at::Tensor int8_embedding_fwd_cuda(const at::Tensor& input_ids, const at::Tensor
                                    const std::optional<at::Tensor>& positions,
                                    int64_t position_offset, int64_t pos_mode,
                                    double sinusoid_base, at::ScalarType out_dtype,
-                                   bool check_indices) {
+                                   bool check_indices, std::optional<int64_t> vocab_start) {
   const c10::cuda::CUDAGuard guard(input_ids.device());
   Int8Call call = int8_prepare(input_ids, qweight, scales, scale, pos_weight, positions,
                                position_offset, pos_mode, sinusoid_base, out_dtype,
-                               c10::DeviceType::CUDA);
+                               c10::DeviceType::CUDA, vocab_start);
   if (call.empty) return call.out;
-  if (check_indices) check_indices_cuda(call);
+  if (check_indices) check_indices_cuda(call, !vocab_start.has_value());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input_ids.device().index()).stream();
   const cudaError_t err = cuda::int8_embedding_fwd(call.args, stream);
   TORCH_CHECK(err == cudaSuccess, kInt8Op, ": CUDA kernel launch failed: ",

@@ -7,9 +7,9 @@
 namespace fusedops {
 namespace cpu {
 
-// out[n, :] = cast(dequant(qweight[ids[n], :]) * scale + P[pos(n), :]) for every token n.
-// Ids and positions out of range are masked as int8_math.h says, never read (the op's binding
-// rejects them before the call).
+// out[n, :] = cast(dequant(qweight[ids[n] - vocab_start, :]) * scale + P[pos(n), :]) for every
+// token n. Ids and positions out of range are masked as int8_math.h says, never read (the op's
+// binding rejects them before the call, except the ids of other shards when vocab_start is set).
 void int8_embedding_fwd(const Int8EmbeddingArgs& args);
 
 }  // namespace cpu

@@ -2,8 +2,9 @@
 // Arithmetic: int8_math.h, the same __host__ __device__ functions the CPU kernel runs.
 //
 // Ids and positions outside their range (which reach the kernel when the binding skips its check,
-// check_indices=False) are masked, never read: int8_token_row / int8_position_in_range of
-// int8_math.h, the rule the CPU kernel follows too.
+// check_indices=False, and the other shards' ids when the table is a vocabulary shard starting at
+// vocab_start) are masked, never read: int8_token_row / int8_position_in_range of int8_math.h,
+// the rule the CPU kernel follows too.
 //
 // Work split: one warp per token row, grid-stride over rows (int64 row and element offsets).
 // Each lane owns 16-element chunks of the row: one 16-byte load of int8 (LDG.E.128), its group

@@ -1,8 +1,8 @@
 // Raw-pointer CUDA launcher of the INT8 embedding lookup (torch-free; the torch binding is
 // int8_bindings_cuda.cpp). Arguments and per-element arithmetic: int8_math.h, shared with the
 // CPU kernel. All pointers are device pointers. Ids and positions need not be validated: the
-// kernel masks those out of range (zero token / positional term, int8_math.h) and never reads
-// outside the tables.
+// kernel masks those out of range (ids whose row id - vocab_start is outside the table: zero
+// token term; positions: zero positional term, int8_math.h) and never reads outside the tables.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -55,6 +55,7 @@ struct Int8EmbeddingArgs {
   int64_t seq_len = 1;              // S (N % S == 0)
   const int8_t* qweight = nullptr;  // [num_rows, dim], element (r, d) at r * qweight_row_stride + d
   int64_t num_rows = 0;             // V
+  int64_t vocab_start = 0;          // id t reads row t - vocab_start (a vocabulary shard)
   int64_t qweight_row_stride = 0;
   int64_t dim = 0;                  // D
   const void* scales = nullptr;     // [num_rows, num_groups] of scales_kind, row stride below
@@ -92,14 +93,18 @@ FUSEDOPS_HD inline int64_t int8_position_limit(const Int8EmbeddingArgs& a) {
 
 // Masking: how both kernels treat indices outside their range. The CPU binding and, by default,
 // the CUDA binding reject them before the launch; with check_indices=False the CUDA kernel meets
-// them. Like fused_embedding's Triton kernel, nothing is read outside a table: a token whose id
-// lies outside [0, num_rows) gets a zero token term (q = 0 with scale 0), a position outside
+// them, and with a vocab_start (the table is the shard of rows [vocab_start, vocab_start + V)
+// of a larger vocabulary) both kernels meet the other shards' ids. Like fused_embedding's Triton
+// kernel, nothing is read outside a table: a token whose row id - vocab_start lies outside
+// [0, num_rows) gets a zero token term (q = 0 with scale 0), a position outside
 // [0, int8_position_limit) a zero positional term.
 
-// Token n's row of qweight, or -1 when its id is out of range (masked).
+// Token n's row of qweight, or -1 when it has none (masked). Unsigned arithmetic: wraps instead
+// of overflowing for any id, and one compare checks both ends.
 FUSEDOPS_HD inline int64_t int8_token_row(const Int8EmbeddingArgs& a, int64_t n) {
-  const int64_t id = int8_token_id(a, n);
-  return (id >= 0 && id < a.num_rows) ? id : -1;
+  const uint64_t row =
+      static_cast<uint64_t>(int8_token_id(a, n)) - static_cast<uint64_t>(a.vocab_start);
+  return row < static_cast<uint64_t>(a.num_rows) ? static_cast<int64_t>(row) : -1;
 }
 FUSEDOPS_HD inline bool int8_position_in_range(const Int8EmbeddingArgs& a, int64_t pos) {
   return pos >= 0 && pos < int8_position_limit(a);

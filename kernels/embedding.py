@@ -126,6 +126,7 @@ def embedding_fwd_kernel(
     seq_len,
     dim,
     num_embeddings,
+    vocab_start,  # the table holds rows [vocab_start, vocab_start + num_embeddings) of the vocab
     num_positions,
     stride_w,
     stride_p,
@@ -145,11 +146,17 @@ def embedding_fwd_kernel(
     row_ok = rows < n_rows
     col_ok = cols < dim
 
-    ids = tl.load(ids_ptr + rows, mask=row_ok, other=0).to(tl.int64)  # [BM]
-    # Ids are range-checked on the host by default; the mask keeps the kernel inside the
-    # table when that check is switched off (such rows get only the positional term).
-    id_ok = row_ok & (ids >= 0) & (ids < num_embeddings)
-    w_ptrs = weight_ptr + ids[:, None] * stride_w + cols[None, :]  # [BM, BD]
+    ids = tl.load(ids_ptr + rows, mask=row_ok, other=0).to(tl.int64)  # [BM] vocabulary ids
+    # The table holds ids [first, first + num_embeddings). Ids of a whole table (first = 0) are
+    # range-checked on the host by default; the mask keeps the kernel inside the table when
+    # that check is off, and masks the other shards' ids when the table is a vocabulary shard
+    # (such rows get only the positional term). The table's base is shifted once per program
+    # (int64 scalars) so the rows compare and index with the ids as loaded (a per-row
+    # subtraction takes up to 2 more registers per thread in bf16).
+    first = tl.cast(vocab_start, tl.int64)
+    id_ok = row_ok & (ids >= first) & (ids < first + num_embeddings)
+    table = weight_ptr - first * stride_w  # row `first` of the vocabulary is weight row 0
+    w_ptrs = table + ids[:, None] * stride_w + cols[None, :]  # [BM, BD]
     w = tl.load(w_ptrs, mask=id_ok[:, None] & col_ok[None, :], other=0.0)
     acc = w.to(tl.float32) * scale  # [BM, BD] fp32
 
@@ -205,10 +212,11 @@ def embedding_bwd_sorted_kernel(
     n_rows,
     dim,
     num_embeddings,
+    vocab_start,  # id t is row t - vocab_start; ids outside the table are skipped
     stride_g,
     stride_o,
     scale,
-    padding_idx,  # -1 for none
+    padding_idx,  # -1 for none (a row of the table)
     BLOCK_D: tl.constexpr,
 ):
     start = tl.program_id(0).to(tl.int64)
@@ -219,7 +227,8 @@ def embedding_bwd_sorted_kernel(
     # Each run of equal ids is summed by the program at its first position, in token order
     # (the sort is stable), so the result is bit-identical run to run with no atomics.
     leader = (start == 0) | (prev != row_id)
-    owns = leader & (row_id >= 0) & (row_id < num_embeddings) & (row_id != padding_idx)
+    row = row_id - vocab_start  # int64
+    owns = leader & (row >= 0) & (row < num_embeddings) & (row != padding_idx)
     if owns:
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         j = start
@@ -230,7 +239,7 @@ def embedding_bwd_sorted_kernel(
             acc += g.to(tl.float32)
             j += 1
             nxt = tl.load(sorted_ids_ptr + j, mask=j < n_rows, other=-1)
-        o_ptrs = out_ptr + row_id * stride_o + cols
+        o_ptrs = out_ptr + row * stride_o + cols
         tl.store(o_ptrs, (acc * scale).to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
@@ -242,10 +251,11 @@ def embedding_bwd_atomic_kernel(
     n_rows,
     dim,
     num_embeddings,
+    vocab_start,  # id t is row t - vocab_start; ids outside the table are skipped
     stride_g,
     stride_o,
     scale,
-    padding_idx,  # -1 for none
+    padding_idx,  # -1 for none (a row of the table)
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -253,7 +263,7 @@ def embedding_bwd_atomic_kernel(
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
     row_ok = rows < n_rows
     col_ok = cols < dim
-    ids = tl.load(ids_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    ids = tl.load(ids_ptr + rows, mask=row_ok, other=0).to(tl.int64) - vocab_start  # [BM]
     ok = row_ok & (ids >= 0) & (ids < num_embeddings) & (ids != padding_idx)
     mask = ok[:, None] & col_ok[None, :]
     g = tl.load(grad_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0)
@@ -280,8 +290,13 @@ def embedding_forward(
     positions: torch.Tensor | None,  # [N] int, contiguous; None -> position_offset + n % seq_len
     position_offset: int,
     sinusoid_base: float,
+    vocab_start: int = 0,
 ) -> torch.Tensor:
-    """Launch the forward kernel; writes and returns ``out``."""
+    """Launch the forward kernel; writes and returns ``out``.
+
+    ``weight`` holds rows ``[vocab_start, vocab_start + V)`` of the vocabulary: id ``t`` reads
+    row ``t - vocab_start`` and ids outside get only the positional term.
+    """
     n_rows, dim = out.shape
     if n_rows == 0 or dim == 0:
         return out
@@ -306,6 +321,7 @@ def embedding_forward(
         seq_len,
         dim,
         weight.shape[0],
+        int(vocab_start),
         pos_table.shape[0],
         weight.stride(0),
         pos_table.stride(0),
@@ -328,11 +344,14 @@ def embedding_backward(
     scale: float,
     padding_idx: int,
     deterministic: bool,
+    vocab_start: int = 0,
 ) -> torch.Tensor:
-    """Gradient of a ``[V, D]`` table: ``out[v] = scale * sum(grad[n] for ids[n] == v)``.
+    """Gradient of a ``[V, D]`` table: ``out[v] = scale * sum(grad[n] for ids[n] - vocab_start
+    == v)``; ids whose row falls outside ``[0, V)`` are skipped.
 
-    Rows never referenced (and ``padding_idx``) are zero. Deterministic mode sums each row in
-    token order in fp32 (bit-identical across runs); otherwise fp32 atomics are used.
+    Rows never referenced (and ``padding_idx``, a row of the table) are zero. Deterministic
+    mode sums each row in token order in fp32 (bit-identical across runs); otherwise fp32
+    atomics are used.
     """
     n_rows, dim = grad.shape
     out.zero_()
@@ -350,6 +369,7 @@ def embedding_backward(
             n_rows,
             dim,
             out.shape[0],
+            int(vocab_start),
             grad.stride(0),
             out.stride(0),
             float(scale),
@@ -367,6 +387,7 @@ def embedding_backward(
         n_rows,
         dim,
         out.shape[0],
+        int(vocab_start),
         grad.stride(0),
         acc.stride(0),
         float(scale),

@@ -28,6 +28,7 @@ __all__ = [
     "attention_varlen",
     "attention_with_kvcache",
     "dequantize_embedding",
+    "factorized_embedding",
     "fused_embedding",
     "fused_embedding_layernorm",
     "int8_embedding",
@@ -89,6 +90,7 @@ def fused_embedding(
     sinusoidal: bool = False,
     sinusoid_base: float = 10000.0,
     padding_idx: int | None = None,
+    vocab_start: int | None = None,
 ) -> torch.Tensor:
     """``out[..., s, :] = weight[input_ids[..., s]] * scale + P[pos(s)]``.
 
@@ -103,12 +105,23 @@ def fused_embedding(
         sinusoidal: add the sinusoid of :func:`sinusoid_table` instead of a learned table.
         sinusoid_base: frequency base of the sinusoid.
         padding_idx: row whose gradient is zero (``nn.Embedding`` semantics); forward unchanged.
+        vocab_start: ``weight`` is the shard of rows ``[vocab_start, vocab_start + V)`` of a
+            larger vocabulary: id ``t`` reads row ``t - vocab_start``, and ids outside the shard
+            contribute no token term (only the positional one). ``padding_idx`` is a row of
+            ``weight``.
     Returns:
         ``[..., S, D]`` in ``weight.dtype``; the arithmetic is done in fp32 (fp64 if ``weight``
         is fp64, which is how the tests build their oracle).
     """
     compute = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 for an oracle
-    tokens = F.embedding(input_ids.long(), weight, padding_idx=padding_idx)  # [..., S, D]
+    ids = input_ids.long()
+    if vocab_start is not None:
+        ids = ids - vocab_start
+        in_shard = (ids >= 0) & (ids < weight.shape[0])  # [..., S]
+        ids = torch.where(in_shard, ids, 0)
+    tokens = F.embedding(ids, weight, padding_idx=padding_idx)  # [..., S, D]
+    if vocab_start is not None:
+        tokens = tokens * in_shard.unsqueeze(-1)
     out = tokens.to(compute) * scale
     if pos_weight is not None or sinusoidal:
         if positions is None:
@@ -120,6 +133,63 @@ def fused_embedding(
         else:
             out = out + F.embedding(positions, pos_weight).to(compute)
     return out.to(weight.dtype)
+
+
+def factorized_embedding(
+    input_ids: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    hot_ids: torch.Tensor | None = None,
+    hot_rows: torch.Tensor | None = None,
+    scale: float = 1.0,
+    pos_weight: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    position_offset: int = 0,
+    sinusoidal: bool = False,
+    sinusoid_base: float = 10000.0,
+    padding_idx: int | None = None,
+) -> torch.Tensor:
+    """A low-rank token table with exact hot rows: ``row(t) * scale + P[pos(s)]``.
+
+    ``row(t) = hot_rows[k]`` when ``t == hot_ids[k]``, else ``a[t] @ b``: the table is
+    ``W ~= a @ b`` (``a`` [V, r], ``b`` [r, D]) except for the K hot tokens, whose rows are
+    stored exactly. The positional term is as in :func:`fused_embedding`.
+
+    Args:
+        input_ids: int32/int64 ``[..., S]`` token ids (sequence last).
+        a: ``[V, r]`` per-token coefficients; b: ``[r, D]`` shared basis (same dtype).
+        hot_ids: optional int ``[K]`` distinct token ids served from ``hot_rows`` ``[K, D]``.
+        scale, pos_weight, positions, position_offset, sinusoidal, sinusoid_base: as in
+            :func:`fused_embedding`.
+        padding_idx: tokens equal to it contribute no gradient to ``a``, ``b`` or
+            ``hot_rows`` (the forward is unchanged).
+    Returns:
+        ``[..., S, D]`` in ``a.dtype``; products and sums in fp32 (fp64 for fp64 inputs).
+    """
+    compute = torch.promote_types(a.dtype, torch.float32)  # fp32, or fp64 for an oracle
+    ids = input_ids.long()
+    rows = F.embedding(ids, a).to(compute) @ b.to(compute)  # [..., S, D]
+    if hot_ids is not None:
+        slot = torch.full((a.shape[0],), -1, dtype=torch.long, device=a.device)  # [V]
+        slot[hot_ids.long()] = torch.arange(hot_ids.numel(), device=a.device)
+        token_slot = slot[ids]  # [..., S], -1 for tokens served by the factors
+        is_hot = (token_slot >= 0).unsqueeze(-1)
+        exact = F.embedding(token_slot.clamp(min=0), hot_rows).to(compute)  # [..., S, D]
+        rows = torch.where(is_hot, exact, rows)
+    if padding_idx is not None:
+        rows = torch.where((ids == padding_idx).unsqueeze(-1), rows.detach(), rows)
+    out = rows * scale
+    if pos_weight is not None or sinusoidal:
+        if positions is None:
+            seq = input_ids.shape[-1]
+            positions = torch.arange(seq, device=input_ids.device) + position_offset  # [S]
+        positions = torch.broadcast_to(positions.long(), input_ids.shape)  # [..., S]
+        if sinusoidal:
+            out = out + sinusoid_table(positions, b.shape[1], sinusoid_base, compute)
+        else:
+            out = out + F.embedding(positions, pos_weight).to(compute)
+    return out.to(a.dtype)
 
 
 def fused_embedding_layernorm(
@@ -189,6 +259,7 @@ def int8_embedding(
     sinusoidal: bool = False,
     sinusoid_base: float = 10000.0,
     padding_idx: int | None = None,
+    vocab_start: int | None = None,
 ) -> torch.Tensor:
     """:func:`fused_embedding` applied to the dequantized table, cast to ``out_dtype``.
 
@@ -200,13 +271,20 @@ def int8_embedding(
         input_ids: int32/int64 ``[..., S]``.
         qweight: int8 ``[V, D]``; scales: ``[V, G]`` (see :func:`quantize_embedding`).
         out_dtype: fp32/fp16/bf16 result dtype.
-        scale, pos_weight, positions, position_offset, sinusoidal, sinusoid_base, padding_idx:
-            as in :func:`fused_embedding` (``padding_idx`` does not change the forward).
+        scale, pos_weight, positions, position_offset, sinusoidal, sinusoid_base, padding_idx,
+        vocab_start: as in :func:`fused_embedding` (``padding_idx`` does not change the
+            forward; with ``vocab_start`` the tables are a shard and other ids read as zero).
     Returns:
         ``[..., S, D]`` in ``out_dtype``.
     """
     ids = input_ids.long()
+    if vocab_start is not None:
+        ids = ids - vocab_start
+        in_shard = (ids >= 0) & (ids < qweight.shape[0])  # [..., S]
+        ids = torch.where(in_shard, ids, 0)
     rows = dequantize_embedding(F.embedding(ids, qweight), F.embedding(ids, scales))  # [.., S, D]
+    if vocab_start is not None:
+        rows = rows * in_shard.unsqueeze(-1)
     out = rows * scale
     if pos_weight is not None or sinusoidal:
         if positions is None:

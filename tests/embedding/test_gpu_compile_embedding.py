@@ -20,7 +20,8 @@ from fusedops.testing import CompileJob, GpuCompileReport
 
 pytestmark = pytest.mark.gpu_compile
 
-INT_ARGS = ("n_rows", "n_rows_bucket", "seq_len", "dim", "num_embeddings", "num_positions")
+INT_ARGS = ("n_rows", "n_rows_bucket", "seq_len", "dim", "num_embeddings", "vocab_start")
+INT_ARGS += ("num_positions",)
 # Integer arguments that multiply row indices: the offsets past 2**31 elements.
 FWD_OFFSETS = ("stride_w", "stride_p", "stride_o")
 BWD_OFFSETS = ("stride_g", "stride_o")
@@ -91,7 +92,7 @@ def _forward_jobs() -> list[CompileJob]:
 
 
 def _bwd_jobs(dtype: str, arch: int, block_d: int, warps: int) -> list[CompileJob]:
-    common = {"n_rows": "i32", "dim": "i32", "num_embeddings": "i32"}
+    common = {"n_rows": "i32", "dim": "i32", "num_embeddings": "i32", "vocab_start": "i32"}
     common |= {"stride_g": "i32", "stride_o": "i32", "scale": "fp32", "padding_idx": "i32"}
     sorted_sig = {"grad_ptr": f"*{dtype}", "sorted_ids_ptr": "*i64", "order_ptr": "*i64"}
     sorted_sig |= {"out_ptr": f"*{dtype}"} | common | {"BLOCK_D": "constexpr"}

@@ -89,9 +89,9 @@ def _bad_inputs(mode, id_dtype, seed=0):
 
 
 def test_schema_has_check_indices_defaulting_to_true():
-    arg = OP.default._schema.arguments[-1]
-    assert arg.name == "check_indices"
-    assert arg.default_value is True
+    args = {arg.name: arg for arg in OP.default._schema.arguments}
+    assert args["check_indices"].default_value is True
+    assert args["vocab_start"].default_value is None  # the trailing shard argument
 
 
 @pytest.mark.parametrize("check_indices", [True, False])

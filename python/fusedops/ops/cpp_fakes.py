@@ -13,16 +13,54 @@ import fusedops._C  # noqa: F401  (defines the schemas registered below)
 
 @torch.library.register_fake("fusedops::cpp_embedding_fwd")
 def _embedding_fwd_fake(
-    input_ids, weight, scale, pos_weight, positions, position_offset, pos_mode, sinusoid_base
+    input_ids,
+    weight,
+    scale,
+    pos_weight,
+    positions,
+    position_offset,
+    pos_mode,
+    sinusoid_base,
+    vocab_start=None,
 ):
     # out: [*input_ids.shape, D] in the table's dtype
     return weight.new_empty((*input_ids.shape, weight.shape[1]))
 
 
 @torch.library.register_fake("fusedops::cpp_embedding_bwd")
-def _embedding_bwd_fake(grad_out, indices, num_rows, scale, padding_idx):
+def _embedding_bwd_fake(grad_out, indices, num_rows, scale, padding_idx, vocab_start=0):
     # grad_table: [num_rows, D]
     return grad_out.new_empty((num_rows, grad_out.shape[-1]))
+
+
+@torch.library.register_fake("fusedops::cpp_factorized_embedding_fwd")
+def _factorized_embedding_fwd_fake(
+    input_ids,
+    a,
+    b,
+    hot_slots,
+    hot_rows,
+    scale,
+    pos_weight,
+    positions,
+    position_offset,
+    pos_mode,
+    sinusoid_base,
+):
+    # out: [*input_ids.shape, D] in the factors' dtype
+    return b.new_empty((*input_ids.shape, b.shape[1]))
+
+
+@torch.library.register_fake("fusedops::cpp_factorized_embedding_bwd")
+def _factorized_embedding_bwd_fake(
+    grad_out, input_ids, a, b, hot_slots, num_hot, scale, padding_idx, needs
+):
+    # (grad_a [V, r], grad_b [r, D], grad_hot_rows [num_hot, D]); empty where not needed
+    shapes = (a.shape, b.shape, (num_hot, b.shape[1]))
+    return tuple(
+        grad_out.new_empty(shape if need else (0,))
+        for shape, need in zip(shapes, needs, strict=True)
+    )
 
 
 @torch.library.register_fake("fusedops::cpp_embedding_layernorm_fwd")
@@ -81,6 +119,7 @@ def _int8_embedding_fwd_fake(
     sinusoid_base,
     out_dtype,
     check_indices=True,
+    vocab_start=None,
 ):
     # out: [*input_ids.shape, D] in out_dtype, on the table's device
     return qweight.new_empty((*input_ids.shape, qweight.shape[1]), dtype=out_dtype)

@@ -5,6 +5,10 @@ where ``P`` is a learned table, an in-kernel sinusoid, or absent. The custom ops
 ``fusedops::fused_embedding`` and ``fusedops::fused_embedding_backward`` run the Triton kernels
 (CUDA, or CPU through Triton's interpreter) or the C++ kernels of ``fusedops._C`` (CPU); a call
 that needs no gradient runs the kernel directly. The ``reference`` backend runs plain PyTorch.
+
+With ``vocab_start`` the table is one shard of a vocabulary split across ranks (rows
+``[vocab_start, vocab_start + V)``): the kernels mask the other shards' ids themselves (no pass
+over the ids here). :func:`embedding_table_grad` exposes the backward's table gradient alone.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import torch
 
 from fusedops import reference
 from fusedops._backend import OpBackends, resolve_backend
-from fusedops.constants import POS_LEARNED
+from fusedops.constants import POS_LEARNED, POS_NONE, SINUSOID_MAX_POSITION
 from fusedops.ops._common import (
     FLOAT_DTYPES,
+    INDEX_DTYPES,
     check_dtype,
+    check_index_range,
+    check_same_device,
     check_tensor,
     empty_output,
     unit_stride,
@@ -31,8 +38,49 @@ from fusedops.ops._lookup_checks import (
     positional_mode,
 )
 
+__all__ = ["embedding_table_grad", "fused_embedding"]
+
 OP = "fused_embedding"
 BACKENDS = OpBackends(cpp_op="fusedops::cpp_embedding_fwd")
+
+
+def check_vocab_start(op: str, vocab_start: object) -> int | None:
+    """``vocab_start``: None or an int >= 0 (the first vocabulary id of a table shard)."""
+    if vocab_start is None:
+        return None
+    if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
+        raise TypeError(f"{op}: vocab_start must be an int or None, got {vocab_start!r}")
+    if vocab_start < 0:
+        raise ValueError(f"{op}: vocab_start must be >= 0, got {vocab_start}")
+    return vocab_start
+
+
+def check_lookup_ranges(
+    op: str,
+    ids: torch.Tensor,
+    num_rows: int,
+    pos_weight: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    offset: int,
+    mode: int,
+    vocab_start: int | None,
+) -> None:
+    """Host-side index checks of a lookup (a device sync on CUDA): ids against the table and
+    the positions; with ``vocab_start`` (a table shard) only the positions, since the caller
+    checks the ids against the whole vocabulary and the kernels mask the other shards' ids."""
+    if vocab_start is None:
+        check_ranges(op, ids, num_rows, pos_weight, positions, offset, mode)
+        return
+    if mode == POS_NONE:
+        return
+    high = pos_weight.shape[0] if mode == POS_LEARNED else SINUSOID_MAX_POSITION
+    if positions is not None:
+        check_index_range(op, "positions contains position", positions, 0, high)
+    elif ids.numel() and offset + ids.shape[-1] > high:
+        raise IndexError(
+            f"{op}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
+            f"length {ids.shape[-1]} - 1) outside [0, {high})"
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -40,11 +88,11 @@ BACKENDS = OpBackends(cpp_op="fusedops::cpp_embedding_fwd")
 # ------------------------------------------------------------------------------------------
 
 
-def _forward_triton(ids, weight, pos_weight, positions, scale, offset, mode, base, check):
+def _forward_triton(ids, weight, pos_weight, positions, scale, offset, mode, base, check, start):
     from fusedops.kernels.embedding import embedding_forward
 
     if check:
-        check_ranges(OP, ids, weight.shape[0], pos_weight, positions, offset, mode)
+        check_lookup_ranges(OP, ids, weight.shape[0], pos_weight, positions, offset, mode, start)
     out = empty_output((*ids.shape, weight.shape[1]), weight.dtype, weight.device)
     embedding_forward(
         ids.reshape(-1),
@@ -57,18 +105,19 @@ def _forward_triton(ids, weight, pos_weight, positions, scale, offset, mode, bas
         positions=None if positions is None else positions.reshape(-1),
         position_offset=offset,
         sinusoid_base=base,
+        vocab_start=0 if start is None else start,
     )
     return out
 
 
-def _forward_cpp(ids, weight, pos_weight, positions, scale, offset, mode, base, check):
-    # The C++ kernel range-checks ids and positions itself (cheap on CPU: no device sync).
+def _forward_cpp(ids, weight, pos_weight, positions, scale, offset, mode, base, check, start):
+    # The C++ kernel range-checks ids (not a shard's) and positions itself (cheap on CPU).
     return torch.ops.fusedops.cpp_embedding_fwd.default(
-        ids, weight, scale, pos_weight, positions, offset, mode, base
+        ids, weight, scale, pos_weight, positions, offset, mode, base, start
     )
 
 
-def _backward_triton(grad_out, indices, num_rows, scale, padding_idx, deterministic):
+def _backward_triton(grad_out, indices, num_rows, scale, padding_idx, start, deterministic):
     from fusedops.kernels.embedding import embedding_backward
 
     dim = grad_out.shape[-1]
@@ -80,13 +129,14 @@ def _backward_triton(grad_out, indices, num_rows, scale, padding_idx, determinis
         scale=scale,
         padding_idx=padding_idx,
         deterministic=deterministic,
+        vocab_start=start,
     )
 
 
-def _backward_cpp(grad_out, indices, num_rows, scale, padding_idx, deterministic):
+def _backward_cpp(grad_out, indices, num_rows, scale, padding_idx, start, deterministic):
     # Always deterministic: each row sums its tokens in order.
     return torch.ops.fusedops.cpp_embedding_bwd.default(
-        grad_out.contiguous(), indices.contiguous(), num_rows, scale, padding_idx
+        grad_out.contiguous(), indices.contiguous(), num_rows, scale, padding_idx, start
     )
 
 
@@ -112,13 +162,17 @@ def _fused_embedding(
     deterministic: bool,
     check_indices: bool,
     backend: str,
+    vocab_start: int | None = None,
 ) -> torch.Tensor:
     """Forward of the fused embedding on validated inputs.
 
     ``input_ids`` [..., S] contiguous int32/int64; ``weight`` [V, D] (stride(-1) == 1);
     ``pos_weight`` [P, D] or None; ``positions`` contiguous, shaped like ``input_ids``, or None;
     ``backend`` is ``"triton"`` or ``"cpp"``. Returns [..., S, D] in ``weight.dtype``.
-    ``padding_idx`` (-1: none) and ``deterministic`` only shape the backward.
+    ``vocab_start`` (None: the whole table): id ``t`` reads row ``t - vocab_start``, ids
+    outside ``[0, V)`` after the shift get only the positional term.
+    ``padding_idx`` (-1: none, a row of ``weight``) and ``deterministic`` only shape the
+    backward.
     """
     return implementation(OP, _FORWARD, backend)(
         input_ids,
@@ -130,6 +184,7 @@ def _fused_embedding(
         pos_mode,
         sinusoid_base,
         check_indices,
+        vocab_start,
     )
 
 
@@ -141,16 +196,18 @@ def _fused_embedding_backward(
     padding_idx: int,
     deterministic: bool,
     backend: str,
+    vocab_start: int = 0,
 ) -> torch.Tensor:
     """Gradient of a ``[num_rows, D]`` table gathered by ``indices``.
 
     ``grad_out`` [..., D] (fp32/fp16/bf16), ``indices`` int [...] with one index per row of
-    ``grad_out``; returns ``scale * sum`` of the rows of each index, in ``grad_out.dtype``,
-    with row ``padding_idx`` (``-1``: none) left zero. Deterministic sums each row in token
-    order in fp32; the C++ kernel is always deterministic.
+    ``grad_out``; index ``t`` is row ``t - vocab_start`` and indices outside the table are
+    skipped. Returns ``scale * sum`` of the rows of each index, in ``grad_out.dtype``, with row
+    ``padding_idx`` (``-1``: none) left zero. Deterministic sums each row in token order in
+    fp32; the C++ kernel is always deterministic.
     """
     return implementation(OP, _BACKWARD, backend)(
-        grad_out, indices, num_rows, scale, padding_idx, deterministic
+        grad_out, indices, num_rows, scale, padding_idx, vocab_start, deterministic
     )
 
 
@@ -173,18 +230,19 @@ def _(grad_out, indices, num_rows, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    ids, weight, pos_weight, positions, scale, offset, mode, _base, padding_idx, det, _check, be = (
-        inputs
-    )
+    ids, weight, pos_weight, positions, scale, offset, mode, _base, padding_idx, *rest = inputs
+    det, _check, be, vocab_start = rest
     ctx.save_for_backward(ids, positions)
     ctx.num_rows = weight.shape[0]
     ctx.num_positions = pos_weight.shape[0] if pos_weight is not None else 0
     ctx.scale, ctx.offset, ctx.mode = scale, offset, mode
     ctx.padding_idx, ctx.deterministic, ctx.backend = padding_idx, det, be
+    ctx.vocab_start = 0 if vocab_start is None else vocab_start
 
 
-def _table_grad(grad, indices, num_rows, scale, padding_idx, ctx):
+def _table_grad(grad, indices, num_rows, scale, padding_idx, vocab_start, ctx):
     args = (grad, indices, num_rows, scale, padding_idx, ctx.deterministic, ctx.backend)
+    args += (vocab_start,)
     grad_mode = torch.is_grad_enabled()  # create_graph: the op raises (no double backward)
     return run(fused_embedding_backward_op, _fused_embedding_backward, grad_mode, *args)
 
@@ -194,14 +252,16 @@ def _backward(ctx, grad):
     ids, positions = ctx.saved_tensors
     grad_weight = grad_pos = None
     if ctx.needs_input_grad[1]:
-        grad_weight = _table_grad(grad, ids, ctx.num_rows, ctx.scale, ctx.padding_idx, ctx)
+        grad_weight = _table_grad(
+            grad, ids, ctx.num_rows, ctx.scale, ctx.padding_idx, ctx.vocab_start, ctx
+        )  # [V, D]: only the ids of this table (shard)
     if ctx.mode == POS_LEARNED and ctx.needs_input_grad[2]:
         if positions is None:  # pos(s) = offset + s for every batch row
             seq = ids.shape[-1]
             positions = torch.arange(ctx.offset, ctx.offset + seq, device=ids.device)
             positions = positions.expand(ids.shape)
-        grad_pos = _table_grad(grad, positions, ctx.num_positions, 1.0, -1, ctx)
-    return None, grad_weight, grad_pos, *([None] * 9)
+        grad_pos = _table_grad(grad, positions, ctx.num_positions, 1.0, -1, 0, ctx)  # every token
+    return None, grad_weight, grad_pos, *([None] * 10)
 
 
 fused_embedding_op.register_autograd(_backward, setup_context=_setup_context)
@@ -270,6 +330,7 @@ def fused_embedding(
     padding_idx: int | None = None,
     deterministic: bool = True,
     check_indices: bool = True,
+    vocab_start: int | None = None,
 ) -> torch.Tensor:
     """Token gather, scale and positional add in one pass.
 
@@ -288,13 +349,20 @@ def fused_embedding(
         position_offset: first position when ``positions`` is None (e.g. KV-cache length).
         sinusoidal: add the in-kernel sinusoid instead of a learned table.
         sinusoid_base: sinusoid frequency base.
-        padding_idx: table row that receives no gradient (``nn.Embedding`` semantics).
+        padding_idx: table row that receives no gradient (``nn.Embedding`` semantics); with
+            ``vocab_start``, a row of the shard (local index).
         deterministic: backward sums duplicates in a fixed order (bit-identical run to run);
             ``False`` uses fp32 atomics on the Triton path (the C++ path is always
             deterministic).
         check_indices: range-check ids and positions (raises ``IndexError``). On CUDA this
             syncs the device; with ``False`` out-of-range rows are masked (the token term
             reads as zero) instead of read out of bounds. The C++ kernel always checks.
+        vocab_start: ``weight`` is the shard of rows ``[vocab_start, vocab_start + V)`` of a
+            larger vocabulary (vocabulary-parallel embeddings): id ``t`` reads row
+            ``t - vocab_start``, ids outside the shard contribute no token term (only the
+            positional one) and no gradient. The ids are then not range-checked (the caller
+            checks them against the whole vocabulary); positions still are. None: the whole
+            table.
     Returns:
         ``[..., S, D]`` in ``weight.dtype`` (arithmetic in fp32).
     Raises:
@@ -312,12 +380,20 @@ def fused_embedding(
         sinusoid_base,
         padding_idx,
     )
+    vocab_start = check_vocab_start(OP, vocab_start)
     backend = resolve_backend(OP, weight.device, BACKENDS)
     mode = positional_mode(pos_weight, sinusoidal)
     if backend == "reference":
         if check_indices:
-            check_ranges(
-                OP, input_ids, weight.shape[0], pos_weight, positions, position_offset, mode
+            check_lookup_ranges(
+                OP,
+                input_ids,
+                weight.shape[0],
+                pos_weight,
+                positions,
+                position_offset,
+                mode,
+                vocab_start,
             )
         return reference.fused_embedding(
             input_ids,
@@ -329,6 +405,7 @@ def fused_embedding(
             sinusoidal=sinusoidal,
             sinusoid_base=sinusoid_base,
             padding_idx=padding_idx,
+            vocab_start=vocab_start,
         )
     return run(
         fused_embedding_op,
@@ -346,5 +423,88 @@ def fused_embedding(
         deterministic,
         check_indices,
         backend,
+        vocab_start,
         autograd=_FusedEmbedding,
+    )
+
+
+def _reference_table_grad(grad, indices, num_rows, scale, padding_idx, vocab_start):
+    """The table gradient in plain PyTorch (the ``reference`` backend): fp32 sums."""
+    dim = grad.shape[-1]
+    rows = indices.reshape(-1).long() - vocab_start  # [N]
+    keep = (rows >= 0) & (rows < num_rows)
+    if padding_idx >= 0:
+        keep &= rows != padding_idx
+    acc = torch.zeros((num_rows, dim), dtype=torch.float32, device=grad.device)  # [V, D]
+    acc.index_add_(0, rows[keep], grad.reshape(-1, dim)[keep].float())
+    return (acc * scale).to(grad.dtype)
+
+
+def embedding_table_grad(
+    grad: torch.Tensor,
+    indices: torch.Tensor,
+    num_rows: int | torch.SymInt,
+    *,
+    scale: float = 1.0,
+    padding_idx: int | None = None,
+    vocab_start: int = 0,
+    deterministic: bool = True,
+) -> torch.Tensor:
+    """The gradient of a ``[num_rows, D]`` table gathered by ``indices`` (an embedding's
+    backward without the forward): ``out[r] = scale * sum(grad[n] for indices[n] - vocab_start
+    == r)``.
+
+    Runs the fused embedding's backward kernel on the resolved backend (C++ on CPU, Triton on
+    CUDA). Indices whose row falls outside ``[0, num_rows)`` are ignored (other shards' ids
+    when the table is a vocabulary shard), and row ``padding_idx`` stays zero.
+
+    Args:
+        grad: ``[..., D]`` fp32/fp16/bf16 upstream gradient rows.
+        indices: int32/int64 ``[...]``, broadcastable to ``grad.shape[:-1]``: one index per
+            row of ``grad``.
+        num_rows: rows of the table (``>= 0``).
+        scale: multiplier of the sums (the forward's ``scale``).
+        padding_idx: row of the table (local to the shard) that gets no gradient; negative
+            values count from the end.
+        vocab_start: first vocabulary id of the table (``>= 0``).
+        deterministic: sum each row in token order (bit-identical run to run); ``False``
+            allows fp32 atomics on the Triton path.
+    Returns:
+        ``[num_rows, D]`` in ``grad.dtype`` (sums in fp32).
+    Raises:
+        TypeError / ValueError for bad dtypes, shapes, devices or options.
+    """
+    op = "embedding_table_grad"
+    check_tensor(op, "grad", grad)
+    check_dtype(op, "grad", grad, FLOAT_DTYPES)
+    if grad.dim() < 1:
+        raise ValueError(f"{op}: grad must be [..., D], got a 0-d tensor")
+    check_tensor(op, "indices", indices)
+    check_dtype(op, "indices", indices, INDEX_DTYPES)
+    check_same_device(op, "indices", indices, grad.device)
+    # A SymInt when traced with dynamic shapes (a table's size inside an autograd formula).
+    if isinstance(num_rows, bool) or not isinstance(num_rows, (int, torch.SymInt)):
+        raise ValueError(f"{op}: num_rows must be an int >= 0, got {num_rows!r}")
+    if num_rows < 0:
+        raise ValueError(f"{op}: num_rows must be an int >= 0, got {num_rows!r}")
+    check_scale_and_offset(op, scale, 0)
+    padding_idx = check_padding_idx(op, padding_idx, num_rows)
+    vocab_start = check_vocab_start(op, vocab_start)
+    if vocab_start is None:
+        raise TypeError(f"{op}: vocab_start must be an int, got None")
+    try:
+        indices = indices.expand(grad.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"{op}: indices of shape {tuple(indices.shape)} do not broadcast to grad's rows "
+            f"{tuple(grad.shape[:-1])}"
+        ) from None
+    backend = resolve_backend(OP, grad.device, BACKENDS)
+    pad = -1 if padding_idx is None else padding_idx
+    if backend == "reference":
+        return _reference_table_grad(grad, indices, num_rows, scale, pad, vocab_start)
+    args = (grad, indices.contiguous(), num_rows, float(scale), pad, deterministic, backend)
+    args += (vocab_start,)
+    return run(
+        fused_embedding_backward_op, _fused_embedding_backward, torch.is_grad_enabled(), *args
     )

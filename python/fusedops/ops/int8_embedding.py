@@ -17,6 +17,9 @@ Backends (``fusedops.use_backend`` / ``$FUSEDOPS_BACKEND``):
 
 The op is inference-only: the int8 table has no gradient, and asking for one through
 ``scales`` or ``pos_weight`` raises instead of silently returning a graph without it.
+
+With ``vocab_start`` the tables are one shard of a vocabulary split across ranks: the kernels
+(CPU and CUDA) mask the other shards' ids themselves, and only the positions are range-checked.
 """
 
 from __future__ import annotations
@@ -36,10 +39,10 @@ from fusedops.ops._lookup_checks import (
     check_input_ids,
     check_padding_idx,
     check_positional,
-    check_ranges,
     check_scale_and_offset,
     positional_mode,
 )
+from fusedops.ops.embedding import check_lookup_ranges, check_vocab_start
 from fusedops.quantization import quantize_embedding
 
 __all__ = ["int8_embedding", "quantize_embedding"]
@@ -134,6 +137,7 @@ def int8_embedding(
     sinusoid_base: float = 10000.0,
     padding_idx: int | None = None,
     check_indices: bool = True,
+    vocab_start: int | None = None,
 ) -> torch.Tensor:
     """Fused INT8 embedding lookup: gather int8 rows, dequantize, scale, add positions.
 
@@ -160,6 +164,11 @@ def int8_embedding(
             sync-free, so it can be captured in a CUDA graph, and out-of-range ids and
             positions are masked instead (their token or positional term reads as zero). On
             CPU the kernel always checks.
+        vocab_start: ``qweight``/``scales`` are the shard of rows
+            ``[vocab_start, vocab_start + V)`` of a larger vocabulary: id ``t`` reads row
+            ``t - vocab_start`` and ids outside the shard contribute no token term (only the
+            positional one). The ids are then not range-checked (the caller checks them
+            against the whole vocabulary); positions still are. None: the whole table.
     Returns:
         ``[..., S, D]`` in ``out_dtype`` on ``qweight``'s device.
     Raises:
@@ -180,12 +189,20 @@ def int8_embedding(
         sinusoid_base,
         padding_idx,
     )
+    vocab_start = check_vocab_start(OP, vocab_start)
     mode = positional_mode(pos_weight, sinusoidal)
     backend = resolve_backend(OP, qweight.device, BACKENDS)
     if backend == "reference":
         if check_indices:
-            check_ranges(
-                OP, input_ids, qweight.shape[0], pos_weight, positions, position_offset, mode
+            check_lookup_ranges(
+                OP,
+                input_ids,
+                qweight.shape[0],
+                pos_weight,
+                positions,
+                position_offset,
+                mode,
+                vocab_start,
             )
         return reference.int8_embedding(
             input_ids,
@@ -198,6 +215,7 @@ def int8_embedding(
             position_offset=position_offset,
             sinusoidal=sinusoidal,
             sinusoid_base=sinusoid_base,
+            vocab_start=vocab_start,
         )
     return torch.ops.fusedops.int8_embedding_fwd.default(
         input_ids,
@@ -211,4 +229,5 @@ def int8_embedding(
         float(sinusoid_base),
         out_dtype,
         check_indices,
+        vocab_start,
     )
