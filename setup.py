@@ -206,6 +206,8 @@ setup(
         "fusedops.kernels",
     ],
     package_dir={"fusedops": "python/fusedops", "fusedops.kernels": "kernels"},
+    # The bundled text sample of fusedops.factorization.sample_text().
+    package_data={"fusedops": ["data/*.txt"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

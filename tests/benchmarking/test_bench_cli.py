@@ -31,6 +31,7 @@ from fusedops.benchmarking import command, environment, peers, results, runner, 
 from fusedops.benchmarking.attention_cases import DecodeSpec
 from fusedops.benchmarking.cases import AttentionSpec, EmbeddingSpec, Int8Spec, RopeSpec
 from fusedops.benchmarking.ceilings import Ceilings
+from fusedops.benchmarking.factorized_cases import FactorizedSpec
 from fusedops.benchmarking.harness import Impl, dtype_name
 from fusedops.benchmarking.peers import PEER_GROUPS
 from fusedops.benchmarking.results import ERROR, MISMATCH, NOT_INSTALLED, OK, Record
@@ -44,16 +45,18 @@ FAST = ["--device", "cpu", "--rep-ms", "5", "--warmup-ms", "1", "--quiet"]
 QUICK: dict[str, list] = {
     "embedding": [EmbeddingSpec("tiny", 1, 16, 32, 100, pos_rows=64, compile=False)],
     "int8": [Int8Spec("tiny", 1, 8, 16, 11, group_size=8, compile=False)],
+    "factorized": [FactorizedSpec("tiny", 1, 8, 16, 13, 3, hot=2, compile=False)],
     "rope": [RopeSpec("tiny", 1, 4, 2, 16, 32)],
     "attention": [AttentionSpec("tiny", 1, 4, 2, 32, 32, 32, compile=False)],
     "decode": [DecodeSpec("tiny", 1, 64, heads_q=4, heads_kv=2, dim=32)],
     "model": [],
 }
-RUN_OPS = ("embedding", "int8", "rope", "attention", "decode")
+RUN_OPS = ("embedding", "int8", "factorized", "rope", "attention", "decode")
 # The records of the tiny run on a CPU, per op, in order (third-party peers unimportable).
 EXPECTED_IMPLS = {
     "embedding": ["fusedops", "eager", "liger"],
     "int8": ["fusedops", "F.embedding", "eager"],
+    "factorized": ["fusedops", "dense", "eager"],
     "rope": ["fusedops", "eager", "liger"],
     "attention": ["fusedops", "sdpa", "eager", "flash_attn"],
     "decode": ["fusedops", "sdpa", "eager", "flash_attn"],
@@ -153,7 +156,7 @@ def test_results_json_environment(run):
     # --quick leaves compile out; the others ran or say why not.
     peers = env["peers"]
     assert list(peers) == [p for p in PEER_GROUPS if p != "compile"]
-    assert peers["eager"] == "ran (F.embedding, eager)"
+    assert peers["eager"] == "ran (F.embedding, dense, eager)"
     assert peers["sdpa"] == "ran (sdpa)"
     assert peers["liger"].startswith("not installed: liger_kernel (liger-kernel)")
     assert peers["flash_attn"].startswith("not installed: flash_attn (flash-attn)")
@@ -217,6 +220,7 @@ def test_results_csv_matches_the_json(run):
         "speedup_vs_fusedops",
         "speedup_vs_eager",
         "speedup_vs_F.embedding",
+        "speedup_vs_dense",
         "speedup_vs_sdpa",
     }
     assert "speedup" not in header
@@ -258,6 +262,7 @@ def test_list_prints_case_ids_and_writes_nothing(tmp_path, monkeypatch, capsys):
     assert lines == [
         "embedding: embedding-tiny-float32-B1-S16-D32-V100-P64",
         "int8: int8_embedding-tiny-float32-B1-S8-D16-V11-g8",
+        "factorized: factorized-tiny-float32-B1-S8-D16-V13-r3-K2",
         "rope: rope-tiny-float32-B1-Hq4-Hk2-S16-D32",
         "attention: attention-tiny-float32-B1-Hq4-Hkv2-Sq32-Sk32-D32",
         "decode: attention_decode-tiny-float32-B1-Hq4-Hkv2-Sk64-D32-dense-splitsauto",
@@ -464,7 +469,8 @@ def test_bench_compare_of_two_runs(run, tmp_path, capsys):
     timed = [(r.op, r.impl) for r in records if r.status == OK]
     assert [(row[0], row[-4]) for row in rows] == timed
     assert all(row[-1] == "2.00" for row in rows)
-    assert "  rope       fusedops 2.00 (1 rows), eager 2.00 (1 rows)\n" in text
+    # The op column is as wide as the longest op name ("factorized").
+    assert "  rope        fusedops 2.00 (1 rows), eager 2.00 (1 rows)\n" in text
     not_ok = len(records) - len(timed)
     assert f"{not_ok} rows not ok in both runs (same status) are not shown" in text
 

@@ -7,8 +7,8 @@ sources; ``make test`` names the file the build's exit status goes to, and this 
 it. It imports that build with the second venv's python (no GPU needed) and checks with the
 dispatcher that every op of the C++ library has CPU and Meta kernels (Meta: the Python fakes of
 ``fusedops.ops.cpp_fakes``), that int8_embedding_fwd has a CUDA kernel and its ``check_indices``
-argument, and that the CPU kernel of that build computes. Skipped, with the reason, when
-``.venv-cuda`` was not built.
+and ``vocab_start`` arguments, and that the CPU kernel of that build computes. Skipped, with the
+reason, when ``.venv-cuda`` was not built.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ OPS = {
     "cpp_embedding_fwd": ("CPU", "Meta"),  # the C++ embedding and RoPE ops have no CUDA
     "cpp_embedding_bwd": ("CPU", "Meta"),  # kernel: Triton serves CUDA tensors
     "cpp_rope": ("CPU", "Meta"),
+    "cpp_factorized_embedding_fwd": ("CPU", "Meta"),
+    "cpp_factorized_embedding_bwd": ("CPU", "Meta"),
     "int8_embedding_fwd": ("CPU", "CUDA", "Meta"),
 }
 
@@ -157,7 +159,7 @@ def test_dispatcher_kernels(probe, op):
 
 def test_int8_schema_has_check_indices(probe):
     assert probe["int8_schema"].endswith(
-        "ScalarType out_dtype, bool check_indices=True) -> Tensor"
+        "ScalarType out_dtype, bool check_indices=True, int? vocab_start=None) -> Tensor"
     ), probe["int8_schema"]
 
 

@@ -112,3 +112,28 @@ def attention_flops(
     if causal:
         flops //= 2
     return int(flops * 3.5) if backward else flops
+
+
+def min_bytes_factorized_embedding(
+    num_tokens: int,
+    dim: int,
+    rank: int,
+    *,
+    dtype: torch.dtype,
+    id_dtype: torch.dtype = torch.int64,
+    pos_rows: int = 0,
+    backward: bool = False,
+    num_rows: int = 0,
+) -> int:
+    """Minimum bytes of a factorized embedding call (``a`` [V, rank], ``b`` [rank, D]).
+
+    Forward: the ids, one ``[rank]`` row of ``a`` per token, ``b`` once, the positional rows
+    and the ``[N, D]`` output. Backward (gradients of ``a`` and ``b``): ``grad_out [N, D]``, the
+    ids, the gathered rows of ``a``, ``b`` once, the whole ``[num_rows, rank]`` gradient of
+    ``a`` and the ``[rank, D]`` gradient of ``b`` written once.
+    """
+    item = dtype.itemsize
+    total = num_tokens * id_dtype.itemsize + num_tokens * rank * item + rank * dim * item
+    if backward:
+        return total + num_tokens * dim * item + num_rows * rank * item + rank * dim * item
+    return total + pos_rows * dim * item + num_tokens * dim * item

@@ -37,6 +37,7 @@ PEER_GROUPS: tuple[str, ...] = (EAGER, COMPILE, SDPA, LIGER, FLASH_ATTN)
 # Implementation names of each group other than the group name itself.
 _MEMBERS = {
     "F.embedding": EAGER,  # the unquantized table next to an INT8 lookup
+    "dense": EAGER,  # the dense table next to a factorized lookup
     "sdpa-mask": SDPA,
     "sdpa_flash": SDPA,
     "sdpa_efficient": SDPA,

@@ -11,6 +11,9 @@ same spec classes, byte and FLOP counts included.
   table; with ``full`` also Llama's plain gather); the token-table backward.
 * ``int8``: the INT8 lookup, per-row scales, and 128-column groups (large batches of the widest
   D; every shape with ``full``).
+* ``factorized``: the low-rank embedding (``a`` [V, r] @ ``b`` [r, D] per token, exact hot
+  rows) at GPT-2's V x D over rank, against eager, compile and the dense table's lookup; its
+  ``a`` and ``b`` gradients.
 * ``rope``: q and k of a 32-head layer at GQA ratios 1, 4 and 32 (prefill over sequence
   length), and decode (one token per sequence, over batch).
 * ``attention``: causal prefill over sequence length at ``batch x S = 16k`` tokens and a
@@ -28,11 +31,20 @@ from typing import Literal
 
 from fusedops.benchmarking.attention_cases import DecodeSpec, WindowSpec
 from fusedops.benchmarking.cases import AttentionSpec, EmbeddingSpec, Int8Spec, RopeSpec
+from fusedops.benchmarking.factorized_cases import FactorizedSpec
 from fusedops.benchmarking.harness import OpSpec
 
 Tier = Literal["quick", "default", "full"]
 TIERS: tuple[Tier, ...] = ("quick", "default", "full")
-OPS: tuple[str, ...] = ("embedding", "int8", "rope", "attention", "decode", "model")
+OPS: tuple[str, ...] = (
+    "embedding",
+    "int8",
+    "factorized",
+    "rope",
+    "attention",
+    "decode",
+    "model",
+)
 """Sweep op names accepted by ``--ops``, in run order."""
 
 _MAX_SEQ = 2048  # longest sequence of an embedding batch (GPT-2's learned table has 2048 rows)
@@ -86,6 +98,28 @@ def int8(tier: Tier) -> list[OpSpec]:
                 specs.append(Int8Spec("per-row", batch, seq, dim, vocab))
                 if tier == "full" or (tier == "default" and dim == max(dims) and n >= 8192):
                     specs.append(Int8Spec("group128", batch, seq, dim, vocab, group_size=128))
+    return specs
+
+
+def factorized(tier: Tier) -> list[OpSpec]:
+    """V=50257, D=768 (GPT-2) over rank 64 / 128 / 256, without and with 1024 exact hot rows;
+    the ``a`` and ``b`` gradients at 8192 tokens."""
+    ranks = (64, 128, 256)
+    if tier == "quick":
+        tokens, hots, bwd_ranks = (8192,), (0,), (128,)
+    elif tier == "default":
+        tokens, hots, bwd_ranks = (128, 8192, 32768), (0, 1024), ranks
+    else:
+        tokens, hots, bwd_ranks = (1, 128, 8192, 32768), (0, 1024), ranks
+    specs: list[OpSpec] = []
+    for n in tokens:
+        batch, seq = _batch_seq(n)
+        for hot in hots:
+            for rank in ranks:
+                specs.append(FactorizedSpec(f"n{n}", batch, seq, 768, 50257, rank, hot=hot))
+    batch, seq = _batch_seq(8192)
+    for rank in bwd_ranks:
+        specs.append(FactorizedSpec("bwd", batch, seq, 768, 50257, rank, backward=True))
     return specs
 
 
@@ -180,6 +214,7 @@ def model(tier: Tier) -> list[OpSpec]:
 SWEEPS: dict[str, Callable[[Tier], list[OpSpec]]] = {
     "embedding": embedding,
     "int8": int8,
+    "factorized": factorized,
     "rope": rope,
     "attention": attention,
     "decode": decode,

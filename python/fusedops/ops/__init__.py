@@ -12,8 +12,10 @@ from fusedops.ops.attention_varlen import attention_varlen
 from fusedops.ops.backends import backend_for
 from fusedops.ops.embedding import fused_embedding
 from fusedops.ops.embedding_layernorm import fused_embedding_layernorm
+from fusedops.ops.factorized_embedding import factorized_embedding
 from fusedops.ops.int8_embedding import int8_embedding, quantize_embedding
 from fusedops.ops.rope import apply_rotary, apply_rotary_varlen
+from fusedops.ops.vocab_parallel import vocab_parallel_embedding, vocab_parallel_int8_embedding
 
 __all__ = [
     "apply_rotary",
@@ -24,8 +26,11 @@ __all__ = [
     "backend_for",
     "check_attention_args",
     "check_padding_idx",
+    "factorized_embedding",
     "fused_embedding",
     "fused_embedding_layernorm",
     "int8_embedding",
     "quantize_embedding",
+    "vocab_parallel_embedding",
+    "vocab_parallel_int8_embedding",
 ]

@@ -19,6 +19,7 @@ from fusedops._backend import resolve_backend
 _OP_MODULES = {
     "fused_embedding": "embedding",
     "fused_embedding_layernorm": "embedding_layernorm",
+    "factorized_embedding": "factorized_embedding",
     "int8_embedding": "int8_embedding",
     "apply_rotary": "rope",
     "attention": "attention",
