@@ -9,7 +9,6 @@
 
 #include "bindings_common.h"
 #include "embedding_cpu.h"
-#include "fusedops_math.h"
 #include "lookup_constants.h"
 
 namespace fusedops {
@@ -19,29 +18,10 @@ constexpr const char* kFwd = "fusedops::cpp_embedding_fwd";
 constexpr const char* kBwd = "fusedops::cpp_embedding_bwd";
 constexpr const char* kOp = "fused_embedding";  // the public op named in index errors
 
-// The element types the kernels are instantiated for (AT_DISPATCH_FLOATING_TYPES adds double).
-#define FUSEDOPS_DISPATCH_TABLE_TYPES(TYPE, NAME, ...)                    \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                          \
-                     AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
-                     AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
-
 // A [rows, D] table whose rows are contiguous (any row stride).
 void check_table(const at::Tensor& t, const char* op, const char* name) {
-  check_cpu(t, op, name);
-  TORCH_CHECK_VALUE(t.dim() == 2, op, ": ", name, " must be 2-D [rows, D], got shape ",
-                    t.sizes());
-  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), op, ": ", name,
-                   " must be float32/float16/bfloat16, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.size(1) <= 1 || t.stride(1) == 1, op, ": ", name,
-                    " must have stride(1) == 1, got strides ", t.strides());
-}
-
-void check_index_tensor(const at::Tensor& t, const char* op, const char* name) {
-  check_cpu(t, op, name);
-  TORCH_CHECK_TYPE(is_index_dtype(t.scalar_type()), op, ": ", name,
-                   " must be int32 or int64, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  check_float_matrix(t, op, name, " [rows, D]");
+  check_unit_inner_stride(t, op, name);
 }
 
 at::Tensor embedding_fwd(const at::Tensor& input_ids, const at::Tensor& weight, double scale,
@@ -49,88 +29,40 @@ at::Tensor embedding_fwd(const at::Tensor& input_ids, const at::Tensor& weight, 
                          const std::optional<at::Tensor>& positions, int64_t position_offset,
                          int64_t pos_mode_code, double sinusoid_base,
                          std::optional<int64_t> vocab_start) {
-  check_index_tensor(input_ids, kFwd, "input_ids");
-  TORCH_CHECK_VALUE(input_ids.dim() >= 1, kFwd, ": input_ids must have at least 1 dim, got ",
-                    input_ids.dim());
+  check_input_ids(input_ids, kFwd);
   check_table(weight, kFwd, "weight");
   const PosMode pos_mode = pos_mode_arg(pos_mode_code, kFwd);
   const int64_t rows = weight.size(0);
   const int64_t dim = weight.size(1);
   TORCH_CHECK_VALUE(!vocab_start.has_value() || *vocab_start >= 0, kFwd,
                     ": vocab_start must be >= 0, got ", vocab_start.value_or(0));
-
-  int64_t pos_rows = 0;
   if (pos_mode == PosMode::kLearned) {
-    TORCH_CHECK_VALUE(pos_weight.has_value(), kFwd, ": pos_mode 1 (learned) needs pos_weight");
-    check_table(*pos_weight, kFwd, "pos_weight");
-    TORCH_CHECK_TYPE(pos_weight->scalar_type() == weight.scalar_type(), kFwd,
-                     ": pos_weight dtype ", pos_weight->scalar_type(),
-                     " must match weight dtype ", weight.scalar_type());
-    TORCH_CHECK_VALUE(pos_weight->size(1) == dim, kFwd, ": pos_weight has D=",
-                      pos_weight->size(1), " but weight has D=", dim);
-    pos_rows = pos_weight->size(0);
+    const at::Tensor& table = learned_table(pos_weight, kFwd);
+    check_table(table, kFwd, "pos_weight");
+    TORCH_CHECK_TYPE(table.scalar_type() == weight.scalar_type(), kFwd, ": pos_weight dtype ",
+                     table.scalar_type(), " must match weight dtype ", weight.scalar_type());
+    TORCH_CHECK_VALUE(table.size(1) == dim, kFwd, ": pos_weight has D=", table.size(1),
+                      " but weight has D=", dim);
   }
-  if (pos_mode == PosMode::kSinusoid) check_sinusoid_base(sinusoid_base, kFwd);
-  const bool use_positions = pos_mode != PosMode::kNone && positions.has_value();
-  at::Tensor ids = input_ids;
-  at::Tensor pos_ids;
-  if (use_positions) {
-    check_index_tensor(*positions, kFwd, "positions");
-    TORCH_CHECK_VALUE(positions->sizes() == input_ids.sizes(), kFwd, ": positions shape ",
-                      positions->sizes(), " must equal input_ids shape ", input_ids.sizes());
-    pos_ids = *positions;
-    // One index type per kernel instantiation: widen the int32 side when they differ.
-    if (pos_ids.scalar_type() != ids.scalar_type()) {
-      ids = ids.to(at::kLong);
-      pos_ids = pos_ids.to(at::kLong);
-    }
-  }
+  const LookupPositions lp = lookup_positions(kFwd, input_ids, pos_mode, pos_weight, positions,
+                                              position_offset, sinusoid_base);
 
   at::Tensor out = at::empty(lookup_out_shape(input_ids, dim),
                              weight.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t num_tokens = input_ids.numel();
-  if (num_tokens == 0 || dim == 0) return out;
-  const int64_t seq = input_ids.size(-1);
-
+  if (input_ids.numel() == 0 || dim == 0) return out;
   // Validate every index before anything is written. With vocab_start the table is a shard:
   // the caller checked the ids against the whole vocabulary and the kernel masks the others.
-  AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "cpp_embedding_fwd_check", [&] {
-    if (!vocab_start.has_value()) {
-      check_ids_cpu<index_t>(kOp, ids.const_data_ptr<index_t>(), num_tokens, rows);
-    }
-    if (use_positions) {
-      check_positions_cpu<index_t>(kOp, pos_ids.const_data_ptr<index_t>(), num_tokens, pos_mode,
-                                   pos_rows);
-    }
-  });
-  if (pos_mode != PosMode::kNone && !use_positions) {
-    check_position_offset(kOp, position_offset, seq, pos_mode, pos_rows);
-  }
+  check_lookup_indices(kOp, lp, vocab_start.has_value() ? std::nullopt : std::optional(rows));
 
   advise_huge_pages(out);
-  const float coef = pos_mode == PosMode::kSinusoid ? sinusoid_coef(sinusoid_base, dim) : 0.0f;
-  FUSEDOPS_DISPATCH_TABLE_TYPES(weight.scalar_type(), "cpp_embedding_fwd", [&] {
-    AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "cpp_embedding_fwd_ids", [&] {
+  FUSEDOPS_DISPATCH_FLOAT_TYPES(weight.scalar_type(), "cpp_embedding_fwd", [&] {
+    AT_DISPATCH_INDEX_TYPES(lp.ids.scalar_type(), "cpp_embedding_fwd_ids", [&] {
       cpu::EmbeddingFwdArgs<scalar_t, index_t> args;
-      args.ids = ids.const_data_ptr<index_t>();
-      args.num_tokens = num_tokens;
-      args.seq_len = seq;
+      set_lookup_args(args, lp, scale, out);
       args.weight = weight.const_data_ptr<scalar_t>();
       args.num_rows = rows;
       args.vocab_start = vocab_start.value_or(0);
       args.weight_row_stride = weight.stride(0);
-      args.dim = dim;
-      args.scale = static_cast<float>(scale);
-      args.pos_mode = pos_mode;
-      if (pos_mode == PosMode::kLearned) {
-        args.pos_weight = pos_weight->const_data_ptr<scalar_t>();
-        args.pos_rows = pos_rows;
-        args.pos_row_stride = pos_weight->stride(0);
-      }
-      args.positions = use_positions ? pos_ids.const_data_ptr<index_t>() : nullptr;
-      args.position_offset = position_offset;
-      args.sinusoid_coef = coef;
-      args.out = out.mutable_data_ptr<scalar_t>();
       cpu::embedding_fwd(args);
     });
   });
@@ -162,7 +94,7 @@ at::Tensor embedding_bwd(const at::Tensor& grad_out, const at::Tensor& indices, 
                                                          at::MemoryFormat::Contiguous));
   if (num_rows == 0 || dim == 0) return grad_table;
   advise_huge_pages(grad_table);
-  FUSEDOPS_DISPATCH_TABLE_TYPES(g.scalar_type(), "cpp_embedding_bwd", [&] {
+  FUSEDOPS_DISPATCH_FLOAT_TYPES(g.scalar_type(), "cpp_embedding_bwd", [&] {
     AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "cpp_embedding_bwd_ids", [&] {
       cpu::EmbeddingBwdArgs<scalar_t, index_t> args;
       args.grad_out = g.const_data_ptr<scalar_t>();

@@ -29,27 +29,12 @@
 #include "cpu_vec.h"
 #include "float_convert.h"
 #include "fusedops_math.h"
+#include "lookup_rows.h"
 #include "lookup_schedule.h"
 
 namespace fusedops {
 namespace cpu {
 namespace {
-
-template <typename T>
-inline void row_to_f32(const T* __restrict src, float* __restrict dst, int64_t dim) {
-  for (int64_t d = 0; d < dim; ++d) dst[d] = to_f32(src[d]);
-}
-
-// out = w * scale (+ p). p == nullptr means no positional term.
-template <typename T>
-inline void fused_row(T* __restrict out, const T* __restrict w, float scale,
-                      const float* __restrict p, int64_t dim) {
-  if (p != nullptr) {
-    for (int64_t d = 0; d < dim; ++d) out[d] = from_f32<T>(fused_value(to_f32(w[d]), scale, p[d]));
-  } else {
-    for (int64_t d = 0; d < dim; ++d) out[d] = from_f32<T>(fused_value(to_f32(w[d]), scale));
-  }
-}
 
 #if defined(FUSEDOPS_X86_SIMD)
 // The streaming row with 32-byte AVX vectors, for CPUs that have them (picked at run time).
@@ -312,18 +297,11 @@ struct FwdPlan {
   void prefetch_token(int64_t n) const {
     const int64_t id = shard_row(static_cast<int64_t>(a.ids[n]), a.vocab_start, a.num_rows);
     if (id < 0) return;
-    const char* row = reinterpret_cast<const char*>(a.weight + id * a.weight_row_stride);
-    const int64_t bytes = a.dim * static_cast<int64_t>(sizeof(T));
-    for (int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(row + off, 0, 3);
+    prefetch_row(a.weight + id * a.weight_row_stride, a.dim * static_cast<int64_t>(sizeof(T)));
   }
 
-  int64_t position(int64_t n) const {
-    return a.positions != nullptr ? static_cast<int64_t>(a.positions[n])
-                                  : a.position_offset + n % a.seq_len;
-  }
-  bool positions_repeat() const {
-    return a.positions == nullptr || rows_repeat(a.positions, a.num_tokens, a.seq_len);
-  }
+  int64_t position(int64_t n) const { return a.position(n); }
+  bool positions_repeat() const { return a.positions_repeat(); }
   int64_t scratch_size() const { return 0; }
 };
 
@@ -362,6 +340,14 @@ FUSEDOPS_CLONES void sinusoid_row(int64_t pos, const float* __restrict inv_freq,
   }
 }
 
+std::vector<float> sinusoid_inv_freqs(int64_t dim, float coef) {
+  std::vector<float> inv_freq(static_cast<size_t>((dim + 1) / 2));
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    inv_freq[i] = sinusoid_inv_freq(static_cast<int64_t>(i), coef);
+  }
+  return inv_freq;
+}
+
 template <typename I>
 int64_t find_first_outside(const I* v, int64_t n, int64_t hi) {
   using U = typename std::make_unsigned<I>::type;
@@ -396,13 +382,9 @@ bool rows_repeat(const I* positions, int64_t num_tokens, int64_t seq_len) {
 template <typename T, typename I>
 void embedding_fwd(const EmbeddingFwdArgs<T, I>& a) {
   if (a.num_tokens <= 0 || a.dim <= 0) return;
-  std::vector<float> inv_freq;
-  if (a.pos_mode == PosMode::kSinusoid) {
-    inv_freq.resize((a.dim + 1) / 2);
-    for (size_t i = 0; i < inv_freq.size(); ++i) {
-      inv_freq[i] = sinusoid_inv_freq(static_cast<int64_t>(i), a.sinusoid_coef);
-    }
-  }
+  const std::vector<float> inv_freq = a.pos_mode == PosMode::kSinusoid
+                                          ? sinusoid_inv_freqs(a.dim, a.sinusoid_coef)
+                                          : std::vector<float>();
   // Non-temporal stores for fp32 and bf16 rows (the fp16 rows have none).
   const bool stream =
       !std::is_same<T, c10::Half>::value &&
@@ -460,16 +442,10 @@ void embedding_bwd(const EmbeddingBwdArgs<T, I>& a) {
   });
 }
 
-#define FUSEDOPS_INSTANTIATE(T, I)                                        \
-  template void embedding_fwd<T, I>(const EmbeddingFwdArgs<T, I>&);       \
+#define FUSEDOPS_INSTANTIATE(T, I)                                  \
+  template void embedding_fwd<T, I>(const EmbeddingFwdArgs<T, I>&); \
   template void embedding_bwd<T, I>(const EmbeddingBwdArgs<T, I>&);
-#define FUSEDOPS_INSTANTIATE_T(T) \
-  FUSEDOPS_INSTANTIATE(T, int32_t) \
-  FUSEDOPS_INSTANTIATE(T, int64_t)
-FUSEDOPS_INSTANTIATE_T(float)
-FUSEDOPS_INSTANTIATE_T(c10::Half)
-FUSEDOPS_INSTANTIATE_T(c10::BFloat16)
-#undef FUSEDOPS_INSTANTIATE_T
+FUSEDOPS_FOR_EACH_TABLE_AND_INDEX_TYPE(FUSEDOPS_INSTANTIATE)
 #undef FUSEDOPS_INSTANTIATE
 
 template int64_t find_first_outside<int32_t>(const int32_t*, int64_t, int64_t);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -27,15 +28,22 @@ inline int64_t shard_row(int64_t id, int64_t vocab_start, int64_t num_rows) {
   return row < static_cast<uint64_t>(num_rows) ? static_cast<int64_t>(row) : -1;
 }
 
+// Index of the first v[k] outside [0, hi), or -1 when all are inside (hi >= 0).
+template <typename I>
+int64_t find_first_outside(const I* v, int64_t n, int64_t hi);
+
+// True when positions[b * seq_len + s] == positions[s] for every b (positions shared across the
+// batch, e.g. arange(S) broadcast): the forward then computes each positional row once.
+template <typename I>
+bool rows_repeat(const I* positions, int64_t num_tokens, int64_t seq_len);
+
+// What every table-lookup forward reads besides its table (EmbeddingFwdArgs, FactorizedFwdArgs):
+// the tokens, the scale, the positional term and the output.
 template <typename T, typename I>
-struct EmbeddingFwdArgs {
-  const I* ids = nullptr;          // [num_tokens], flat row n has s = n % seq_len
+struct LookupFwdArgs {
+  const I* ids = nullptr;          // [num_tokens], flat token n has s = n % seq_len
   int64_t num_tokens = 0;          // N
   int64_t seq_len = 1;             // S (N % S == 0)
-  const T* weight = nullptr;       // [num_rows, dim], element (r, d) at r * weight_row_stride + d
-  int64_t num_rows = 0;            // V
-  int64_t vocab_start = 0;         // id t reads row t - vocab_start (shard_row)
-  int64_t weight_row_stride = 0;
   int64_t dim = 0;                 // D
   float scale = 1.0f;
   PosMode pos_mode = PosMode::kNone;
@@ -46,6 +54,25 @@ struct EmbeddingFwdArgs {
   int64_t position_offset = 0;
   float sinusoid_coef = 0.0f;      // fp32(ln(base) / D), see fusedops_math.h
   T* out = nullptr;                // [num_tokens, dim], contiguous
+
+  // Token n's position.
+  int64_t position(int64_t n) const {
+    return positions != nullptr ? static_cast<int64_t>(positions[n])
+                                : position_offset + n % seq_len;
+  }
+  // True when every batch row has the positions of the first (always without positions).
+  bool positions_repeat() const {
+    return positions == nullptr || rows_repeat(positions, num_tokens, seq_len);
+  }
+};
+
+// LookupFwdArgs plus the table.
+template <typename T, typename I>
+struct EmbeddingFwdArgs : LookupFwdArgs<T, I> {
+  const T* weight = nullptr;       // [num_rows, dim], element (r, d) at r * weight_row_stride + d
+  int64_t num_rows = 0;            // V
+  int64_t vocab_start = 0;         // id t reads row t - vocab_start (shard_row)
+  int64_t weight_row_stride = 0;
 };
 
 template <typename T, typename I>
@@ -74,14 +101,14 @@ void embedding_bwd(const EmbeddingBwdArgs<T, I>& args);
 // D writes one spare element); inv_freq[i] = sinusoid_inv_freq(i, coef) for i < ceil(D/2).
 void sinusoid_row(int64_t pos, const float* inv_freq, int64_t dim, float* prow);
 
-// Index of the first v[k] outside [0, hi), or -1 when all are inside (hi >= 0).
-template <typename I>
-int64_t find_first_outside(const I* v, int64_t n, int64_t hi);
-
-// True when positions[b * seq_len + s] == positions[s] for every b (positions shared across the
-// batch, e.g. arange(S) broadcast): the forward then computes each positional row once.
-template <typename I>
-bool rows_repeat(const I* positions, int64_t num_tokens, int64_t seq_len);
+// inv_freq [ceil(dim / 2)] of sinusoid_row for sinusoid_coef `coef`.
+std::vector<float> sinusoid_inv_freqs(int64_t dim, float coef);
 
 }  // namespace cpu
 }  // namespace fusedops
+
+// M(T, I) for every element type T and index type I the CPU lookup kernels are instantiated for
+// (their explicit template instantiations).
+#define FUSEDOPS_FOR_EACH_TABLE_AND_INDEX_TYPE(M)                                  \
+  M(float, int32_t) M(float, int64_t) M(c10::Half, int32_t) M(c10::Half, int64_t) \
+  M(c10::BFloat16, int32_t) M(c10::BFloat16, int64_t)

@@ -19,12 +19,6 @@ constexpr const char* kFwd = "fusedops::cpp_embedding_layernorm_fwd";
 constexpr const char* kBwd = "fusedops::cpp_embedding_layernorm_bwd";
 constexpr const char* kOp = "fused_embedding_layernorm";  // the public op named in index errors
 
-#define FUSEDOPS_DISPATCH_TABLE_TYPES(TYPE, NAME, ...)                    \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                          \
-                     AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
-                     AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
-
 using OptTensor = std::optional<at::Tensor>;
 
 // The validated inputs of one call (tables share weight's dtype and D).
@@ -157,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> embedding_layernorm_fwd(
   at::Tensor rstd = at::empty(input_ids.sizes(), weight.options().dtype(at::kFloat));
   if (input_ids.numel() == 0 || dim == 0) return {out, mean, rstd};
   advise_huge_pages(out);
-  FUSEDOPS_DISPATCH_TABLE_TYPES(weight.scalar_type(), "cpp_embedding_layernorm_fwd", [&] {
+  FUSEDOPS_DISPATCH_FLOAT_TYPES(weight.scalar_type(), "cpp_embedding_layernorm_fwd", [&] {
     AT_DISPATCH_INDEX_TYPES(input_ids.scalar_type(), "cpp_embedding_layernorm_fwd_ids", [&] {
       cpu::embedding_layernorm_fwd(kernel_args<scalar_t, index_t>(in, eps),
                                    out.mutable_data_ptr<scalar_t>(),
@@ -209,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> embedding
   at::Tensor gb = grad_like(needs_mask[4] != 0, ln_bias ? &*ln_bias : nullptr);
   if (dim == 0) return {gw, gp, gt, gg, gb};
   advise_huge_pages(gw);
-  FUSEDOPS_DISPATCH_TABLE_TYPES(weight.scalar_type(), "cpp_embedding_layernorm_bwd", [&] {
+  FUSEDOPS_DISPATCH_FLOAT_TYPES(weight.scalar_type(), "cpp_embedding_layernorm_bwd", [&] {
     AT_DISPATCH_INDEX_TYPES(input_ids.scalar_type(), "cpp_embedding_layernorm_bwd_ids", [&] {
       auto out_ptr = [](at::Tensor& t) {
         return t.numel() ? t.mutable_data_ptr<scalar_t>() : nullptr;

@@ -27,6 +27,7 @@
 
 #include "c10_float_convert.h"
 #include "cpu_vec.h"
+#include "embedding_cpu.h"  // FUSEDOPS_FOR_EACH_TABLE_AND_INDEX_TYPE
 #include "float_convert.h"
 
 namespace fusedops {
@@ -506,13 +507,7 @@ void embedding_layernorm_bwd(const EmbeddingLayerNormArgs<T, I>& a, const T* gra
   template void embedding_layernorm_bwd<T, I>(const EmbeddingLayerNormArgs<T, I>&, const T*,  \
                                               const float*, const float*,                     \
                                               const EmbeddingLayerNormGrads<T>&);
-#define FUSEDOPS_INSTANTIATE_T(T)  \
-  FUSEDOPS_INSTANTIATE(T, int32_t) \
-  FUSEDOPS_INSTANTIATE(T, int64_t)
-FUSEDOPS_INSTANTIATE_T(float)
-FUSEDOPS_INSTANTIATE_T(c10::Half)
-FUSEDOPS_INSTANTIATE_T(c10::BFloat16)
-#undef FUSEDOPS_INSTANTIATE_T
+FUSEDOPS_FOR_EACH_TABLE_AND_INDEX_TYPE(FUSEDOPS_INSTANTIATE)
 #undef FUSEDOPS_INSTANTIATE
 
 }  // namespace cpu

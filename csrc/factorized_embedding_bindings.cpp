@@ -10,7 +10,6 @@
 
 #include "bindings_common.h"
 #include "factorized_embedding_cpu.h"
-#include "fusedops_math.h"
 #include "lookup_constants.h"
 
 namespace fusedops {
@@ -20,30 +19,12 @@ constexpr const char* kFwd = "fusedops::cpp_factorized_embedding_fwd";
 constexpr const char* kBwd = "fusedops::cpp_factorized_embedding_bwd";
 constexpr const char* kOp = "factorized_embedding";  // the public op named in index errors
 
-// The element types the kernels are instantiated for.
-#define FUSEDOPS_DISPATCH_FACTOR_TYPES(TYPE, NAME, ...)                   \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                          \
-                     AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::ScalarType::Half, __VA_ARGS__)  \
-                     AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__))
-
 // A 2-D float matrix with contiguous rows (any row stride), in `dtype` unless that is Undefined.
 void check_matrix(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype) {
-  check_cpu(t, op, name);
-  TORCH_CHECK_VALUE(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
-  TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), op, ": ", name,
-                   " must be float32/float16/bfloat16, got ", t.scalar_type());
+  check_float_matrix(t, op, name, "");
   TORCH_CHECK_TYPE(dtype == at::ScalarType::Undefined || t.scalar_type() == dtype, op, ": ", name,
                    " dtype ", t.scalar_type(), " must match a's dtype ", dtype);
-  TORCH_CHECK_VALUE(t.size(1) <= 1 || t.stride(1) == 1, op, ": ", name,
-                    " must have stride(1) == 1, got strides ", t.strides());
-}
-
-void check_index_tensor(const at::Tensor& t, const char* op, const char* name) {
-  check_cpu(t, op, name);
-  TORCH_CHECK_TYPE(is_index_dtype(t.scalar_type()), op, ": ", name,
-                   " must be int32 or int64, got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous");
+  check_unit_inner_stride(t, op, name);
 }
 
 // a [V, r] and b [r, D] in one dtype.
@@ -76,9 +57,7 @@ at::Tensor factorized_fwd(const at::Tensor& input_ids, const at::Tensor& a, cons
                           const std::optional<at::Tensor>& pos_weight,
                           const std::optional<at::Tensor>& positions, int64_t position_offset,
                           int64_t pos_mode_code, double sinusoid_base) {
-  check_index_tensor(input_ids, kFwd, "input_ids");
-  TORCH_CHECK_VALUE(input_ids.dim() >= 1, kFwd, ": input_ids must have at least 1 dim, got ",
-                    input_ids.dim());
+  check_input_ids(input_ids, kFwd);
   check_factors(a, b, kFwd);
   const int64_t rows = a.size(0);
   const int64_t dim = b.size(1);
@@ -93,80 +72,38 @@ at::Tensor factorized_fwd(const at::Tensor& input_ids, const at::Tensor& a, cons
     check_hot_slots(*hot_slots, kFwd, rows, num_hot);
   }
   const PosMode pos_mode = pos_mode_arg(pos_mode_code, kFwd);
-  int64_t pos_rows = 0;
   if (pos_mode == PosMode::kLearned) {
-    TORCH_CHECK_VALUE(pos_weight.has_value(), kFwd, ": pos_mode 1 (learned) needs pos_weight");
-    check_matrix(*pos_weight, kFwd, "pos_weight", a.scalar_type());
-    TORCH_CHECK_VALUE(pos_weight->size(1) == dim, kFwd, ": pos_weight has D=",
-                      pos_weight->size(1), " but b has D=", dim);
-    pos_rows = pos_weight->size(0);
+    const at::Tensor& table = learned_table(pos_weight, kFwd);
+    check_matrix(table, kFwd, "pos_weight", a.scalar_type());
+    TORCH_CHECK_VALUE(table.size(1) == dim, kFwd, ": pos_weight has D=", table.size(1),
+                      " but b has D=", dim);
   }
-  if (pos_mode == PosMode::kSinusoid) check_sinusoid_base(sinusoid_base, kFwd);
-  const bool use_positions = pos_mode != PosMode::kNone && positions.has_value();
-  at::Tensor ids = input_ids;
-  at::Tensor pos_ids;
-  if (use_positions) {
-    check_index_tensor(*positions, kFwd, "positions");
-    TORCH_CHECK_VALUE(positions->sizes() == input_ids.sizes(), kFwd, ": positions shape ",
-                      positions->sizes(), " must equal input_ids shape ", input_ids.sizes());
-    pos_ids = *positions;
-    // One index type per kernel instantiation: widen the int32 side when they differ.
-    if (pos_ids.scalar_type() != ids.scalar_type()) {
-      ids = ids.to(at::kLong);
-      pos_ids = pos_ids.to(at::kLong);
-    }
-  }
+  const LookupPositions lp = lookup_positions(kFwd, input_ids, pos_mode, pos_weight, positions,
+                                              position_offset, sinusoid_base);
 
   at::Tensor out = at::empty(lookup_out_shape(input_ids, dim),
                              a.options().memory_format(at::MemoryFormat::Contiguous));
-  const int64_t num_tokens = input_ids.numel();
-  if (num_tokens == 0 || dim == 0) return out;
-  const int64_t seq = input_ids.size(-1);
-
+  if (input_ids.numel() == 0 || dim == 0) return out;
   // Validate every index before anything is written.
-  AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "cpp_factorized_embedding_fwd_check", [&] {
-    check_ids_cpu<index_t>(kOp, ids.const_data_ptr<index_t>(), num_tokens, rows);
-    if (use_positions) {
-      check_positions_cpu<index_t>(kOp, pos_ids.const_data_ptr<index_t>(), num_tokens, pos_mode,
-                                   pos_rows);
-    }
-  });
-  if (pos_mode != PosMode::kNone && !use_positions) {
-    check_position_offset(kOp, position_offset, seq, pos_mode, pos_rows);
-  }
+  check_lookup_indices(kOp, lp, rows);
 
   advise_huge_pages(out);
-  const float coef = pos_mode == PosMode::kSinusoid ? sinusoid_coef(sinusoid_base, dim) : 0.0f;
-  FUSEDOPS_DISPATCH_FACTOR_TYPES(a.scalar_type(), "cpp_factorized_embedding_fwd", [&] {
-    AT_DISPATCH_INDEX_TYPES(ids.scalar_type(), "cpp_factorized_embedding_fwd_ids", [&] {
+  FUSEDOPS_DISPATCH_FLOAT_TYPES(a.scalar_type(), "cpp_factorized_embedding_fwd", [&] {
+    AT_DISPATCH_INDEX_TYPES(lp.ids.scalar_type(), "cpp_factorized_embedding_fwd_ids", [&] {
       cpu::FactorizedFwdArgs<scalar_t, index_t> args;
-      args.ids = ids.const_data_ptr<index_t>();
-      args.num_tokens = num_tokens;
-      args.seq_len = seq;
+      set_lookup_args(args, lp, scale, out);
       args.a = a.const_data_ptr<scalar_t>();
       args.num_rows = rows;
       args.a_row_stride = a.stride(0);
       args.rank = a.size(1);
       args.b = b.const_data_ptr<scalar_t>();
       args.b_row_stride = b.stride(0);
-      args.dim = dim;
       if (num_hot > 0) {
         args.hot_slots = hot_slots->const_data_ptr<int32_t>();
         args.hot_rows = hot_rows->const_data_ptr<scalar_t>();
         args.num_hot = num_hot;
         args.hot_row_stride = hot_rows->stride(0);
       }
-      args.scale = static_cast<float>(scale);
-      args.pos_mode = pos_mode;
-      if (pos_mode == PosMode::kLearned) {
-        args.pos_weight = pos_weight->const_data_ptr<scalar_t>();
-        args.pos_rows = pos_rows;
-        args.pos_row_stride = pos_weight->stride(0);
-      }
-      args.positions = use_positions ? pos_ids.const_data_ptr<index_t>() : nullptr;
-      args.position_offset = position_offset;
-      args.sinusoid_coef = coef;
-      args.out = out.mutable_data_ptr<scalar_t>();
       cpu::factorized_fwd(args);
     });
   });
@@ -214,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> factorized_bwd(
   advise_huge_pages(grad_a);
   const at::Tensor g = grad_out.contiguous();
 
-  FUSEDOPS_DISPATCH_FACTOR_TYPES(a.scalar_type(), "cpp_factorized_embedding_bwd", [&] {
+  FUSEDOPS_DISPATCH_FLOAT_TYPES(a.scalar_type(), "cpp_factorized_embedding_bwd", [&] {
     AT_DISPATCH_INDEX_TYPES(input_ids.scalar_type(), "cpp_factorized_embedding_bwd_ids", [&] {
       cpu::FactorizedBwdArgs<scalar_t, index_t> args;
       args.grad_out = g.const_data_ptr<scalar_t>();

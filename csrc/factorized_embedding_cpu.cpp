@@ -36,6 +36,7 @@
 #include "cpu_vec.h"
 #include "embedding_cpu.h"
 #include "fusedops_math.h"
+#include "lookup_rows.h"
 #include "lookup_schedule.h"
 
 namespace fusedops {
@@ -258,27 +259,6 @@ Floats pack_panels(const T* src, int64_t rows, int64_t cols, int64_t row_stride,
   return dst;
 }
 
-template <typename T>
-inline void row_to_f32(const T* __restrict src, float* __restrict dst, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = to_f32(src[k]);
-}
-
-// out = h * scale (+ p): a hot token's exact row.
-template <typename T>
-inline void scaled_row(T* __restrict out, const T* __restrict h, float scale,
-                       const float* __restrict p, int64_t dim) {
-  if (p != nullptr) {
-    for (int64_t d = 0; d < dim; ++d) out[d] = from_f32<T>(fused_value(to_f32(h[d]), scale, p[d]));
-  } else {
-    for (int64_t d = 0; d < dim; ++d) out[d] = from_f32<T>(fused_value(to_f32(h[d]), scale));
-  }
-}
-
-inline void prefetch_row(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(p + off, 0, 3);
-}
-
 // The forward's positional rows (fp32).
 template <typename T, typename I>
 struct PosRows {
@@ -291,25 +271,15 @@ struct PosRows {
   explicit PosRows(const FactorizedFwdArgs<T, I>& args) : a(args) {
     if (a.pos_mode == PosMode::kNone) return;
     row_len = 2 * ((a.dim + 1) / 2);
-    if (a.pos_mode == PosMode::kSinusoid) {
-      inv_freq.resize(static_cast<size_t>((a.dim + 1) / 2));
-      for (size_t i = 0; i < inv_freq.size(); ++i) {
-        inv_freq[i] = sinusoid_inv_freq(static_cast<int64_t>(i), a.sinusoid_coef);
-      }
-    }
+    if (a.pos_mode == PosMode::kSinusoid) inv_freq = sinusoid_inv_freqs(a.dim, a.sinusoid_coef);
     direct = a.pos_mode == PosMode::kLearned && std::is_same<T, float>::value;
     if (direct) return;
-    if (a.positions == nullptr || rows_repeat(a.positions, a.num_tokens, a.seq_len)) {
+    if (a.positions_repeat()) {
       table = floats(a.seq_len * row_len);
       at::parallel_for(0, a.seq_len, grain_for(a.dim), [&](int64_t s0, int64_t s1) {
-        for (int64_t s = s0; s < s1; ++s) fill(position(s), table.get() + s * row_len);
+        for (int64_t s = s0; s < s1; ++s) fill(a.position(s), table.get() + s * row_len);
       });
     }
-  }
-
-  int64_t position(int64_t n) const {
-    return a.positions != nullptr ? static_cast<int64_t>(a.positions[n])
-                                  : a.position_offset + n % a.seq_len;
   }
 
   // Positional row pos built in buf (row_len floats).
@@ -328,12 +298,12 @@ struct PosRows {
   const float* row(int64_t n, float* buf) const {
     if (a.pos_mode == PosMode::kNone) return nullptr;
     if (direct) {
-      const int64_t pos = position(n);
+      const int64_t pos = a.position(n);
       if (pos < 0 || pos >= a.pos_rows) return nullptr;  // validated by the caller
       return reinterpret_cast<const float*>(a.pos_weight) + pos * a.pos_row_stride;
     }
     if (table != nullptr) return table.get() + (n % a.seq_len) * row_len;
-    return fill(position(n), buf);
+    return fill(a.position(n), buf);
   }
   bool needs_buffer() const { return a.pos_mode != PosMode::kNone && !direct && table == nullptr; }
 };
@@ -380,7 +350,7 @@ void factorized_fwd(const FactorizedFwdArgs<T, I>& a) {
         const int64_t slot = valid && a.hot_slots != nullptr ? a.hot_slots[id] : -1;
         T* out = a.out + n * D;
         if (slot >= 0 && slot < a.num_hot) {
-          scaled_row(out, a.hot_rows + slot * a.hot_row_stride, a.scale, p, D);
+          fused_row(out, a.hot_rows + slot * a.hot_row_stride, a.scale, p, D);
           continue;
         }
         float* dst = atile.get() + nf * R;
@@ -572,16 +542,10 @@ void factorized_bwd(const FactorizedBwdArgs<T, I>& a) {
   }
 }
 
-#define FUSEDOPS_INSTANTIATE(T, I)                                              \
-  template void factorized_fwd<T, I>(const FactorizedFwdArgs<T, I>&);           \
+#define FUSEDOPS_INSTANTIATE(T, I)                                    \
+  template void factorized_fwd<T, I>(const FactorizedFwdArgs<T, I>&); \
   template void factorized_bwd<T, I>(const FactorizedBwdArgs<T, I>&);
-#define FUSEDOPS_INSTANTIATE_T(T)  \
-  FUSEDOPS_INSTANTIATE(T, int32_t) \
-  FUSEDOPS_INSTANTIATE(T, int64_t)
-FUSEDOPS_INSTANTIATE_T(float)
-FUSEDOPS_INSTANTIATE_T(c10::Half)
-FUSEDOPS_INSTANTIATE_T(c10::BFloat16)
-#undef FUSEDOPS_INSTANTIATE_T
+FUSEDOPS_FOR_EACH_TABLE_AND_INDEX_TYPE(FUSEDOPS_INSTANTIATE)
 #undef FUSEDOPS_INSTANTIATE
 
 }  // namespace cpu

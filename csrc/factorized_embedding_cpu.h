@@ -15,36 +15,25 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "embedding_cpu.h"
 #include "lookup_constants.h"
 
 namespace fusedops {
 namespace cpu {
 
+// The tokens, scale, positional term and output are LookupFwdArgs' (embedding_cpu.h).
 template <typename T, typename I>
-struct FactorizedFwdArgs {
-  const I* ids = nullptr;          // [num_tokens], flat token n has s = n % seq_len
-  int64_t num_tokens = 0;          // N
-  int64_t seq_len = 1;             // S (N % S == 0)
+struct FactorizedFwdArgs : LookupFwdArgs<T, I> {
   const T* a = nullptr;            // [num_rows, rank], element (t, k) at t * a_row_stride + k
   int64_t num_rows = 0;            // V
   int64_t a_row_stride = 0;
   int64_t rank = 0;                // r
   const T* b = nullptr;            // [rank, dim], element (k, d) at k * b_row_stride + d
   int64_t b_row_stride = 0;
-  int64_t dim = 0;                 // D
   const int32_t* hot_slots = nullptr;  // [num_rows] or nullptr (no hot tokens)
   const T* hot_rows = nullptr;     // [num_hot, dim]
   int64_t num_hot = 0;             // K
   int64_t hot_row_stride = 0;
-  float scale = 1.0f;
-  PosMode pos_mode = PosMode::kNone;
-  const T* pos_weight = nullptr;   // [pos_rows, dim] (kLearned)
-  int64_t pos_rows = 0;            // P
-  int64_t pos_row_stride = 0;
-  const I* positions = nullptr;    // [num_tokens] or nullptr: pos = position_offset + s
-  int64_t position_offset = 0;
-  float sinusoid_coef = 0.0f;      // fp32(ln(base) / D), see fusedops_math.h
-  T* out = nullptr;                // [num_tokens, dim], contiguous
 };
 
 // out[n] = row(ids[n]) * scale + P[pos(n)], row(t) = hot_rows[hot_slots[t]] for a hot token,

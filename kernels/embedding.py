@@ -109,6 +109,52 @@ def _sin_or_cos(angle, odd):
     return tl.where((quadrant & 2) != 0, -v, v)
 
 
+@triton.jit
+def _add_positional(
+    acc,  # [BM, BD] fp32 token terms
+    rows,  # [BM] int64 flattened token indices: pid * BLOCK_M + arange(BLOCK_M)
+    cols,  # [BD] feature indices
+    row_ok,  # [BM] rows < n_rows
+    col_ok,  # [BD] cols < dim
+    pid,  # int32 program index along the tokens
+    pos_weight_ptr,  # [P, D] learned positional table (read only when POS_MODE is learned)
+    positions_ptr,  # [N] int32/int64 positions (read only when HAS_POSITIONS)
+    seq_len,
+    num_positions,
+    stride_p,
+    position_offset,
+    sin_coef,  # fp32(ln(base) / D), sinusoid mode only
+    POS_MODE: tl.constexpr,  # fusedops.constants.POS_*: dead branches compile away
+    HAS_POSITIONS: tl.constexpr,  # explicit positions tensor vs position_offset + s
+    BLOCK_M: tl.constexpr,
+):
+    """``acc + P[pos(n)]`` ([BM, BD] fp32) for the tokens ``rows`` and features ``cols``:
+    ``P`` the learned table (positions outside ``[0, num_positions)`` read as zero) or the
+    sinusoid of :func:`fusedops.reference.sinusoid_table`; ``pos(n) = positions[n]`` or
+    ``position_offset + n % seq_len``. ``acc`` itself when POS_MODE is POS_NONE."""
+    if POS_MODE != _POS_NONE:
+        if HAS_POSITIONS:
+            pos = tl.load(positions_ptr + rows, mask=row_ok, other=0).to(tl.int64)  # [BM]
+        else:
+            # s = row % seq_len in int32: rows < 2**31 (checked by the launchers), and a 64-bit
+            # remainder is a slow subroutine that made ptxas spill.
+            local = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] int32
+            pos = position_offset + (local % seq_len).to(tl.int64)  # [BM]
+        if POS_MODE == _POS_LEARNED:
+            pos_ok = row_ok & (pos >= 0) & (pos < num_positions)
+            p_ptrs = pos_weight_ptr + pos[:, None] * stride_p + cols[None, :]
+            p = tl.load(p_ptrs, mask=pos_ok[:, None] & col_ok[None, :], other=0.0)
+            acc += p.to(tl.float32)
+        else:
+            # inv_freq = fp32(exp_fp64(-2i * c)): fp64 keeps it correctly rounded on every
+            # backend (fp32 tl.exp is ex2.approx on GPUs); it is computed once per column.
+            pair = (cols // 2).to(tl.float64)  # [BD]
+            inv_freq = tl.exp(pair * (-2.0 * sin_coef)).to(tl.float32)  # [BD]
+            angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]  # [BM, BD] fp32
+            acc += _sin_or_cos(angle, (cols % 2)[None, :])
+    return acc
+
+
 @triton.autotune(
     configs=_forward_configs(),
     key=["dim", "n_rows_bucket"],
@@ -160,26 +206,24 @@ def embedding_fwd_kernel(
     w = tl.load(w_ptrs, mask=id_ok[:, None] & col_ok[None, :], other=0.0)
     acc = w.to(tl.float32) * scale  # [BM, BD] fp32
 
-    if POS_MODE != _POS_NONE:
-        if HAS_POSITIONS:
-            pos = tl.load(positions_ptr + rows, mask=row_ok, other=0).to(tl.int64)  # [BM]
-        else:
-            # s = row % seq_len in int32: rows < 2**31 (checked by the launcher), and a 64-bit
-            # remainder is a slow subroutine that made ptxas spill.
-            local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM] int32
-            pos = position_offset + (local % seq_len).to(tl.int64)  # [BM]
-        if POS_MODE == _POS_LEARNED:
-            pos_ok = row_ok & (pos >= 0) & (pos < num_positions)
-            p_ptrs = pos_weight_ptr + pos[:, None] * stride_p + cols[None, :]
-            p = tl.load(p_ptrs, mask=pos_ok[:, None] & col_ok[None, :], other=0.0)
-            acc += p.to(tl.float32)
-        else:
-            # inv_freq = fp32(exp_fp64(-2i * c)): fp64 keeps it correctly rounded on every
-            # backend (fp32 tl.exp is ex2.approx on GPUs); it is computed once per column.
-            pair = (cols // 2).to(tl.float64)  # [BD]
-            inv_freq = tl.exp(pair * (-2.0 * sin_coef)).to(tl.float32)  # [BD]
-            angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]  # [BM, BD] fp32
-            acc += _sin_or_cos(angle, (cols % 2)[None, :])
+    acc = _add_positional(
+        acc,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        pid_m,
+        pos_weight_ptr,
+        positions_ptr,
+        seq_len,
+        num_positions,
+        stride_p,
+        position_offset,
+        sin_coef,
+        POS_MODE,
+        HAS_POSITIONS,
+        BLOCK_M,
+    )
 
     o_ptrs = out_ptr + rows[:, None] * stride_o + cols[None, :]
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])

@@ -40,11 +40,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID
+from fusedops.constants import POS_LEARNED, POS_SINUSOID
 
 from . import INTERPRET
 from ._tuning import configs_in, make_configs, rows_bucket
-from .embedding import _sin_coef, _sin_or_cos, embedding_backward
+from .embedding import _add_positional, _sin_coef, embedding_backward
 
 # Rank chunk of the forward's dot (its K) by element size: tl.dot needs >= 16. 16-bit tiles
 # take 32 (two 16-deep mma steps per chunk); fp32 takes 16, as tf32x3 holds the high and low
@@ -87,10 +87,6 @@ BWD_STAGES = 2
 # MIN_SPLIT_TOKENS tokens so that its partial tile is worth writing.
 BASIS_PROGRAMS = 512
 MIN_SPLIT_TOKENS = 128
-
-# The positional modes, as the kernel compares them.
-_POS_NONE = tl.constexpr(POS_NONE)
-_POS_LEARNED = tl.constexpr(POS_LEARNED)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -239,25 +235,24 @@ def factorized_fwd_kernel(
         acc = tl.where(hot[:, None], h.to(tl.float32), acc)
     acc = acc * scale
 
-    if POS_MODE != _POS_NONE:
-        if HAS_POSITIONS:
-            pos = tl.load(positions_ptr + rows, mask=row_ok, other=0).to(tl.int64)  # [BT]
-        else:
-            # s = row % seq_len in int32: rows < 2**31 (checked by the launcher).
-            local = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)  # [BT] int32
-            pos = position_offset + (local % seq_len).to(tl.int64)  # [BT]
-        if POS_MODE == _POS_LEARNED:
-            pos_ok = row_ok & (pos >= 0) & (pos < num_positions)
-            p_ptrs = pos_weight_ptr + pos[:, None] * stride_p + cols[None, :]
-            p = tl.load(p_ptrs, mask=pos_ok[:, None] & col_ok[None, :], other=0.0)
-            acc += p.to(tl.float32)
-        else:
-            # The fused embedding's sinusoid: inv_freq = fp32(exp_fp64(-2i * c)), once per
-            # column, then sin/cos of the fp32 angle.
-            pair = (cols // 2).to(tl.float64)  # [BD]
-            inv_freq = tl.exp(pair * (-2.0 * sin_coef)).to(tl.float32)  # [BD]
-            angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]  # [BT, BD] fp32
-            acc += _sin_or_cos(angle, (cols % 2)[None, :])
+    acc = _add_positional(
+        acc,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        pid_t,
+        pos_weight_ptr,
+        positions_ptr,
+        seq_len,
+        num_positions,
+        stride_p,
+        position_offset,
+        sin_coef,
+        POS_MODE,
+        HAS_POSITIONS,
+        BLOCK_T,
+    )
 
     o_ptrs = out_ptr + rows[:, None] * stride_o + cols[None, :]
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])

@@ -79,6 +79,52 @@ def sinusoid_table(
     return torch.where(even, torch.sin(angle), torch.cos(angle))
 
 
+def _shard_rows(
+    input_ids: torch.Tensor, vocab_start: int | None, num_rows: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(rows, in_shard)``: the int64 table row ``[..., S]`` each token reads and, for a table
+    that is the shard of rows ``[vocab_start, vocab_start + num_rows)`` of a vocabulary, the
+    bool ``[..., S]`` of the tokens inside it (the others read row 0, to be masked out). With
+    ``vocab_start`` None the rows are the ids and ``in_shard`` is None."""
+    ids = input_ids.long()
+    if vocab_start is None:
+        return ids, None
+    ids = ids - vocab_start
+    in_shard = (ids >= 0) & (ids < num_rows)  # [..., S]
+    return torch.where(in_shard, ids, 0), in_shard
+
+
+def _token_positions(
+    input_ids: torch.Tensor, positions: torch.Tensor | None, position_offset: int
+) -> torch.Tensor:
+    """int64 ``[..., S]`` like ``input_ids``: ``positions`` broadcast to it, or
+    ``position_offset + s``."""
+    if positions is None:
+        seq = input_ids.shape[-1]
+        positions = torch.arange(seq, device=input_ids.device) + position_offset  # [S]
+    return torch.broadcast_to(positions.long(), input_ids.shape)  # [..., S]
+
+
+def _add_positional(
+    out: torch.Tensor,
+    input_ids: torch.Tensor,
+    pos_weight: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    position_offset: int,
+    sinusoidal: bool,
+    sinusoid_base: float,
+) -> torch.Tensor:
+    """``out`` ``[..., S, D]`` plus the positional term ``P[pos(s)]`` of the lookups, in
+    ``out.dtype``: the sinusoid of :func:`sinusoid_table` (``sinusoidal``), the rows of the
+    learned table ``pos_weight`` ``[P, D]``, or nothing when neither is given."""
+    if pos_weight is None and not sinusoidal:
+        return out
+    positions = _token_positions(input_ids, positions, position_offset)  # [..., S]
+    if sinusoidal:
+        return out + sinusoid_table(positions, out.shape[-1], sinusoid_base, out.dtype)
+    return out + F.embedding(positions, pos_weight).to(out.dtype)
+
+
 def fused_embedding(
     input_ids: torch.Tensor,
     weight: torch.Tensor,
@@ -114,24 +160,14 @@ def fused_embedding(
         is fp64, which is how the tests build their oracle).
     """
     compute = torch.promote_types(weight.dtype, torch.float32)  # fp32, or fp64 for an oracle
-    ids = input_ids.long()
-    if vocab_start is not None:
-        ids = ids - vocab_start
-        in_shard = (ids >= 0) & (ids < weight.shape[0])  # [..., S]
-        ids = torch.where(in_shard, ids, 0)
+    ids, in_shard = _shard_rows(input_ids, vocab_start, weight.shape[0])  # [..., S]
     tokens = F.embedding(ids, weight, padding_idx=padding_idx)  # [..., S, D]
-    if vocab_start is not None:
+    if in_shard is not None:
         tokens = tokens * in_shard.unsqueeze(-1)
-    out = tokens.to(compute) * scale
-    if pos_weight is not None or sinusoidal:
-        if positions is None:
-            seq = input_ids.shape[-1]
-            positions = torch.arange(seq, device=input_ids.device) + position_offset  # [S]
-        positions = torch.broadcast_to(positions.long(), input_ids.shape)  # [..., S]
-        if sinusoidal:
-            out = out + sinusoid_table(positions, weight.shape[1], sinusoid_base, compute)
-        else:
-            out = out + F.embedding(positions, pos_weight).to(compute)
+    out = tokens.to(compute) * scale  # [..., S, D]
+    out = _add_positional(
+        out, input_ids, pos_weight, positions, position_offset, sinusoidal, sinusoid_base
+    )
     return out.to(weight.dtype)
 
 
@@ -179,16 +215,10 @@ def factorized_embedding(
         rows = torch.where(is_hot, exact, rows)
     if padding_idx is not None:
         rows = torch.where((ids == padding_idx).unsqueeze(-1), rows.detach(), rows)
-    out = rows * scale
-    if pos_weight is not None or sinusoidal:
-        if positions is None:
-            seq = input_ids.shape[-1]
-            positions = torch.arange(seq, device=input_ids.device) + position_offset  # [S]
-        positions = torch.broadcast_to(positions.long(), input_ids.shape)  # [..., S]
-        if sinusoidal:
-            out = out + sinusoid_table(positions, b.shape[1], sinusoid_base, compute)
-        else:
-            out = out + F.embedding(positions, pos_weight).to(compute)
+    out = rows * scale  # [..., S, D] in compute
+    out = _add_positional(
+        out, input_ids, pos_weight, positions, position_offset, sinusoidal, sinusoid_base
+    )
     return out.to(a.dtype)
 
 
@@ -235,10 +265,7 @@ def fused_embedding_layernorm(
         types = torch.broadcast_to(token_type_ids.long(), input_ids.shape)  # [..., S]
         x = x + F.embedding(types, type_weight).to(compute)
     if pos_weight is not None:
-        if positions is None:
-            seq = input_ids.shape[-1]
-            positions = torch.arange(seq, device=input_ids.device) + position_offset  # [S]
-        positions = torch.broadcast_to(positions.long(), input_ids.shape)  # [..., S]
+        positions = _token_positions(input_ids, positions, position_offset)  # [..., S]
         x = x + F.embedding(positions, pos_weight).to(compute)
     gamma = None if ln_weight is None else ln_weight.to(compute)
     beta = None if ln_bias is None else ln_bias.to(compute)
@@ -277,24 +304,14 @@ def int8_embedding(
     Returns:
         ``[..., S, D]`` in ``out_dtype``.
     """
-    ids = input_ids.long()
-    if vocab_start is not None:
-        ids = ids - vocab_start
-        in_shard = (ids >= 0) & (ids < qweight.shape[0])  # [..., S]
-        ids = torch.where(in_shard, ids, 0)
+    ids, in_shard = _shard_rows(input_ids, vocab_start, qweight.shape[0])  # [..., S]
     rows = dequantize_embedding(F.embedding(ids, qweight), F.embedding(ids, scales))  # [.., S, D]
-    if vocab_start is not None:
+    if in_shard is not None:
         rows = rows * in_shard.unsqueeze(-1)
-    out = rows * scale
-    if pos_weight is not None or sinusoidal:
-        if positions is None:
-            seq = input_ids.shape[-1]
-            positions = torch.arange(seq, device=input_ids.device) + position_offset  # [S]
-        positions = torch.broadcast_to(positions.long(), input_ids.shape)  # [..., S]
-        if sinusoidal:
-            out = out + sinusoid_table(positions, qweight.shape[1], sinusoid_base, torch.float32)
-        else:
-            out = out + F.embedding(positions, pos_weight).to(torch.float32)
+    out = rows * scale  # [..., S, D] fp32
+    out = _add_positional(
+        out, input_ids, pos_weight, positions, position_offset, sinusoidal, sinusoid_base
+    )
     return out.to(out_dtype)
 
 

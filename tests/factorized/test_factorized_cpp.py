@@ -26,6 +26,10 @@ CASES = [
 ]
 
 
+# The error tests' inputs: V=50, r=4, D=8, ids [2, 7], K=3 (a 12-row positional table).
+ERROR_CASE = (50, 4, 8, (2, 7), 3)
+
+
 def _strided(t: torch.Tensor, pad: int) -> torch.Tensor:
     """``t`` [rows, cols] as a view with row stride ``cols + pad`` (stride(1) stays 1)."""
     wide = torch.full((t.shape[0], t.shape[1] + pad), float("nan"), dtype=t.dtype)
@@ -247,7 +251,7 @@ def test_backward_bit_identical_across_threads():
     ],
 )
 def test_forward_index_errors(where, bad, pattern):
-    ids, a, b, _, slots, hot_rows, pos_weight = _make((50, 4, 8, (2, 7), 3), torch.float32)
+    ids, a, b, _, slots, hot_rows, pos_weight = _make(ERROR_CASE, torch.float32)
     mode, positions, offset = POS_LEARNED, None, 0
     if where == "ids":
         ids[1, 3] = bad
@@ -264,7 +268,7 @@ def test_forward_index_errors(where, bad, pattern):
 
 
 def test_backward_index_errors():
-    ids, a, b, _, slots, _, _ = _make((50, 4, 8, (2, 7), 3), torch.float32)
+    ids, a, b, _, slots, _, _ = _make(ERROR_CASE, torch.float32)
     grad = torch.randn(2, 7, 8)
     ids[0, 0] = 77
     with pytest.raises(IndexError, match=r"factorized_embedding backward: .*id 77 outside"):
@@ -291,7 +295,7 @@ def test_backward_index_errors():
     ],
 )
 def test_forward_argument_errors(change, exc, pattern):
-    ids, a, b, _, slots, hot_rows, pos_weight = _make((50, 4, 8, (2, 7), 3), torch.float32)
+    ids, a, b, _, slots, hot_rows, pos_weight = _make(ERROR_CASE, torch.float32)
     args = {"ids": ids, "a": a, "b": b, "slots": slots, "hot_rows": hot_rows, "mode": 1}
     args["pos_weight"] = pos_weight
     args.update(change)
@@ -322,7 +326,7 @@ def test_forward_argument_errors(change, exc, pattern):
     ],
 )
 def test_backward_argument_errors(change, exc, pattern):
-    ids, a, b, _, slots, _, _ = _make((50, 4, 8, (2, 7), 3), torch.float32)
+    ids, a, b, _, slots, _, _ = _make(ERROR_CASE, torch.float32)
     args = {"grad": torch.randn(2, 7, 8), "needs": [1, 1, 1], "pad": -1, "num_hot": 3}
     args.update(change)
     with pytest.raises(exc, match=pattern):

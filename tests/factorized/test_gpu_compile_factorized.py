@@ -135,24 +135,30 @@ BWD_DIVISIBLE += ("stride_pr",)
 BWD_FLAGS = ("HAS_HOT", "UPCAST", "DOT_PRECISION")
 
 
-def _coef_job(dtype, arch, *, hot=True, aligned=True):
-    sig = {"grad_ptr": f"*{dtype}", "ids_ptr": "*i64", "b_ptr": f"*{dtype}"}
-    sig |= {"hot_slots_ptr": "*i32", "gt_ptr": "*fp32"}
-    sig |= {name: "i32" for name in (*BWD_INTS, *COEF_STRIDES, "padding_idx")}
-    sig |= {n: "constexpr" for n in (*BWD_FLAGS, "BLOCK_T", "BLOCK_R", "BLOCK_D")}
+def _bwd_job(kernel, sig, blocks, dtype, arch, hot, aligned):
+    """A backward dot kernel's job: ``sig`` (its pointers and integers) plus the flags and the
+    ``blocks`` constexprs (name -> size, in the kernel's order)."""
+    sig = sig | {n: "constexpr" for n in (*BWD_FLAGS, *blocks)}
     constexprs = {"HAS_HOT": hot, "UPCAST": False}
     constexprs |= {"DOT_PRECISION": k.dot_precision(TORCH_DTYPES[dtype])}
-    constexprs |= {"BLOCK_T": k.COEF_BLOCK_T, "BLOCK_R": k.BWD_BLOCK_R}
-    constexprs |= {"BLOCK_D": k.COEF_BLOCK_D[ELEM[dtype]]}
     return CompileJob(
-        k.factorized_bwd_coef_kernel,
+        kernel,
         sig,
-        constexprs,
+        constexprs | blocks,
         arch,
         num_warps=k.BWD_WARPS,
         num_stages=k.BWD_STAGES,
         divisible=_aligned(tuple(n for n in BWD_DIVISIBLE if n in sig), aligned),
     )
+
+
+def _coef_job(dtype, arch, *, hot=True, aligned=True):
+    sig = {"grad_ptr": f"*{dtype}", "ids_ptr": "*i64", "b_ptr": f"*{dtype}"}
+    sig |= {"hot_slots_ptr": "*i32", "gt_ptr": "*fp32"}
+    sig |= {name: "i32" for name in (*BWD_INTS, *COEF_STRIDES, "padding_idx")}
+    blocks = {"BLOCK_T": k.COEF_BLOCK_T, "BLOCK_R": k.BWD_BLOCK_R}
+    blocks |= {"BLOCK_D": k.COEF_BLOCK_D[ELEM[dtype]]}
+    return _bwd_job(k.factorized_bwd_coef_kernel, sig, blocks, dtype, arch, hot, aligned)
 
 
 def _basis_job(dtype, arch, *, hot=True, aligned=True):
@@ -160,20 +166,9 @@ def _basis_job(dtype, arch, *, hot=True, aligned=True):
     sig |= {"hot_slots_ptr": "*i32", "partial_ptr": "*fp32"}
     sig |= {name: "i32" for name in (*BWD_INTS, "tokens_per_split", *BASIS_STRIDES)}
     sig |= {"scale": "fp32", "padding_idx": "i32"}
-    sig |= {n: "constexpr" for n in (*BWD_FLAGS, "BLOCK_R", "BLOCK_T", "BLOCK_D")}
-    constexprs = {"HAS_HOT": hot, "UPCAST": False}
-    constexprs |= {"DOT_PRECISION": k.dot_precision(TORCH_DTYPES[dtype])}
-    constexprs |= {"BLOCK_R": k.BWD_BLOCK_R, "BLOCK_T": k.BASIS_BLOCK_T[ELEM[dtype]]}
-    constexprs |= {"BLOCK_D": k.BASIS_BLOCK_D}
-    return CompileJob(
-        k.factorized_bwd_basis_kernel,
-        sig,
-        constexprs,
-        arch,
-        num_warps=k.BWD_WARPS,
-        num_stages=k.BWD_STAGES,
-        divisible=_aligned(tuple(n for n in BWD_DIVISIBLE if n in sig), aligned),
-    )
+    blocks = {"BLOCK_R": k.BWD_BLOCK_R, "BLOCK_T": k.BASIS_BLOCK_T[ELEM[dtype]]}
+    blocks |= {"BLOCK_D": k.BASIS_BLOCK_D}
+    return _bwd_job(k.factorized_bwd_basis_kernel, sig, blocks, dtype, arch, hot, aligned)
 
 
 def _backward_jobs() -> list[CompileJob]:

@@ -62,27 +62,39 @@ ATTENTION_FLOOR: dict[torch.dtype, float] = {
 _FP64_MAX_SCORES = 2**25
 
 
-def _calls(*args: Any) -> Callable[[Callable[..., Any]], Callable[[], object]]:
+def forward_calls(*args: Any) -> Callable[[Callable[..., Any]], Callable[[], object]]:
     """``timed(fn)`` for a forward: ``fn(*args)``."""
     return lambda fn: lambda: fn(*args)
+
+
+def grads_calls(
+    params: tuple[torch.Tensor, ...], grad_out: torch.Tensor, *args: Any
+) -> Callable[[Callable[..., Any]], Callable[[], tuple[torch.Tensor, ...]]]:
+    """``timed(fn)`` for a backward: the gradients of ``fn(*args)`` with respect to ``params``
+    for ``grad_out``; the forward runs once, on the first call, so only the backward is timed."""
+
+    def timed(fn: Callable[..., Any]) -> Callable[[], tuple[torch.Tensor, ...]]:
+        graph: list[torch.Tensor] = []
+
+        def run() -> tuple[torch.Tensor, ...]:
+            if not graph:
+                graph.append(fn(*args))
+            return torch.autograd.grad(graph[0], params, grad_out, retain_graph=True)
+
+        return run
+
+    return timed
 
 
 def _backward_calls(
     param: torch.Tensor, grad_out: torch.Tensor, *args: Any
 ) -> Callable[[Callable[..., Any]], Callable[[], torch.Tensor]]:
-    """``timed(fn)`` for a backward: the gradient of ``fn(*args)`` with respect to ``param``
-    for ``grad_out``; the forward runs once, on the first call, so only the backward is timed."""
+    """:func:`grads_calls` of one parameter: ``timed(fn)`` returns its gradient alone."""
+    grads = grads_calls((param,), grad_out, *args)
 
     def timed(fn: Callable[..., Any]) -> Callable[[], torch.Tensor]:
-        graph: list[torch.Tensor] = []
-
-        def run() -> torch.Tensor:
-            if not graph:
-                graph.append(fn(*args))
-            (grad,) = torch.autograd.grad(graph[0], param, grad_out, retain_graph=True)
-            return grad
-
-        return run
+        run = grads(fn)
+        return lambda: run()[0]
 
     return timed
 
@@ -184,7 +196,7 @@ class EmbeddingSpec(OpSpec):
                 n_tokens, self.dim, self.vocab, dtype=dtype, id_dtype=ids.dtype
             )
         else:
-            timed = _calls(ids, weight, pos_weight)
+            timed = forward_calls(ids, weight, pos_weight)
             pos_rows = min(self.seq, self.pos_rows) if self.pos == "learned" else 0
             min_bytes = counts.min_bytes_embedding(
                 n_tokens, self.dim, dtype=dtype, id_dtype=ids.dtype, pos_rows=pos_rows
@@ -316,7 +328,7 @@ class Int8Spec(OpSpec):
             FLOAT_TABLE, lambda: F.embedding(ids, float_table), verify=verify_float_table
         )
         impls = standard_impls(
-            _calls(ids, qweight, scales),
+            forward_calls(ids, qweight, scales),
             fused,
             eager,
             context=context,
@@ -398,7 +410,7 @@ class RopeSpec(OpSpec):
 
         skipped: list[Skipped] = []
         impls = standard_impls(
-            _calls(q, k, cos, sin),
+            forward_calls(q, k, cos, sin),
             fused,
             hf_apply_rotary,
             context=context,
@@ -646,7 +658,7 @@ class EmbeddingLayerNormSpec(OpSpec):
         )
         min_bytes += n_tokens * tt.dtype.itemsize + (self.types + 2) * self.dim * dtype.itemsize
         impls = standard_impls(
-            _calls(ids, tt, *tables), fused, eager, context=context, compile=self.compile
+            forward_calls(ids, tt, *tables), fused, eager, context=context, compile=self.compile
         )
         return Workload(impls=impls, check=check_fn, verify=verify, min_bytes=min_bytes)
 

@@ -9,7 +9,6 @@ the dense table the factors stand for (what the factorization trades memory agai
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,35 +18,11 @@ import fusedops
 from fusedops import reference
 from fusedops.benchmarking import counts
 from fusedops.benchmarking.accuracy import Accuracy, compare
-from fusedops.benchmarking.cases import computed_once
+from fusedops.benchmarking.cases import computed_once, forward_calls, grads_calls
 from fusedops.benchmarking.harness import Impl, OpSpec, Workload, backend_context, standard_impls
 
 DENSE = "dense"
 """Peer: ``fused_embedding`` of the dense ``[V, D]`` table (``a @ b`` with the hot rows)."""
-
-
-def _forward_calls(*args: Any) -> Callable[[Callable[..., Any]], Callable[[], object]]:
-    """``timed(fn)`` for a forward: ``fn(*args)``."""
-    return lambda fn: lambda: fn(*args)
-
-
-def _grads_calls(
-    params: tuple[torch.Tensor, ...], grad_out: torch.Tensor, *args: Any
-) -> Callable[[Callable[..., Any]], Callable[[], tuple[torch.Tensor, ...]]]:
-    """``timed(fn)`` for a backward: the gradients of ``fn(*args)`` with respect to ``params``
-    for ``grad_out``; the forward runs once, on the first call, so only the backward is timed."""
-
-    def timed(fn: Callable[..., Any]) -> Callable[[], tuple[torch.Tensor, ...]]:
-        graph: list[torch.Tensor] = []
-
-        def run() -> tuple[torch.Tensor, ...]:
-            if not graph:
-                graph.append(fn(*args))
-            return torch.autograd.grad(graph[0], params, grad_out, retain_graph=True)
-
-        return run
-
-    return timed
 
 
 @dataclass(frozen=True)
@@ -110,9 +85,9 @@ class FactorizedSpec(OpSpec):
             a.requires_grad_(True)
             b.requires_grad_(True)
             grad_out = randn(self.batch, self.seq, self.dim)  # [B, S, D]
-            timed = _grads_calls((a, b), grad_out, ids, a, b, pos_weight)
+            timed = grads_calls((a, b), grad_out, ids, a, b, pos_weight)
         else:
-            timed = _forward_calls(ids, a, b, pos_weight)
+            timed = forward_calls(ids, a, b, pos_weight)
         min_bytes = counts.min_bytes_factorized_embedding(
             n_tokens,
             self.dim,
@@ -138,7 +113,7 @@ class FactorizedSpec(OpSpec):
 
             if not self.backward:
                 return call(ids, a64, b64, pos64)
-            return _grads_calls((a64, b64), grad_out.double(), ids, a64, b64, pos64)(call)()
+            return grads_calls((a64, b64), grad_out.double(), ids, a64, b64, pos64)(call)()
 
         def verify(actual: object) -> Accuracy:
             return compare(actual, oracle(), dtype)  # type: ignore[arg-type]

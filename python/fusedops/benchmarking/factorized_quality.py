@@ -339,6 +339,47 @@ def _ranks_for(ranks: Sequence[int], dim: int) -> list[int]:
     return sorted({r for r in ranks if r < dim} | {dim})
 
 
+@dataclass(frozen=True)
+class _SampleTokens:
+    """The sample text as a model's tokenizer sees it: the split, the token counts ``[V]`` of
+    each half and the hot tokens (the most frequent of the counted half)."""
+
+    split: TextSplit
+    counts: torch.Tensor  # [V], the counted half
+    held_counts: torch.Tensor  # [V], the held-out half (weights the reconstruction error)
+    hot: torch.Tensor  # [num_hot] int64
+
+    @property
+    def hot_sets(self) -> list[torch.Tensor]:
+        """The sweep's hot sets: none, then all of :attr:`hot`."""
+        return [self.hot[:0], self.hot]
+
+
+def _sample_tokens(tokenizer: Any, model: Any, num_hot: int) -> _SampleTokens:
+    """:class:`_SampleTokens` of ``tokenizer`` over ``model``'s vocabulary."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    split = split_text(sample_text())
+    counts = _counts(tokenizer, split.counted, vocab)
+    held_counts = _counts(tokenizer, split.held_out, vocab)
+    return _SampleTokens(split, counts, held_counts, most_frequent(counts, num_hot))
+
+
+def _model_study(
+    name: str, model: Any, metric: str, evaluation: str, tokens: _SampleTokens
+) -> ModelStudy:
+    """An empty :class:`ModelStudy` of ``model``'s input table, noting how the hot tokens were
+    chosen."""
+    table = model.get_input_embeddings().weight  # [V, D]
+    vocab, dim = table.shape
+    study = ModelStudy(name, vocab, dim, table.numel() * table.element_size(), metric, evaluation)
+    counts = tokens.counts
+    study.notes.append(
+        f"hot tokens: the {tokens.hot.numel()} most frequent of the counted half "
+        f"({int((counts > 0).sum())} distinct tokens, {int(counts.sum())} in all)"
+    )
+    return study
+
+
 def study_minilm(
     ranks: Sequence[int] = RANKS,
     num_hot: int = NUM_HOT,
@@ -349,37 +390,24 @@ def study_minilm(
 
     start = time.perf_counter()
     model, tokenizer = hf_models.load_encoder(hf_models.MINILM)
-    table = model.get_input_embeddings().weight
-    vocab, dim = table.shape
-    split = split_text(sample_text())
-    counts = _counts(tokenizer, split.counted, vocab)
-    held_counts = _counts(tokenizer, split.held_out, vocab)
-    hot = most_frequent(counts, num_hot)
-    texts = spread(sentences(split.counted), SENTENCES_PER_HALF)
-    texts += spread(sentences(split.held_out), SENTENCES_PER_HALF)
+    tokens = _sample_tokens(tokenizer, model, num_hot)
+    texts = spread(sentences(tokens.split.counted), SENTENCES_PER_HALF)
+    texts += spread(sentences(tokens.split.held_out), SENTENCES_PER_HALF)
     batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
     batch.pop("token_type_ids", None)
-    study = ModelStudy(
-        "all-MiniLM-L6-v2",
-        vocab,
-        dim,
-        table.numel() * table.element_size(),
-        "cosine",
+    evaluation = (
         f"{len(texts)} sentences ({SENTENCES_PER_HALF} from the counted half of the sample "
         f"text, {len(texts) - SENTENCES_PER_HALF} held out), padded to "
-        f"{batch['input_ids'].shape[1]} tokens",
+        f"{batch['input_ids'].shape[1]} tokens"
     )
-    study.notes.append(
-        f"hot tokens: the {num_hot} most frequent of the counted half "
-        f"({int((counts > 0).sum())} distinct tokens, {int(counts.sum())} in all)"
-    )
+    study = _model_study("all-MiniLM-L6-v2", model, "cosine", evaluation, tokens)
     study.variants = encoder_sweep(
         model,
         batch,
-        _ranks_for(ranks, dim),
-        [hot[:0], hot],
+        _ranks_for(ranks, study.dim),
+        tokens.hot_sets,
         counted=SENTENCES_PER_HALF,
-        weight_counts=held_counts,
+        weight_counts=tokens.held_counts,
         log=log,
     )
     study.seconds = time.perf_counter() - start
@@ -396,12 +424,8 @@ def study_smollm2(
 
     start = time.perf_counter()
     model, tokenizer = hf_models.load_causal_lm(hf_models.SMOLLM2)
-    table = model.get_input_embeddings().weight
-    vocab, dim = table.shape
-    split = split_text(sample_text())
-    counts = _counts(tokenizer, split.counted, vocab)
-    held_counts = _counts(tokenizer, split.held_out, vocab)
-    hot = most_frequent(counts, num_hot)
+    tokens = _sample_tokens(tokenizer, model, num_hot)
+    split = tokens.split
     texts = prompts(split.counted, PROMPTS_PER_HALF) + prompts(split.held_out, PROMPTS_PER_HALF)
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     length = max(len(e) for e in encoded)
@@ -411,20 +435,12 @@ def study_smollm2(
     for i, e in enumerate(encoded):
         ids[i, : len(e)] = torch.tensor(e)
         mask[i, : len(e)] = 1
-    study = ModelStudy(
-        "SmolLM2-135M-Instruct",
-        vocab,
-        dim,
-        table.numel() * table.element_size(),
-        "top-1 agreement",
+    evaluation = (
         f"every position of {len(texts)} prompts ({int(mask.sum())} tokens; two sentences each, "
         f"{PROMPTS_PER_HALF} from the counted half of the sample text, "
-        f"{len(texts) - PROMPTS_PER_HALF} held out), teacher-forced",
+        f"{len(texts) - PROMPTS_PER_HALF} held out), teacher-forced"
     )
-    study.notes.append(
-        f"hot tokens: the {num_hot} most frequent of the counted half "
-        f"({int((counts > 0).sum())} distinct tokens, {int(counts.sum())} in all)"
-    )
+    study = _model_study("SmolLM2-135M-Instruct", model, "top-1 agreement", evaluation, tokens)
     study.notes.append(
         "the input table is tied to lm_head, which keeps the dense table: the memory column is "
         "the input embedding's own storage, saved only where it is held apart from the head"
@@ -433,10 +449,10 @@ def study_smollm2(
         model,
         ids,
         mask,
-        _ranks_for(ranks, dim),
-        [hot[:0], hot],
+        _ranks_for(ranks, study.dim),
+        tokens.hot_sets,
         counted=PROMPTS_PER_HALF,
-        weight_counts=held_counts,
+        weight_counts=tokens.held_counts,
         log=log,
     )
     study.seconds = time.perf_counter() - start

@@ -41,22 +41,11 @@ class ScaledFusedEmbedding(FusedEmbedding):
         }
         return module
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        position_offset: int = 0,
-    ) -> torch.Tensor:
-        """``input_ids`` int [..., S] -> ``weight[ids] * normalizer`` [..., S, D]."""
-        return fused_embedding(
-            input_ids,
-            self.weight,
-            scale=self.rounded.get(self.weight.dtype, self.normalizer),
-            positions=positions,
-            position_offset=position_offset,
-            padding_idx=self.padding_idx,
-            deterministic=self.deterministic,
-        )
+    def _lookup(self, input_ids: torch.Tensor, **options: Any) -> torch.Tensor:
+        """``input_ids`` int [..., S] -> ``weight[ids] * normalizer`` [..., S, D], the
+        normalizer rounded to the weight dtype."""
+        options["scale"] = self.rounded.get(self.weight.dtype, self.normalizer)
+        return super()._lookup(input_ids, **options)
 
 
 class FusedBertEmbeddings(nn.Module):

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
 from torch import nn
 
-from fusedops.ops import check_padding_idx, fused_embedding
+from fusedops.nn._lookup_module import (
+    LookupModule,
+    check_positional_choice,
+    resolve_scale,
+    unsupported_options,
+)
+from fusedops.ops import fused_embedding
 
 
-class FusedEmbedding(nn.Module):
+class FusedEmbedding(LookupModule):
     """Token embedding with an optional scale and positional term, computed in one kernel.
 
     ``forward(input_ids [..., S]) -> [..., S, D]`` equals
@@ -29,6 +35,8 @@ class FusedEmbedding(nn.Module):
         sinusoid_base: frequency base of the sinusoid.
         deterministic: bit-stable backward (default) vs fp32 atomics on the Triton path.
     """
+
+    _kind = "FusedEmbedding"
 
     def __init__(
         self,
@@ -50,15 +58,10 @@ class FusedEmbedding(nn.Module):
                 f"FusedEmbedding: need num_embeddings >= 1 and embedding_dim >= 1, got "
                 f"{num_embeddings} and {embedding_dim}"
             )
-        if num_positions is not None and sinusoidal:
-            raise ValueError("FusedEmbedding: num_positions and sinusoidal=True are exclusive")
-        padding_idx = check_padding_idx("FusedEmbedding", padding_idx, num_embeddings)
+        check_positional_choice(self._kind, num_positions, sinusoidal)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.padding_idx = padding_idx
-        self.scale = math.sqrt(embedding_dim) if scale == "sqrt_dim" else float(scale)
-        self.sinusoidal = sinusoidal
-        self.sinusoid_base = float(sinusoid_base)
+        self._set_lookup_options(padding_idx, scale, sinusoidal, sinusoid_base)
         self.deterministic = deterministic
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, **factory))
@@ -96,15 +99,7 @@ class FusedEmbedding(nn.Module):
                     f"FusedEmbedding.from_embedding: {name} must be nn.Embedding, "
                     f"got {type(emb).__name__}"
                 )
-            unsupported = [
-                opt
-                for opt, on in (
-                    ("max_norm", emb.max_norm is not None),
-                    ("scale_grad_by_freq", emb.scale_grad_by_freq),
-                    ("sparse", emb.sparse),
-                )
-                if on
-            ]
+            unsupported = unsupported_options(emb)
             if unsupported:
                 raise ValueError(
                     f"FusedEmbedding.from_embedding: {name} uses unsupported options {unsupported}"
@@ -119,7 +114,7 @@ class FusedEmbedding(nn.Module):
         module.num_embeddings = embedding.num_embeddings
         module.embedding_dim = embedding.embedding_dim
         module.padding_idx = embedding.padding_idx
-        module.scale = math.sqrt(embedding.embedding_dim) if scale == "sqrt_dim" else float(scale)
+        module.scale = resolve_scale(scale, embedding.embedding_dim)
         module.sinusoidal = sinusoidal
         module.sinusoid_base = float(sinusoid_base)
         module.deterministic = deterministic
@@ -131,34 +126,9 @@ class FusedEmbedding(nn.Module):
             )
         return module
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        position_offset: int = 0,
-    ) -> torch.Tensor:
-        """``input_ids`` int [..., S] -> [..., S, D] in the weight dtype."""
-        return fused_embedding(
-            input_ids,
-            self.weight,
-            scale=self.scale,
-            pos_weight=self.pos_weight,
-            positions=positions,
-            position_offset=position_offset,
-            sinusoidal=self.sinusoidal,
-            sinusoid_base=self.sinusoid_base,
-            padding_idx=self.padding_idx,
-            deterministic=self.deterministic,
-        )
+    def _lookup(self, input_ids: torch.Tensor, **options: Any) -> torch.Tensor:
+        """:func:`fusedops.fused_embedding` of ``weight``: [..., S, D] in the weight dtype."""
+        return fused_embedding(input_ids, self.weight, deterministic=self.deterministic, **options)
 
     def extra_repr(self) -> str:
-        parts = [f"{self.num_embeddings}, {self.embedding_dim}"]
-        if self.padding_idx is not None:
-            parts.append(f"padding_idx={self.padding_idx}")
-        if self.scale != 1.0:
-            parts.append(f"scale={self.scale:g}")
-        if self.pos_weight is not None:
-            parts.append(f"num_positions={self.pos_weight.shape[0]}")
-        if self.sinusoidal:
-            parts.append(f"sinusoidal=True, base={self.sinusoid_base:g}")
-        return ", ".join(parts)
+        return self._repr([f"{self.num_embeddings}, {self.embedding_dim}"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusedops.nn._lookup_module import unsupported_options
 from fusedops.ops import check_padding_idx, fused_embedding_layernorm
 
 _NAME = "FusedEmbeddingLayerNorm"
@@ -15,15 +16,7 @@ def _check_embedding(name: str, emb: object, dim: int | None) -> None:
     width ``dim`` (when given)."""
     if not isinstance(emb, nn.Embedding):
         raise TypeError(f"{_NAME}.from_modules: {name} must be nn.Embedding, got {type(emb)}")
-    unsupported = [
-        opt
-        for opt, on in (
-            ("max_norm", emb.max_norm is not None),
-            ("scale_grad_by_freq", emb.scale_grad_by_freq),
-            ("sparse", emb.sparse),
-        )
-        if on
-    ]
+    unsupported = unsupported_options(emb)
     if unsupported:
         raise ValueError(f"{_NAME}.from_modules: {name} uses unsupported options {unsupported}")
     if dim is not None and emb.embedding_dim != dim:

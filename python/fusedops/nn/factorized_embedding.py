@@ -17,14 +17,19 @@ from fusedops.factorization import (
     fit_factorization,
     reconstruction_error,
 )
-from fusedops.ops import check_padding_idx
+from fusedops.nn._lookup_module import (
+    FLOAT_DTYPES,
+    LookupModule,
+    check_positional_choice,
+    dtype_name,
+)
 from fusedops.ops.factorized_embedding import factorized_embedding, hot_slot_table
 
 _NAME = "FactorizedEmbedding"
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = tuple(FLOAT_DTYPES.values())
 
 
-class FactorizedEmbedding(nn.Module):
+class FactorizedEmbedding(LookupModule):
     """Token embedding from a rank-``r`` factorized table, with K hot tokens kept exact.
 
     ``forward(input_ids [..., S]) -> [..., S, D]`` equals ``row(t) * scale + P[pos]`` with
@@ -63,6 +68,7 @@ class FactorizedEmbedding(nn.Module):
         device, dtype: of the parameters (dtype fp32 by default).
     """
 
+    _kind = _NAME
     a: nn.Parameter
     b: nn.Parameter
     hot_rows: nn.Parameter | None
@@ -98,18 +104,14 @@ class FactorizedEmbedding(nn.Module):
                 raise ValueError(f"{_NAME}: {what} must be an int >= {low}, got {value!r}")
         if num_hot > num_embeddings:
             raise ValueError(f"{_NAME}: num_hot {num_hot} exceeds num_embeddings {num_embeddings}")
-        if num_positions is not None and sinusoidal:
-            raise ValueError(f"{_NAME}: num_positions and sinusoidal=True are exclusive")
+        check_positional_choice(_NAME, num_positions, sinusoidal)
         dtype = torch.float32 if dtype is None else dtype
         if dtype not in _DTYPES:
             raise TypeError(f"{_NAME}: dtype must be float32/float16/bfloat16, got {dtype}")
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.rank = rank
-        self.padding_idx = check_padding_idx(_NAME, padding_idx, num_embeddings)
-        self.scale = math.sqrt(embedding_dim) if scale == "sqrt_dim" else float(scale)
-        self.sinusoidal = bool(sinusoidal)
-        self.sinusoid_base = float(sinusoid_base)
+        self._set_lookup_options(padding_idx, scale, sinusoidal, sinusoid_base)
         self.deterministic = deterministic
         self.check_indices = bool(check_indices)
         self.fit_info: FactorizationInfo | None = None  # set by from_embedding
@@ -327,28 +329,18 @@ class FactorizedEmbedding(nn.Module):
     # Forward and inspection
     # ----------------------------------------------------------------------------------------
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        position_offset: int = 0,
-    ) -> torch.Tensor:
-        """``input_ids`` int [..., S] -> [..., S, D] in the parameters' dtype."""
+    def _lookup(self, input_ids: torch.Tensor, **options: Any) -> torch.Tensor:
+        """:func:`fusedops.factorized_embedding` of the factors and hot rows: [..., S, D] in
+        the parameters' dtype."""
         return factorized_embedding(
             input_ids,
             self.a,
             self.b,
             hot_rows=self.hot_rows,
             hot_slots=self.hot_slots,
-            scale=self.scale,
-            pos_weight=self.pos_weight,
-            positions=positions,
-            position_offset=position_offset,
-            sinusoidal=self.sinusoidal,
-            sinusoid_base=self.sinusoid_base,
-            padding_idx=self.padding_idx,
             deterministic=self.deterministic,
             check_indices=self.check_indices,
+            **options,
         )
 
     def to_dense(self) -> torch.Tensor:
@@ -392,19 +384,10 @@ class FactorizedEmbedding(nn.Module):
         return reconstruction_error(weight, self.to_dense(), token_counts)
 
     def extra_repr(self) -> str:
-        parts = [f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"]
+        head = [f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"]
         if self.num_hot:
-            parts.append(f"num_hot={self.num_hot}")
-        if self.padding_idx is not None:
-            parts.append(f"padding_idx={self.padding_idx}")
-        if self.scale != 1.0:
-            parts.append(f"scale={self.scale:g}")
-        if self.pos_weight is not None:
-            parts.append(f"num_positions={self.pos_weight.shape[0]}")
-        if self.sinusoidal:
-            parts.append(f"sinusoidal=True, base={self.sinusoid_base:g}")
-        parts.append(f"dtype={str(self.a.dtype).removeprefix('torch.')}")
-        return ", ".join(parts)
+            head.append(f"num_hot={self.num_hot}")
+        return self._repr(head, tail=[f"dtype={dtype_name(self.a.dtype)}"])
 
 
 def _rebuild_after_load(module: nn.Module, _incompatible_keys: Any) -> None:

@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
+from fusedops.nn._lookup_module import Int8LookupModule, default_out_dtype, dtype_name
 from fusedops.nn.embedding import FusedEmbedding
-from fusedops.ops import check_padding_idx, int8_embedding
-from fusedops.quantization import dequantize_embedding, quantize_embedding
+from fusedops.ops import int8_embedding
+from fusedops.quantization import dequantize_embedding
 
 _NAME = "Int8Embedding"
 _FORMAT = "fusedops.Int8Embedding/1"  # safetensors metadata tag
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _parse_dtype(name: str, what: str) -> torch.dtype:
-    if name not in _DTYPES:
-        raise ValueError(f"{_NAME}: {what} must be one of {sorted(_DTYPES)}, got {name!r}")
-    return _DTYPES[name]
-
-
-class Int8Embedding(nn.Module):
+class Int8Embedding(Int8LookupModule):
     """Embedding lookup from an int8 table with per-row or per-group scales (inference only).
 
     ``forward(input_ids [..., S]) -> [..., S, D]`` in ``out_dtype`` equals
@@ -67,9 +56,8 @@ class Int8Embedding(nn.Module):
         device: where the buffers live.
     """
 
-    qweight: torch.Tensor
-    scales: torch.Tensor
-    pos_weight: torch.Tensor | None
+    _kind = _NAME
+    _float_source = "fusedops.nn.FusedEmbedding / nn.Embedding"
 
     def __init__(
         self,
@@ -98,35 +86,22 @@ class Int8Embedding(nn.Module):
             raise ValueError(
                 f"{_NAME}: group_size {group_size} does not divide embedding_dim {embedding_dim}"
             )
-        if num_positions is not None and sinusoidal:
-            raise ValueError(f"{_NAME}: num_positions and sinusoidal=True are exclusive")
-        for what, dtype in (
-            ("scale_dtype", scale_dtype),
-            ("pos_dtype", pos_dtype),
-            ("out_dtype", out_dtype),
-        ):
-            if dtype not in _DTYPES.values():
-                raise TypeError(f"{_NAME}: {what} must be float32/float16/bfloat16, got {dtype}")
-        padding_idx = check_padding_idx(_NAME, padding_idx, num_embeddings)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.padding_idx = padding_idx
-        self.scale = math.sqrt(embedding_dim) if scale == "sqrt_dim" else float(scale)
-        self.sinusoidal = bool(sinusoidal)
-        self.sinusoid_base = float(sinusoid_base)
-        self.out_dtype = out_dtype
-        self.check_indices = bool(check_indices)
-        groups = 1 if group_size is None else embedding_dim // group_size
-        self.register_buffer(
-            "qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device)
+        self._init_int8(
+            num_embeddings,
+            padding_idx,
+            group_size=group_size,
+            scale_dtype=scale_dtype,
+            scale=scale,
+            num_positions=num_positions,
+            pos_dtype=pos_dtype,
+            sinusoidal=sinusoidal,
+            sinusoid_base=sinusoid_base,
+            out_dtype=out_dtype,
+            check_indices=check_indices,
+            device=device,
         )
-        self.register_buffer(
-            "scales", torch.zeros(num_embeddings, groups, dtype=scale_dtype, device=device)
-        )
-        pos = None
-        if num_positions is not None:
-            pos = torch.zeros(num_positions, embedding_dim, dtype=pos_dtype, device=device)
-        self.register_buffer("pos_weight", pos)
 
     # ----------------------------------------------------------------------------------------
     # Construction from a float embedding
@@ -163,7 +138,7 @@ class Int8Embedding(nn.Module):
             )
         weight = embedding.weight.detach()  # [V, D]
         if out_dtype is None:
-            out_dtype = weight.dtype if weight.dtype in _DTYPES.values() else torch.float32
+            out_dtype = default_out_dtype(weight.dtype)
         fused = isinstance(embedding, FusedEmbedding)
         pos_weight = embedding.pos_weight if fused else None
         module = cls(
@@ -181,42 +156,25 @@ class Int8Embedding(nn.Module):
             check_indices=check_indices,
             device=weight.device,
         )
-        qweight, scales = quantize_embedding(weight, group_size=group_size, scale_dtype=scale_dtype)
-        module.qweight = qweight
-        module.scales = scales
-        if pos_weight is not None:
-            module.pos_weight = pos_weight.detach().clone()
+        module._set_quantized(
+            weight, pos_weight, group_size=group_size, scale_dtype=scale_dtype, device=weight.device
+        )
         return module
 
     # ----------------------------------------------------------------------------------------
     # Inference
     # ----------------------------------------------------------------------------------------
 
-    @property
-    def group_size(self) -> int:
-        """Features per scale (``D`` for per-row scales)."""
-        return self.embedding_dim // self.scales.shape[1]
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        position_offset: int = 0,
-    ) -> torch.Tensor:
-        """``input_ids`` int [..., S] -> [..., S, D] in ``out_dtype``."""
+    def _lookup(self, input_ids: torch.Tensor, **options: Any) -> torch.Tensor:
+        """:func:`fusedops.int8_embedding` of ``qweight`` / ``scales``: [..., S, D] in
+        ``out_dtype``."""
         return int8_embedding(
             input_ids,
             self.qweight,
             self.scales,
             out_dtype=self.out_dtype,
-            scale=self.scale,
-            pos_weight=self.pos_weight,
-            positions=positions,
-            position_offset=position_offset,
-            sinusoidal=self.sinusoidal,
-            sinusoid_base=self.sinusoid_base,
-            padding_idx=self.padding_idx,
             check_indices=self.check_indices,
+            **options,
         )
 
     def dequantize(self) -> torch.Tensor:
@@ -230,37 +188,9 @@ class Int8Embedding(nn.Module):
             tensors.append(self.pos_weight)
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def requires_grad_(self, requires_grad: bool = True) -> Int8Embedding:
-        """Only ``requires_grad_(False)`` is allowed: the int8 table has no gradient."""
-        if requires_grad:
-            raise RuntimeError(
-                f"{_NAME} is inference-only: its int8 table has no gradient. Train a float "
-                "fusedops.nn.FusedEmbedding / nn.Embedding and quantize it with "
-                f"{_NAME}.from_embedding"
-            )
-        return self
-
     # ----------------------------------------------------------------------------------------
     # Serialization
     # ----------------------------------------------------------------------------------------
-
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild an empty module of the same layout."""
-        return {
-            "num_embeddings": self.num_embeddings,
-            "embedding_dim": self.embedding_dim,
-            "padding_idx": self.padding_idx,
-            "group_size": None if self.scales.shape[1] == 1 else self.group_size,
-            "scale_dtype": _dtype_name(self.scales.dtype),
-            "scale": self.scale,
-            "num_positions": None if self.pos_weight is None else self.pos_weight.shape[0],
-            "pos_dtype": _dtype_name(
-                torch.float32 if self.pos_weight is None else self.pos_weight.dtype
-            ),
-            "sinusoidal": self.sinusoidal,
-            "sinusoid_base": self.sinusoid_base,
-            "out_dtype": _dtype_name(self.out_dtype),
-        }
 
     def save_safetensors(self, path: str | os.PathLike[str]) -> None:
         """Write the buffers and :meth:`config` (as metadata) to a ``.safetensors`` file."""
@@ -285,28 +215,18 @@ class Int8Embedding(nn.Module):
                 f"{_NAME}.load_safetensors: {os.fspath(path)} was not written by "
                 f"{_NAME}.save_safetensors (metadata fusedops={metadata.get('fusedops')!r})"
             )
-        config = json.loads(metadata["config"])
-        for key in ("scale_dtype", "pos_dtype", "out_dtype"):
-            config[key] = _parse_dtype(config[key], key)
+        config = cls._parse_config(_NAME, json.loads(metadata["config"]))
         module = cls(**config, device="meta")
         state = load_file(os.fspath(path), device=str(device))
         module.load_state_dict(state, strict=True, assign=True)
         return module
 
     def extra_repr(self) -> str:
-        parts = [f"{self.num_embeddings}, {self.embedding_dim}"]
-        if self.padding_idx is not None:
-            parts.append(f"padding_idx={self.padding_idx}")
-        groups = self.scales.shape[1]
-        parts.append("per-row" if groups == 1 else f"group_size={self.group_size}")
-        parts.append(f"scale_dtype={_dtype_name(self.scales.dtype)}")
-        if self.scale != 1.0:
-            parts.append(f"scale={self.scale:g}")
-        if self.pos_weight is not None:
-            parts.append(f"num_positions={self.pos_weight.shape[0]}")
-        if self.sinusoidal:
-            parts.append(f"sinusoidal=True, base={self.sinusoid_base:g}")
-        parts.append(f"out_dtype={_dtype_name(self.out_dtype)}")
+        tail = [f"out_dtype={dtype_name(self.out_dtype)}"]
         if not self.check_indices:
-            parts.append("check_indices=False")
-        return ", ".join(parts)
+            tail.append("check_indices=False")
+        return self._repr(
+            [f"{self.num_embeddings}, {self.embedding_dim}"],
+            [self._int8_scheme(), f"scale_dtype={dtype_name(self.scales.dtype)}"],
+            tail,
+        )

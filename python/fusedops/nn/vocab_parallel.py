@@ -14,7 +14,6 @@ rank's tensors on its own CUDA device (``torch.cuda.set_device(local_rank)`` fir
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
@@ -22,15 +21,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fusedops.nn.embedding import FusedEmbedding
-from fusedops.nn.vocab_parallel_io import (
-    TensorSpec,
+from fusedops.nn._lookup_module import (
+    Int8LookupModule,
+    LookupModule,
+    check_positional_choice,
+    default_out_dtype,
     dtype_name,
-    load_shards,
     parse_dtype,
-    save_shards,
+    unsupported_options,
 )
-from fusedops.ops import check_padding_idx
+from fusedops.nn.embedding import FusedEmbedding
+from fusedops.nn.vocab_parallel_io import TensorSpec, load_shards, save_shards
 from fusedops.ops.vocab_parallel import (
     VocabShard,
     group_rank_and_size,
@@ -38,14 +39,9 @@ from fusedops.ops.vocab_parallel import (
     vocab_parallel_int8_embedding,
     vocab_shard,
 )
-from fusedops.quantization import quantize_embedding
 
 _FLOAT = "VocabParallelEmbedding"
 _INT8 = "VocabParallelInt8Embedding"
-
-
-def _resolve_scale(scale: float | str, dim: int) -> float:
-    return math.sqrt(dim) if scale == "sqrt_dim" else float(scale)
 
 
 def _is_meta(device: torch.device | str | None) -> bool:
@@ -58,15 +54,7 @@ def _table_of(name: str, source: object, what: str) -> torch.Tensor:
         table = source
     elif isinstance(source, (nn.Embedding, FusedEmbedding)):
         if isinstance(source, nn.Embedding):
-            unsupported = [
-                opt
-                for opt, on in (
-                    ("max_norm", source.max_norm is not None),
-                    ("scale_grad_by_freq", source.scale_grad_by_freq),
-                    ("sparse", source.sparse),
-                )
-                if on
-            ]
+            unsupported = unsupported_options(source)
             if unsupported:
                 raise ValueError(f"{name}.from_embedding: {what} uses unsupported {unsupported}")
         table = source.weight
@@ -83,18 +71,29 @@ def _table_of(name: str, source: object, what: str) -> torch.Tensor:
     return table.detach()
 
 
+def _settings(source: object, options: dict[str, Any]) -> dict[str, Any]:
+    """``scale``, ``sinusoidal`` and ``sinusoid_base`` of a ``FusedEmbedding`` or
+    :class:`VocabParallelEmbedding` source (the defaults for another source), each replaced by
+    its entry of ``options`` when that is not None."""
+    if isinstance(source, (FusedEmbedding, VocabParallelEmbedding)):
+        resolved = {
+            "scale": source.scale,
+            "sinusoidal": source.sinusoidal,
+            "sinusoid_base": source.sinusoid_base,
+        }
+    else:
+        resolved = {"scale": 1.0, "sinusoidal": False, "sinusoid_base": 10000.0}
+    resolved.update({k: v for k, v in options.items() if v is not None})
+    return resolved
+
+
 def _source_options(
     name: str, source: object, pos_embedding: object, padding_idx: int | None, options: dict
 ) -> tuple[torch.Tensor | None, int | None, dict]:
     """Positional table, padding id and (scale, sinusoidal, sinusoid_base) of a source,
     explicit options (not None) taking precedence over a ``FusedEmbedding``'s settings."""
     fused = isinstance(source, FusedEmbedding)
-    resolved = {
-        "scale": source.scale if fused else 1.0,
-        "sinusoidal": source.sinusoidal if fused else False,
-        "sinusoid_base": source.sinusoid_base if fused else 10000.0,
-    }
-    resolved.update({k: v for k, v in options.items() if v is not None})
+    resolved = _settings(source, options)
     source_pad = getattr(source, "padding_idx", None)
     if padding_idx is not None and source_pad is not None and padding_idx != source_pad:
         raise ValueError(
@@ -135,8 +134,9 @@ def _gather_rows(
     return torch.cat(parts)[: shard.num_embeddings]
 
 
-class _VocabParallelBase(nn.Module):
-    """Layout, process group and sharded save/load shared by both modules."""
+class _VocabParallelBase(LookupModule):
+    """Layout, process group and sharded save/load shared by both modules (which define
+    ``config()``, the constructor arguments that rebuild the layout)."""
 
     _kind: str
     num_embeddings: int
@@ -178,9 +178,6 @@ class _VocabParallelBase(nn.Module):
     def vocab_end(self) -> int:
         """One past the last real id of this rank's shard (``<= num_embeddings``)."""
         return self.shard.end
-
-    def config(self) -> dict[str, Any]:
-        raise NotImplementedError
 
     @classmethod
     def _specs(cls, config: dict[str, Any]) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
@@ -245,6 +242,14 @@ class _VocabParallelBase(nn.Module):
     def _from_config(cls, config: dict[str, Any], process_group):
         raise NotImplementedError
 
+    def _layout_repr(self) -> list[str]:
+        """The head of ``extra_repr``: sizes, rank and this rank's rows."""
+        return [
+            f"{self.num_embeddings}, {self.embedding_dim}",
+            f"rank={self.rank}/{self.world_size}",
+            f"rows=[{self.vocab_start}, {self.vocab_end})",
+        ]
+
 
 class VocabParallelEmbedding(_VocabParallelBase):
     """:class:`fusedops.nn.FusedEmbedding` with the token table sharded by rows over a group.
@@ -297,18 +302,14 @@ class VocabParallelEmbedding(_VocabParallelBase):
     ) -> None:
         super().__init__()
         self._init_layout(num_embeddings, embedding_dim, process_group)
-        if num_positions is not None and sinusoidal:
-            raise ValueError(f"{_FLOAT}: num_positions and sinusoidal=True are exclusive")
+        check_positional_choice(_FLOAT, num_positions, sinusoidal)
         if num_positions is not None and (
             isinstance(num_positions, bool)
             or not isinstance(num_positions, int)
             or num_positions < 1
         ):
             raise ValueError(f"{_FLOAT}: num_positions must be an int >= 1, got {num_positions!r}")
-        self.padding_idx = check_padding_idx(_FLOAT, padding_idx, num_embeddings)
-        self.scale = _resolve_scale(scale, embedding_dim)
-        self.sinusoidal = bool(sinusoidal)
-        self.sinusoid_base = float(sinusoid_base)
+        self._set_lookup_options(padding_idx, scale, sinusoidal, sinusoid_base)
         self.deterministic = bool(deterministic)
         self.check_indices = bool(check_indices)
         factory = {"device": device, "dtype": dtype}
@@ -396,27 +397,17 @@ class VocabParallelEmbedding(_VocabParallelBase):
             module.pos_weight = nn.Parameter(pos.to(device=device, dtype=dtype, copy=True))
         return module
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        position_offset: int = 0,
-    ) -> torch.Tensor:
-        """``input_ids`` int [..., S] (same on every rank) -> [..., S, D] in the weight dtype."""
+    def _lookup(self, input_ids: torch.Tensor, **options: Any) -> torch.Tensor:
+        """:func:`fusedops.ops.vocab_parallel.vocab_parallel_embedding` of this rank's shard:
+        ``input_ids`` int [..., S] (same on every rank) -> [..., S, D] in the weight dtype."""
         return vocab_parallel_embedding(
             input_ids,
             self.weight,
             num_embeddings=self.num_embeddings,
             process_group=self.process_group,
-            scale=self.scale,
-            pos_weight=self.pos_weight,
-            positions=positions,
-            position_offset=position_offset,
-            sinusoidal=self.sinusoidal,
-            sinusoid_base=self.sinusoid_base,
-            padding_idx=self.padding_idx,
             deterministic=self.deterministic,
             check_indices=self.check_indices,
+            **options,
         )
 
     def gather_weight(self) -> torch.Tensor:
@@ -463,23 +454,10 @@ class VocabParallelEmbedding(_VocabParallelBase):
         return {"dtype": dtype_name(self.weight.dtype), "int8_scheme": "none"}
 
     def extra_repr(self) -> str:
-        parts = [
-            f"{self.num_embeddings}, {self.embedding_dim}",
-            f"rank={self.rank}/{self.world_size}",
-            f"rows=[{self.vocab_start}, {self.vocab_end})",
-        ]
-        if self.padding_idx is not None:
-            parts.append(f"padding_idx={self.padding_idx}")
-        if self.scale != 1.0:
-            parts.append(f"scale={self.scale:g}")
-        if self.pos_weight is not None:
-            parts.append(f"num_positions={self.pos_weight.shape[0]}")
-        if self.sinusoidal:
-            parts.append(f"sinusoidal=True, base={self.sinusoid_base:g}")
-        return ", ".join(parts)
+        return self._repr(self._layout_repr())
 
 
-class VocabParallelInt8Embedding(_VocabParallelBase):
+class VocabParallelInt8Embedding(Int8LookupModule, _VocabParallelBase):
     """:class:`fusedops.nn.Int8Embedding` with the int8 table sharded by rows (inference only).
 
     ``forward(input_ids [..., S]) -> [..., S, D]`` in ``out_dtype`` equals the single-process
@@ -494,9 +472,7 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
     """
 
     _kind = _INT8
-    qweight: torch.Tensor
-    scales: torch.Tensor
-    pos_weight: torch.Tensor | None
+    _float_source = _FLOAT
 
     def __init__(
         self,
@@ -527,31 +503,20 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
             raise ValueError(
                 f"{_INT8}: group_size {group_size!r} does not divide embedding_dim {embedding_dim}"
             )
-        if num_positions is not None and sinusoidal:
-            raise ValueError(f"{_INT8}: num_positions and sinusoidal=True are exclusive")
-        for what, dt in (
-            ("scale_dtype", scale_dtype),
-            ("pos_dtype", pos_dtype),
-            ("out_dtype", out_dtype),
-        ):
-            if dt not in (torch.float32, torch.float16, torch.bfloat16):
-                raise TypeError(f"{_INT8}: {what} must be float32/float16/bfloat16, got {dt}")
-        self.padding_idx = check_padding_idx(_INT8, padding_idx, num_embeddings)
-        self.scale = _resolve_scale(scale, embedding_dim)
-        self.sinusoidal = bool(sinusoidal)
-        self.sinusoid_base = float(sinusoid_base)
-        self.out_dtype = out_dtype
-        self.check_indices = bool(check_indices)
-        groups = 1 if group_size is None else embedding_dim // group_size
-        rows = self.shard.rows
-        self.register_buffer(
-            "qweight", torch.zeros(rows, embedding_dim, dtype=torch.int8, device=device)
+        self._init_int8(
+            self.shard.rows,
+            padding_idx,
+            group_size=group_size,
+            scale_dtype=scale_dtype,
+            scale=scale,
+            num_positions=num_positions,
+            pos_dtype=pos_dtype,
+            sinusoidal=sinusoidal,
+            sinusoid_base=sinusoid_base,
+            out_dtype=out_dtype,
+            check_indices=check_indices,
+            device=device,
         )
-        self.register_buffer("scales", torch.zeros(rows, groups, dtype=scale_dtype, device=device))
-        pos = None
-        if num_positions is not None:
-            pos = torch.zeros(num_positions, embedding_dim, dtype=pos_dtype, device=device)
-        self.register_buffer("pos_weight", pos)
 
     @classmethod
     def from_embedding(
@@ -579,6 +544,7 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
         ``out_dtype`` defaults to the table's dtype; the positional table is copied in its
         float dtype.
         """
+        overrides = {"scale": scale, "sinusoidal": sinusoidal, "sinusoid_base": sinusoid_base}
         if isinstance(embedding, VocabParallelEmbedding):
             if process_group is None:
                 process_group = embedding.process_group
@@ -595,33 +561,14 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
                     f"from the source's {embedding.padding_idx}"
                 )
             padding_idx = embedding.padding_idx
-            options = {
-                "scale": embedding.scale,
-                "sinusoidal": embedding.sinusoidal,
-                "sinusoid_base": embedding.sinusoid_base,
-            }
-            options.update(
-                {
-                    k: v
-                    for k, v in (
-                        ("scale", scale),
-                        ("sinusoidal", sinusoidal),
-                        ("sinusoid_base", sinusoid_base),
-                    )
-                    if v is not None
-                }
-            )
+            options = _settings(embedding, overrides)
             table_dtype = embedding.weight.dtype
             source_device = embedding.weight.device
         else:
             table = _table_of(_INT8, embedding, "embedding")
             vocab, dim = table.shape
             pos, padding_idx, options = _source_options(
-                _INT8,
-                embedding,
-                pos_embedding,
-                padding_idx,
-                {"scale": scale, "sinusoidal": sinusoidal, "sinusoid_base": sinusoid_base},
+                _INT8, embedding, pos_embedding, padding_idx, overrides
             )
             table_dtype, source_device = table.dtype, table.device
         if pos is not None and pos.shape[1] != dim:
@@ -629,8 +576,7 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
                 f"{_INT8}.from_embedding: pos_embedding dim {pos.shape[1]} != embedding dim {dim}"
             )
         if out_dtype is None:
-            float_dtypes = (torch.float32, torch.float16, torch.bfloat16)
-            out_dtype = table_dtype if table_dtype in float_dtypes else torch.float32
+            out_dtype = default_out_dtype(table_dtype)
         device = source_device if device is None else torch.device(device)
         module = cls(
             vocab,
@@ -654,26 +600,15 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
             shard_rows = embedding.weight.detach()  # [rows, D], padding rows zero
         else:
             shard_rows = _shard_rows_of(table, module.shard)  # [rows, D]
-        qweight, scales = quantize_embedding(
-            shard_rows, group_size=group_size, scale_dtype=scale_dtype
+        module._set_quantized(
+            shard_rows, pos, group_size=group_size, scale_dtype=scale_dtype, device=device
         )
-        module.qweight = qweight.to(device)
-        module.scales = scales.to(device)
-        module.pos_weight = None if pos is None else pos.to(device=device, copy=True)
         return module
 
-    @property
-    def group_size(self) -> int:
-        """Features per scale (``D`` for per-row scales)."""
-        return self.embedding_dim // self.scales.shape[1]
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        position_offset: int = 0,
-    ) -> torch.Tensor:
-        """``input_ids`` int [..., S] (same on every rank) -> [..., S, D] in ``out_dtype``."""
+    def _lookup(self, input_ids: torch.Tensor, **options: Any) -> torch.Tensor:
+        """:func:`fusedops.ops.vocab_parallel.vocab_parallel_int8_embedding` of this rank's
+        shard: ``input_ids`` int [..., S] (same on every rank) -> [..., S, D] in
+        ``out_dtype``."""
         return vocab_parallel_int8_embedding(
             input_ids,
             self.qweight,
@@ -681,14 +616,8 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
             num_embeddings=self.num_embeddings,
             process_group=self.process_group,
             out_dtype=self.out_dtype,
-            scale=self.scale,
-            pos_weight=self.pos_weight,
-            positions=positions,
-            position_offset=position_offset,
-            sinusoidal=self.sinusoidal,
-            sinusoid_base=self.sinusoid_base,
-            padding_idx=self.padding_idx,
             check_indices=self.check_indices,
+            **options,
         )
 
     def gather_quantized(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -698,43 +627,13 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
             _gather_rows(self.scales, self.shard, self.process_group),
         )
 
-    def requires_grad_(self, requires_grad: bool = True) -> VocabParallelInt8Embedding:
-        """Only ``requires_grad_(False)`` is allowed: the int8 table has no gradient."""
-        if requires_grad:
-            raise RuntimeError(
-                f"{_INT8} is inference-only: its int8 table has no gradient. Train a float "
-                f"VocabParallelEmbedding and quantize it with {_INT8}.from_embedding"
-            )
-        return self
-
     # ------------------------------------------------------------------------------------
     # Serialization
     # ------------------------------------------------------------------------------------
 
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments (without group and device) that rebuild this layout."""
-        return {
-            "num_embeddings": self.num_embeddings,
-            "embedding_dim": self.embedding_dim,
-            "padding_idx": self.padding_idx,
-            "group_size": None if self.scales.shape[1] == 1 else self.group_size,
-            "scale_dtype": dtype_name(self.scales.dtype),
-            "scale": self.scale,
-            "num_positions": None if self.pos_weight is None else self.pos_weight.shape[0],
-            "pos_dtype": dtype_name(
-                torch.float32 if self.pos_weight is None else self.pos_weight.dtype
-            ),
-            "sinusoidal": self.sinusoidal,
-            "sinusoid_base": self.sinusoid_base,
-            "out_dtype": dtype_name(self.out_dtype),
-        }
-
     @classmethod
     def _parsed(cls, config):
-        config = dict(config)
-        for key in ("scale_dtype", "pos_dtype", "out_dtype"):
-            config[key] = parse_dtype(f"{_INT8}.load_sharded: {key}", config[key])
-        return config
+        return cls._parse_config(f"{_INT8}.load_sharded", config)
 
     @classmethod
     def _specs(cls, config):
@@ -759,25 +658,12 @@ class VocabParallelInt8Embedding(_VocabParallelBase):
         return {"qweight": self.qweight, "scales": self.scales}
 
     def _metadata(self):
-        groups = self.scales.shape[1]
-        scheme = "per-row" if groups == 1 else f"group_size={self.group_size}"
-        return {"dtype": "int8", "int8_scheme": f"{scheme}, scales {dtype_name(self.scales.dtype)}"}
+        scheme = f"{self._int8_scheme()}, scales {dtype_name(self.scales.dtype)}"
+        return {"dtype": "int8", "int8_scheme": scheme}
 
     def extra_repr(self) -> str:
-        parts = [
-            f"{self.num_embeddings}, {self.embedding_dim}",
-            f"rank={self.rank}/{self.world_size}",
-            f"rows=[{self.vocab_start}, {self.vocab_end})",
-        ]
-        if self.padding_idx is not None:
-            parts.append(f"padding_idx={self.padding_idx}")
-        groups = self.scales.shape[1]
-        parts.append("per-row" if groups == 1 else f"group_size={self.group_size}")
-        if self.scale != 1.0:
-            parts.append(f"scale={self.scale:g}")
-        if self.pos_weight is not None:
-            parts.append(f"num_positions={self.pos_weight.shape[0]}")
-        if self.sinusoidal:
-            parts.append(f"sinusoidal=True, base={self.sinusoid_base:g}")
-        parts.append(f"out_dtype={dtype_name(self.out_dtype)}")
-        return ", ".join(parts)
+        return self._repr(
+            self._layout_repr(),
+            [self._int8_scheme()],
+            [f"out_dtype={dtype_name(self.out_dtype)}"],
+        )

@@ -37,23 +37,12 @@ from fusedops.ops.vocab_parallel import VocabShard, group_rank_and_size, vocab_s
 
 FORMAT = "fusedops.VocabParallel/1"
 _FILE_RE = re.compile(r"^vocab_parallel-(\d{5})-of-(\d{5})\.safetensors$")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _T = TypeVar("_T")
 
 
 def shard_file_name(rank: int, world_size: int) -> str:
     """File name of rank ``rank``'s shard in a save from ``world_size`` ranks."""
     return f"vocab_parallel-{rank:05d}-of-{world_size:05d}.safetensors"
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def parse_dtype(what: str, name: object) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"{what} must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
 
 
 @dataclasses.dataclass(frozen=True)

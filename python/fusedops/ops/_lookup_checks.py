@@ -1,8 +1,10 @@
-"""Argument checks shared by the table-lookup ops (``fused_embedding``, ``int8_embedding``).
+"""Argument checks and helpers shared by the table-lookup ops (``fused_embedding``,
+``int8_embedding``, ``factorized_embedding``, the vocabulary-parallel lookups).
 
-Both take ``input_ids [..., S]``, a ``scale``, an optional positional term (learned table or
-sinusoid, positions given or ``position_offset + s``) and ``padding_idx``; these functions check
-those arguments the same way and raise errors that name the op and the offending value.
+They take ``input_ids [..., S]``, a ``scale``, an optional positional term (learned table or
+sinusoid, positions given or ``position_offset + s``), ``padding_idx`` and, for a table shard,
+``vocab_start``; these functions check those arguments the same way and raise errors that name
+the op and the offending value.
 """
 
 from __future__ import annotations
@@ -107,6 +109,32 @@ def positional_mode(pos_weight: torch.Tensor | None, sinusoidal: bool) -> int:
     return POS_LEARNED if pos_weight is not None else POS_SINUSOID if sinusoidal else POS_NONE
 
 
+def check_vocab_start(op: str, vocab_start: object) -> int | None:
+    """``vocab_start``: None or an int >= 0 (the first vocabulary id of a table shard)."""
+    if vocab_start is None:
+        return None
+    if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
+        raise TypeError(f"{op}: vocab_start must be an int or None, got {vocab_start!r}")
+    if vocab_start < 0:
+        raise ValueError(f"{op}: vocab_start must be >= 0, got {vocab_start}")
+    return vocab_start
+
+
+def check_position_range(
+    op: str, ids: torch.Tensor, positions: torch.Tensor | None, offset: int, high: int
+) -> None:
+    """Raise IndexError unless every token's position lies in ``[0, high)``: ``positions``
+    (shaped like ``ids`` ``[..., S]``) when given, else ``offset + s`` for ``s < S``. A device
+    sync on CUDA when ``positions`` is given."""
+    if positions is not None:
+        check_index_range(op, "positions contains position", positions, 0, high)
+    elif ids.numel() and offset + ids.shape[-1] > high:
+        raise IndexError(
+            f"{op}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
+            f"length {ids.shape[-1]} - 1) outside [0, {high})"
+        )
+
+
 def check_ranges(
     op: str,
     ids: torch.Tensor,
@@ -115,16 +143,25 @@ def check_ranges(
     positions: torch.Tensor | None,
     offset: int,
     mode: int,
+    vocab_start: int | None = None,
 ) -> None:
-    """Host-side index checks of ids and positions (a device sync on CUDA)."""
-    check_index_range(op, "input_ids contains id", ids, 0, num_rows)
+    """Host-side index checks of a lookup (a device sync on CUDA): ``ids`` ``[..., S]`` against
+    the table's ``num_rows`` and the positions against the positional term of ``mode``. With
+    ``vocab_start`` (the table is a vocabulary shard) only the positions: the caller checks the
+    ids against the whole vocabulary and the kernels mask the other shards' ids."""
+    if vocab_start is None:
+        check_index_range(op, "input_ids contains id", ids, 0, num_rows)
     if mode == POS_NONE:
         return
     high = pos_weight.shape[0] if mode == POS_LEARNED else SINUSOID_MAX_POSITION
+    check_position_range(op, ids, positions, offset, high)
+
+
+def token_positions(ids: torch.Tensor, positions: torch.Tensor | None, offset: int) -> torch.Tensor:
+    """The position of each token, ``[..., S]`` like ``ids``: ``positions`` when given (already
+    expanded to the ids' shape), else ``offset + s`` for every leading index (an expanded
+    int64 view)."""
     if positions is not None:
-        check_index_range(op, "positions contains position", positions, 0, high)
-    elif ids.numel() and offset + ids.shape[-1] > high:
-        raise IndexError(
-            f"{op}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
-            f"length {ids.shape[-1]} - 1) outside [0, {high})"
-        )
+        return positions
+    seq = ids.shape[-1]
+    return torch.arange(offset, offset + seq, device=ids.device).expand(ids.shape)

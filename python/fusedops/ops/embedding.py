@@ -17,12 +17,11 @@ import torch
 
 from fusedops import reference
 from fusedops._backend import OpBackends, resolve_backend
-from fusedops.constants import POS_LEARNED, POS_NONE, SINUSOID_MAX_POSITION
+from fusedops.constants import POS_LEARNED
 from fusedops.ops._common import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
     check_dtype,
-    check_index_range,
     check_same_device,
     check_tensor,
     empty_output,
@@ -35,52 +34,15 @@ from fusedops.ops._lookup_checks import (
     check_positional,
     check_ranges,
     check_scale_and_offset,
+    check_vocab_start,
     positional_mode,
+    token_positions,
 )
 
 __all__ = ["embedding_table_grad", "fused_embedding"]
 
 OP = "fused_embedding"
 BACKENDS = OpBackends(cpp_op="fusedops::cpp_embedding_fwd")
-
-
-def check_vocab_start(op: str, vocab_start: object) -> int | None:
-    """``vocab_start``: None or an int >= 0 (the first vocabulary id of a table shard)."""
-    if vocab_start is None:
-        return None
-    if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
-        raise TypeError(f"{op}: vocab_start must be an int or None, got {vocab_start!r}")
-    if vocab_start < 0:
-        raise ValueError(f"{op}: vocab_start must be >= 0, got {vocab_start}")
-    return vocab_start
-
-
-def check_lookup_ranges(
-    op: str,
-    ids: torch.Tensor,
-    num_rows: int,
-    pos_weight: torch.Tensor | None,
-    positions: torch.Tensor | None,
-    offset: int,
-    mode: int,
-    vocab_start: int | None,
-) -> None:
-    """Host-side index checks of a lookup (a device sync on CUDA): ids against the table and
-    the positions; with ``vocab_start`` (a table shard) only the positions, since the caller
-    checks the ids against the whole vocabulary and the kernels mask the other shards' ids."""
-    if vocab_start is None:
-        check_ranges(op, ids, num_rows, pos_weight, positions, offset, mode)
-        return
-    if mode == POS_NONE:
-        return
-    high = pos_weight.shape[0] if mode == POS_LEARNED else SINUSOID_MAX_POSITION
-    if positions is not None:
-        check_index_range(op, "positions contains position", positions, 0, high)
-    elif ids.numel() and offset + ids.shape[-1] > high:
-        raise IndexError(
-            f"{op}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + sequence "
-            f"length {ids.shape[-1]} - 1) outside [0, {high})"
-        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -92,7 +54,7 @@ def _forward_triton(ids, weight, pos_weight, positions, scale, offset, mode, bas
     from fusedops.kernels.embedding import embedding_forward
 
     if check:
-        check_lookup_ranges(OP, ids, weight.shape[0], pos_weight, positions, offset, mode, start)
+        check_ranges(OP, ids, weight.shape[0], pos_weight, positions, offset, mode, start)
     out = empty_output((*ids.shape, weight.shape[1]), weight.dtype, weight.device)
     embedding_forward(
         ids.reshape(-1),
@@ -256,11 +218,8 @@ def _backward(ctx, grad):
             grad, ids, ctx.num_rows, ctx.scale, ctx.padding_idx, ctx.vocab_start, ctx
         )  # [V, D]: only the ids of this table (shard)
     if ctx.mode == POS_LEARNED and ctx.needs_input_grad[2]:
-        if positions is None:  # pos(s) = offset + s for every batch row
-            seq = ids.shape[-1]
-            positions = torch.arange(ctx.offset, ctx.offset + seq, device=ids.device)
-            positions = positions.expand(ids.shape)
-        grad_pos = _table_grad(grad, positions, ctx.num_positions, 1.0, -1, 0, ctx)  # every token
+        rows = token_positions(ids, positions, ctx.offset)  # [..., S]
+        grad_pos = _table_grad(grad, rows, ctx.num_positions, 1.0, -1, 0, ctx)  # every token
     return None, grad_weight, grad_pos, *([None] * 10)
 
 
@@ -385,7 +344,7 @@ def fused_embedding(
     mode = positional_mode(pos_weight, sinusoidal)
     if backend == "reference":
         if check_indices:
-            check_lookup_ranges(
+            check_ranges(
                 OP,
                 input_ids,
                 weight.shape[0],

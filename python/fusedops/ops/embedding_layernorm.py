@@ -31,6 +31,7 @@ from fusedops.ops._dispatch import autograd_function, implementation, needs_grad
 from fusedops.ops._lookup_checks import (
     check_input_ids,
     check_padding_idx,
+    check_position_range,
     check_scale_and_offset,
 )
 
@@ -42,14 +43,7 @@ def _check_ranges(ids, weight, pos_weight, positions, offset, type_weight, type_
     """Host-side index checks (a device sync on CUDA)."""
     check_index_range(OP, "input_ids contains id", ids, 0, weight.shape[0])
     if pos_weight is not None:
-        rows = pos_weight.shape[0]
-        if positions is not None:
-            check_index_range(OP, "positions contains position", positions, 0, rows)
-        elif ids.numel() and offset + ids.shape[-1] > rows:
-            raise IndexError(
-                f"{OP}: position {offset + ids.shape[-1] - 1} (position_offset {offset} + "
-                f"sequence length {ids.shape[-1]} - 1) outside [0, {rows})"
-            )
+        check_position_range(OP, ids, positions, offset, pos_weight.shape[0])
     if type_ids is not None:
         check_index_range(OP, "token_type_ids contains id", type_ids, 0, type_weight.shape[0])
 

@@ -41,6 +41,7 @@ from fusedops.ops._lookup_checks import (
     check_ranges,
     check_scale_and_offset,
     positional_mode,
+    token_positions,
 )
 from fusedops.ops.embedding import embedding_table_grad
 
@@ -279,13 +280,10 @@ def _backward(ctx, grad):
         grad_b = gb if need_b else None
         grad_hot = gh if need_hot else None
     if ctx.mode == POS_LEARNED and need_pos:
-        if positions is None:  # pos(s) = offset + s for every batch row
-            seq = ids.shape[-1]
-            positions = torch.arange(ctx.offset, ctx.offset + seq, device=ids.device)
-            positions = positions.expand(ids.shape)
+        rows = token_positions(ids, positions, ctx.offset)  # [..., S]
         grad_pos = embedding_table_grad(
-            grad, positions, ctx.num_positions, deterministic=ctx.deterministic
-        )
+            grad, rows, ctx.num_positions, deterministic=ctx.deterministic
+        )  # [P, D]
     return None, grad_a, grad_b, None, grad_hot, grad_pos, *([None] * 9)
 
 

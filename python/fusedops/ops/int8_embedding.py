@@ -39,10 +39,11 @@ from fusedops.ops._lookup_checks import (
     check_input_ids,
     check_padding_idx,
     check_positional,
+    check_ranges,
     check_scale_and_offset,
+    check_vocab_start,
     positional_mode,
 )
-from fusedops.ops.embedding import check_lookup_ranges, check_vocab_start
 from fusedops.quantization import quantize_embedding
 
 __all__ = ["int8_embedding", "quantize_embedding"]
@@ -53,27 +54,52 @@ BACKENDS = OpBackends(
 )
 
 
-def _check_table(qweight, scales) -> None:
-    check_tensor(OP, "qweight", qweight)
-    check_tensor(OP, "scales", scales)
+def check_int8_qweight(op: str, qweight: object, scales: object) -> None:
+    """``qweight`` and ``scales`` are tensors and ``qweight`` is int8 (its shape is the
+    caller's to check, then :func:`check_int8_scales`)."""
+    check_tensor(op, "qweight", qweight)
+    check_tensor(op, "scales", scales)
     if qweight.dtype != torch.int8:
         raise TypeError(
-            f"{OP}: qweight must be int8 (from fusedops.quantize_embedding), got {qweight.dtype}"
+            f"{op}: qweight must be int8 (from fusedops.quantize_embedding), got {qweight.dtype}"
         )
-    if qweight.dim() != 2:
-        raise ValueError(f"{OP}: qweight must be [V, D], got shape {tuple(qweight.shape)}")
-    check_dtype(OP, "scales", scales, FLOAT_DTYPES)
-    vocab, dim = qweight.shape
-    if scales.dim() != 2 or scales.shape[0] != vocab or scales.shape[1] < 1:
+
+
+def check_int8_scales(op: str, qweight: torch.Tensor, scales: object, rows_name: str = "V") -> None:
+    """``scales``: fp32/fp16/bf16 ``[rows, G]`` for a 2-D ``qweight`` ``[rows, D]``, with ``G``
+    dividing ``D``, on ``qweight``'s device. ``rows_name`` names ``rows`` in messages."""
+    check_dtype(op, "scales", scales, FLOAT_DTYPES)
+    rows, dim = qweight.shape
+    if scales.dim() != 2 or scales.shape[0] != rows or scales.shape[1] < 1:
         raise ValueError(
-            f"{OP}: scales must be [V, G] = [{vocab}, G] to match qweight [{vocab}, {dim}], got "
-            f"shape {tuple(scales.shape)}"
+            f"{op}: scales must be [{rows_name}, G] = [{rows}, G] to match qweight "
+            f"[{rows}, {dim}], got shape {tuple(scales.shape)}"
         )
     if dim % scales.shape[1] != 0:
         raise ValueError(
-            f"{OP}: scales has {scales.shape[1]} groups per row, which does not divide D={dim}"
+            f"{op}: scales has {scales.shape[1]} groups per row, which does not divide D={dim}"
         )
-    check_same_device(OP, "scales", scales, qweight.device)
+    check_same_device(op, "scales", scales, qweight.device)
+
+
+def check_inference_only(
+    op: str, scales: torch.Tensor, pos_weight: torch.Tensor | None, remedy: str
+) -> None:
+    """RuntimeError when ``scales`` or ``pos_weight`` requires grad (the INT8 lookup has no
+    backward); ``remedy`` ends the message's advice."""
+    if needs_grad(scales, pos_weight):
+        which = "scales" if scales.requires_grad else "pos_weight"
+        raise RuntimeError(
+            f"{op} is inference-only: {which} requires grad but the INT8 lookup has no "
+            f"backward; call it under torch.no_grad() / torch.inference_mode(){remedy}"
+        )
+
+
+def _check_table(qweight, scales) -> None:
+    check_int8_qweight(OP, qweight, scales)
+    if qweight.dim() != 2:
+        raise ValueError(f"{OP}: qweight must be [V, D], got shape {tuple(qweight.shape)}")
+    check_int8_scales(OP, qweight, scales)
 
 
 def _validate(
@@ -105,13 +131,13 @@ def _validate(
         OP, input_ids, "qweight", dim, device, pos_weight, positions, sinusoidal, sinusoid_base
     )
     check_padding_idx(OP, padding_idx, qweight.shape[0])
-    if needs_grad(scales, pos_weight):
-        which = "scales" if scales.requires_grad else "pos_weight"
-        raise RuntimeError(
-            f"{OP} is inference-only: {which} requires grad but the INT8 lookup has no "
-            "backward; call it under torch.no_grad() / torch.inference_mode(), detach the "
-            "tensor, or train a float table (fusedops.nn.FusedEmbedding) and quantize it after"
-        )
+    check_inference_only(
+        OP,
+        scales,
+        pos_weight,
+        ", detach the tensor, or train a float table (fusedops.nn.FusedEmbedding) and "
+        "quantize it after",
+    )
     if pos_weight is not None:
         pos_weight = pos_weight.contiguous()
     return (
@@ -194,7 +220,7 @@ def int8_embedding(
     backend = resolve_backend(OP, qweight.device, BACKENDS)
     if backend == "reference":
         if check_indices:
-            check_lookup_ranges(
+            check_ranges(
                 OP,
                 input_ids,
                 qweight.shape[0],

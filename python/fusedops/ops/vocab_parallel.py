@@ -36,7 +36,6 @@ from fusedops.constants import POS_LEARNED, POS_NONE
 from fusedops.ops._common import (
     FLOAT_DTYPES,
     check_dtype,
-    check_same_device,
     check_tensor,
 )
 from fusedops.ops._dispatch import needs_grad
@@ -47,9 +46,15 @@ from fusedops.ops._lookup_checks import (
     check_ranges,
     check_scale_and_offset,
     positional_mode,
+    token_positions,
 )
 from fusedops.ops.embedding import embedding_table_grad, fused_embedding
-from fusedops.ops.int8_embedding import int8_embedding
+from fusedops.ops.int8_embedding import (
+    check_inference_only,
+    check_int8_qweight,
+    check_int8_scales,
+    int8_embedding,
+)
 
 __all__ = [
     "VocabShard",
@@ -180,16 +185,6 @@ def _check_lookup(
     return input_ids.contiguous(), positions, padding_idx, mode
 
 
-def _table_positions(
-    input_ids: torch.Tensor, positions: torch.Tensor | None, offset: int
-) -> torch.Tensor:
-    """Row of the positional table read by each token: ``[..., S]`` like ``input_ids``."""
-    if positions is not None:
-        return positions
-    seq = input_ids.shape[-1]
-    return torch.arange(offset, offset + seq, device=input_ids.device).expand(input_ids.shape)
-
-
 # ------------------------------------------------------------------------------------------
 # Float lookup: forward, collective, autograd
 # ------------------------------------------------------------------------------------------
@@ -265,7 +260,7 @@ class _VocabParallelLookup(torch.autograd.Function):
                 deterministic=call.deterministic,
             )  # [rows, D]: ids of other shards ignored
         if call.mode == POS_LEARNED and ctx.needs_input_grad[2]:
-            rows = _table_positions(input_ids, positions, call.position_offset)  # [..., S]
+            rows = token_positions(input_ids, positions, call.position_offset)  # [..., S]
             grad_pos = embedding_table_grad(
                 grad, rows, ctx.num_positions, deterministic=call.deterministic
             )  # [P, D], identical on every rank
@@ -368,26 +363,9 @@ def vocab_parallel_embedding(
 
 
 def _check_int8_shard(qweight: object, scales: object, shard: VocabShard) -> None:
-    check_tensor(OP_INT8, "qweight", qweight)
-    check_tensor(OP_INT8, "scales", scales)
-    if qweight.dtype != torch.int8:
-        raise TypeError(
-            f"{OP_INT8}: qweight must be int8 (from fusedops.quantize_embedding), got "
-            f"{qweight.dtype}"
-        )
+    check_int8_qweight(OP_INT8, qweight, scales)
     _check_shard_rows(OP_INT8, "qweight", qweight, shard)
-    check_dtype(OP_INT8, "scales", scales, FLOAT_DTYPES)
-    dim = qweight.shape[1]
-    if scales.dim() != 2 or scales.shape[0] != shard.rows or scales.shape[1] < 1:
-        raise ValueError(
-            f"{OP_INT8}: scales must be [{shard.rows}, G] to match qweight "
-            f"[{shard.rows}, {dim}], got shape {tuple(scales.shape)}"
-        )
-    if dim % scales.shape[1] != 0:
-        raise ValueError(
-            f"{OP_INT8}: scales has {scales.shape[1]} groups per row, which does not divide D={dim}"
-        )
-    check_same_device(OP_INT8, "scales", scales, qweight.device)
+    check_int8_scales(OP_INT8, qweight, scales, "ceil(V / world)")
 
 
 def vocab_parallel_int8_embedding(
@@ -453,12 +431,7 @@ def vocab_parallel_int8_embedding(
         padding_idx,
         check_indices,
     )
-    if needs_grad(scales, pos_weight):
-        which = "scales" if scales.requires_grad else "pos_weight"
-        raise RuntimeError(
-            f"{OP_INT8} is inference-only: {which} requires grad but the INT8 lookup has no "
-            "backward; call it under torch.no_grad() / torch.inference_mode() or detach it"
-        )
+    check_inference_only(OP_INT8, scales, pos_weight, " or detach it")
     first = rank == 0
     out = int8_embedding(
         input_ids,
