@@ -239,6 +239,36 @@ def test_backward_bit_identical_across_threads():
     assert one[0].abs().sum() > 0 and one[1].abs().sum() > 0 and one[2].abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_sums_long_token_runs_in_chunks(dtype):
+    """More than one 256-token chunk in every reduction (1999 tokens; half of them one id): the
+    chunked sums match fp64 and stay bit-identical for any thread count."""
+    gen = torch.Generator().manual_seed(3)
+    V, R, D, N = 1031, 37, 101, 1999
+    a = torch.randn(V, R, generator=gen).to(dtype)
+    b = torch.randn(R, D, generator=gen).to(dtype)
+    ids = torch.randint(0, V, (N,), generator=gen)
+    ids[: N // 2] = 1  # one id with 999 tokens
+    grad = torch.randn(N, D, generator=gen).to(dtype)
+    args = (grad, ids, a, b, None, 0, 0.5, 0, [1, 1, 0])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = BWD(*args)
+        torch.set_num_threads(2)
+        two = BWD(*args)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    keep = ids != 0  # padding_idx 0
+    a64, b64, g64 = a.double(), b.double(), grad.double()
+    want_b = (a64[ids[keep]].T @ g64[keep]) * 0.5  # [R, D]
+    want_a = torch.zeros(V, R, dtype=torch.float64).index_add_(0, ids[keep], g64[keep] @ b64.T)
+    for got, want in ((one[0], want_a * 0.5), (one[1], want_b)):
+        rel = (got.double() - want).abs().max() / want.abs().max()
+        assert rel <= 16 * torch.finfo(dtype).eps, f"relative error {rel:.3g}"
+
+
 @pytest.mark.parametrize(
     "where,bad,pattern",
     [
