@@ -42,6 +42,7 @@ import triton.language as tl
 from fusedops.constants import LOG2E
 
 from . import INTERPRET
+from ._launch import launch
 from ._online_softmax import online_softmax_step
 from ._tuning import configs_in, make_configs, pow2_bucket
 
@@ -555,7 +556,8 @@ def attention_forward(
     def grid(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
 
-    attention_fwd_kernel[grid](
+    launch(
+        attention_fwd_kernel, grid,
         q, k, v, mask, out, lse, q, q, q if tile_counts is None else tile_counts,
         seq_q, seq_k, n_heads_q // n_heads_kv, seq_bucket(seq_q), seq_bucket(seq_k),
         float(softmax_scale) * LOG2E, window, cap,
@@ -607,7 +609,8 @@ def attention_varlen_forward(
     def grid(meta):
         return (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), n_heads_q, n_seqs)
 
-    attention_fwd_kernel[grid](
+    launch(
+        attention_fwd_kernel, grid,
         q, k, v, q, out, lse, cu_seqlens_q, cu_seqlens_k,
         q if tile_counts is None else tile_counts,
         max_seqlen_q, max_seqlen_k, n_heads_q // n_heads_kv, seq_bucket(max_seqlen_q),

@@ -34,6 +34,7 @@ import triton.language as tl
 from fusedops.constants import LOG2E
 
 from . import INTERPRET
+from ._launch import launch
 from ._tuning import configs_in, make_configs
 from .attention import (
     block_d_for,
@@ -549,7 +550,8 @@ def _launch(
     pre_m = preprocess_block_m(head_dim)
     check_grid(batch, n_heads_q, seq_q)
     # Grids are (blocks, heads, batch): B and H on the 65535-limited axes.
-    _bwd_preprocess[(triton.cdiv(rows, pre_m), n_heads_q, delta_batch)](
+    launch(
+        _bwd_preprocess, (triton.cdiv(rows, pre_m), n_heads_q, delta_batch),
         out, dout, delta, rows, n_heads_q, *strides["o"], *strides["do"],
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )  # fmt: skip
@@ -581,13 +583,15 @@ def _launch(
     def grid_m(meta):
         return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
 
-    _bwd_dkdv[grid_n](
+    launch(
+        _bwd_dkdv, grid_n,
         q, k, v, dout, lse, delta, mask, cu_q, cu_k, dk, dv, *scalars, *strides["dk"],
         *strides["dv"], **common,
     )  # fmt: skip
-    _bwd_dq[grid_m](
-        q, k, v, dout, lse, delta, mask, cu_q, cu_k, dq, *scalars, *strides["dq"], **common
-    )
+    launch(
+        _bwd_dq, grid_m,
+        q, k, v, dout, lse, delta, mask, cu_q, cu_k, dq, *scalars, *strides["dq"], **common,
+    )  # fmt: skip
 
 
 def attention_backward(

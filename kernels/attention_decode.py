@@ -45,6 +45,7 @@ import triton.language as tl
 from fusedops.constants import LOG2E
 
 from . import INTERPRET
+from ._launch import launch
 from ._online_softmax import online_softmax_step
 from ._tuning import configs_in, make_configs, pow2_bucket
 from .attention import MAX_GRID_YZ, block_d_for, dot_precision, tanh
@@ -443,7 +444,8 @@ def _check_grid(batch: int, heads_kv: int, programs: int) -> None:
 def _combine(part_o, part_lse, out, lse) -> None:
     batch, num_splits, seq_q, n_heads, head_dim = part_o.shape
     block_h = min(combine_block_h(head_dim), triton.next_power_of_2(n_heads))
-    decode_combine_kernel[(triton.cdiv(n_heads, block_h), seq_q, batch)](
+    launch(
+        decode_combine_kernel, (triton.cdiv(n_heads, block_h), seq_q, batch),
         part_o, part_lse, out, lse, n_heads, num_splits,
         *part_o.stride()[:4], *part_lse.stride(), *out.stride()[:3], *lse.stride(),
         HEAD_DIM=head_dim,
@@ -505,7 +507,8 @@ def attention_decode(
     else:
         score_scale, cap_scale = float(softmax_scale) * LOG2E, 1.0
 
-    decode_kernel[(m_blocks * num_splits, n_heads_kv, batch)](
+    launch(
+        decode_kernel, (m_blocks * num_splits, n_heads_kv, batch),
         q, k_cache, v_cache, seqlens_k, table, dst_o, dst_lse,
         seq_q, group, rows, capacity, n_blocks, block_size, num_splits,
         int(sliding_window or 0), pow2_bucket(triton.cdiv(capacity, num_splits), 1 << 16),

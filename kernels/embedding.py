@@ -21,6 +21,7 @@ import triton.language as tl
 from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID
 from fusedops.sinusoid import sinusoid_coefficient
 
+from ._launch import launch
 from ._tuning import make_configs, rows_bucket, short_tile_pruner
 
 # Feature tiles never exceed this many columns; wider rows use more programs along axis 1.
@@ -354,7 +355,9 @@ def embedding_forward(
     def grid(meta):
         return (triton.cdiv(n_rows, meta["BLOCK_M"]), triton.cdiv(dim, meta["BLOCK_D"]))
 
-    embedding_fwd_kernel[grid](
+    launch(
+        embedding_fwd_kernel,
+        grid,
         ids,
         weight,
         pos_table,
@@ -405,7 +408,9 @@ def embedding_backward(
     if deterministic:
         sorted_ids, order = torch.sort(ids.to(torch.int64), stable=True)
         grid = (n_rows, triton.cdiv(dim, block_d))
-        embedding_bwd_sorted_kernel[grid](
+        launch(
+            embedding_bwd_sorted_kernel,
+            grid,
             grad,
             sorted_ids,
             order,
@@ -424,7 +429,9 @@ def embedding_backward(
         return out
     acc = out if out.dtype == torch.float32 else torch.zeros(out.shape, device=out.device)
     grid = (triton.cdiv(n_rows, ATOMIC_BLOCK_M), triton.cdiv(dim, block_d))
-    embedding_bwd_atomic_kernel[grid](
+    launch(
+        embedding_bwd_atomic_kernel,
+        grid,
         grad,
         ids,
         acc,

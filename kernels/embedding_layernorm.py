@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tuning import make_configs, rows_bucket, short_tile_pruner
 from .embedding import embedding_backward
 
@@ -399,7 +400,9 @@ def embedding_layernorm_forward(
     def grid(meta):
         return (triton.cdiv(n_rows, meta["BLOCK_M"]),)
 
-    embedding_layernorm_fwd_kernel[grid](
+    launch(
+        embedding_layernorm_fwd_kernel,
+        grid,
         ids,
         weight,
         pos,
@@ -474,7 +477,9 @@ def embedding_layernorm_backward(
     partials = torch.zeros(3 if need_ln or need_type_sum else 0, programs, dim, device=device)
     if n_rows and dim:
         pos, typ, num_pos, num_types = _tables(weight, pos_weight, type_weight)
-        embedding_layernorm_bwd_kernel[(programs,)](
+        launch(
+            embedding_layernorm_bwd_kernel,
+            (programs,),
             grad,
             ids,
             weight,

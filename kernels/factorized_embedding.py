@@ -43,6 +43,7 @@ import triton.language as tl
 from fusedops.constants import POS_LEARNED, POS_SINUSOID
 
 from . import INTERPRET
+from ._launch import launch
 from ._tuning import configs_in, make_configs, rows_bucket
 from .embedding import _add_positional, _sin_coef, embedding_backward
 
@@ -416,7 +417,9 @@ def factorized_forward(
     def grid(meta):
         return (triton.cdiv(n_rows, meta["BLOCK_T"]) * triton.cdiv(dim, meta["BLOCK_D"]),)
 
-    factorized_fwd_kernel[grid](
+    launch(
+        factorized_fwd_kernel,
+        grid,
         ids,
         a,
         b,
@@ -507,7 +510,9 @@ def factorized_backward(
         gt = torch.empty((n_rows, _pad16(rank)), dtype=torch.float32, device=a.device)[:, :rank]
         if n_rows and rank:
             grid = (triton.cdiv(n_rows, COEF_BLOCK_T) * triton.cdiv(rank, block_r),)
-            factorized_bwd_coef_kernel[grid](
+            launch(
+                factorized_bwd_coef_kernel,
+                grid,
                 grad,
                 ids,
                 b,
@@ -540,7 +545,9 @@ def factorized_backward(
             # [SPLIT, R, D] view of rows padded to 16 elements: aligned stores.
             partial = torch.empty((split, rank, _pad16(dim)), dtype=torch.float32, device=a.device)
             grid = (triton.cdiv(rank, block_r), triton.cdiv(dim, BASIS_BLOCK_D), split)
-            factorized_bwd_basis_kernel[grid](
+            launch(
+                factorized_bwd_basis_kernel,
+                grid,
                 grad,
                 ids,
                 a,

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tuning import make_configs, short_tile_pruner
 from .rope import (
     MIN_BLOCK_R2,
@@ -221,7 +222,8 @@ def kvcache_append(
         k_cache, block_table, cache_seqlens
     )
 
-    kvcache_append_kernel[(seq_q, batch)](
+    launch(
+        kvcache_append_kernel, (seq_q, batch),
         q, k, v, q_out, k_cache, v_cache, cache_seqlens, table, rotary_cos, rotary_sin,
         n_heads_q, n_heads_kv, heads_bucket(max(n_heads_q, n_heads_kv)),
         capacity, n_blocks, block_size, n_rot,

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import launch
 from ._tuning import make_configs, pow2_bucket, short_tile_pruner
 
 # Rotary half-widths are padded to a power of two in [MIN_BLOCK_R2, MAX_BLOCK_R2]: head dims up
@@ -317,7 +318,9 @@ def rope_forward(
     else:
         pos_t, stride_pb, stride_ps = q, 0, 0  # dummy, never read
 
-    rope_kernel[(batch * seq,)](
+    launch(
+        rope_kernel,
+        (batch * seq,),
         q,
         k,
         cos,

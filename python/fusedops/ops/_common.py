@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import torch
@@ -63,3 +65,58 @@ def check_index_range(op: str, what: str, t: torch.Tensor, low: int, high: int |
         value = int(t.reshape(-1)[bad.reshape(-1).nonzero()[0, 0]])
         bound = f"[{low}, {high})" if high is not None else f"[{low}, inf)"
         raise IndexError(f"{op}: {what} {value} outside {bound}")
+
+
+def check_real_scalar(
+    op: str, name: str, value: object, *, positive: bool = False
+) -> float | torch.SymFloat | torch.SymInt:
+    """``value`` as a Python float, or a symbolic number passed through.
+
+    Accepts Python and NumPy real numbers (``bool`` excluded) and 0-d real tensors outside
+    tracing (read with ``.item()``, a host sync on CUDA). Plain numbers must be finite (and
+    ``> 0`` with ``positive``): ValueError naming ``op`` and ``name`` otherwise. A ``SymInt`` /
+    ``SymFloat`` (``torch.compile(dynamic=True)`` traces sizes symbolically, so e.g. a default
+    ``sqrt(D)`` is one) is returned unchanged: it comes from tensor sizes, so it is finite, and
+    ``positive`` is asserted with ``torch._check``.
+    """
+    if isinstance(value, (torch.SymInt, torch.SymFloat)):
+        if positive:
+            torch._check(value > 0, lambda: f"{op}: {name} must be > 0")
+        return value
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex():
+        if torch.compiler.is_compiling():
+            raise TypeError(
+                f"{op}: {name} must be a Python number under torch.compile, got a tensor"
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (positive and value <= 0):
+        kind = "finite number > 0" if positive else "finite number"
+        raise ValueError(f"{op}: {name} must be a {kind}, got {value}")
+    return value
+
+
+def host_index_checks(check_indices: bool, device: torch.device) -> bool:
+    """Whether an op runs its host-side index checks (which read the indices on the host).
+
+    ``check_indices``, except on a CUDA device while the current stream is capturing a CUDA
+    graph: a capture may not synchronize, and a replay would never run a host check anyway. The
+    kernels then mask out-of-range indices as they do with ``check_indices=False`` (the rule
+    the README states for CUDA graphs).
+    """
+    if not check_indices:
+        return False
+    return not (device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def forbid_double_backward(op: str) -> None:
+    """Raise in a backward formula run with ``create_graph=True`` (grad mode on): the ops'
+    backward kernels have no derivative of their own, so a graph of the backward would fail
+    later, at the second backward, with a message that names no op."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{op}: double backward is not supported (backward was called with "
+            "create_graph=True); fusedops.reference gives higher-order gradients"
+        )
