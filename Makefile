@@ -4,7 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.fusedops-stamp
+# The compile tests compile with the triton a CUDA torch==2.13.0 pins (requirements-triton-gpu.txt),
+# installed apart so the CPU venv's own triton (the interpreter's) stays as it is.
+TRITON_GPU := $(VENV)/triton-gpu
+TRITON_GPU_STAMP := $(TRITON_GPU)/.fusedops-stamp
 SOURCES := setup.py pyproject.toml requirements-dev.txt requirements-triton.txt \
+	requirements-triton-gpu.txt \
 	$(wildcard csrc/*) $(wildcard python/fusedops/*.py) $(wildcard python/fusedops/*/*.py) \
 	$(wildcard kernels/*.py)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -19,7 +24,7 @@ CUDA_VPY := $(CUDA_VENV)/bin/python
 CUDA_STAMP := $(CUDA_VENV)/.fusedops-cuda-stamp
 CUDA_SRC := $(CUDA_VENV)/src
 CUDA_TORCH ?= torch==2.14.1
-CUDA_ARCHS ?= 8.0;9.0
+CUDA_ARCHS ?= 8.0;9.0+PTX
 HAVE_NVCC := $(shell command -v nvcc 2>/dev/null)
 CUDA_LOG := build/cuda-build.log
 CUDA_RC := build/cuda-build.rc
@@ -31,7 +36,12 @@ setup: $(STAMP)
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(VPY) $(SOURCES)
+$(TRITON_GPU_STAMP): $(VPY) requirements-triton-gpu.txt
+	rm -rf $(TRITON_GPU)
+	$(VPY) -m pip install -q --no-deps --target $(TRITON_GPU) -r requirements-triton-gpu.txt
+	@touch $(TRITON_GPU_STAMP)
+
+$(STAMP): $(VPY) $(SOURCES) $(TRITON_GPU_STAMP)
 	$(VPY) -m pip install -q torch==2.13.0
 	@# A CPU torch brings no triton: install the pinned one (a CUDA torch pins its own).
 	$(VPY) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" \

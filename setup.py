@@ -10,7 +10,9 @@ build and ``nvcc`` is found, and otherwise the CPU-only extension;
 never builds it. The toolkit root is taken from ``CUDA_HOME``/``CUDA_PATH`` when they hold an
 ``nvcc``, else derived from the real compiler behind the ``nvcc`` on PATH (which may be a
 wrapper script), and exported as ``CUDA_HOME`` before ``torch.utils.cpp_extension`` is imported
-(it reads it at import). Without a visible GPU, ``TORCH_CUDA_ARCH_LIST`` defaults to ``8.0;9.0``.
+(it reads it at import). ``TORCH_CUDA_ARCH_LIST`` defaults to the visible GPUs' archs, else
+``8.0;9.0``, with ``+PTX`` on the newest: its PTX is embedded too, so newer GPUs JIT it instead
+of failing with "no kernel image".
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def _cuda_config() -> tuple[bool, list[int]]:
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(n)})
         archs = ";".join(f"{a}.{b}" for a, b in caps) or "8.0;9.0"
-        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs + "+PTX"
     codes = _cuda_arch_codes(os.environ["TORCH_CUDA_ARCH_LIST"])
     print(
         f"fusedops: building with CUDA (toolkit {root}, "

@@ -9,6 +9,7 @@ import dataclasses
 import gzip
 import hashlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import io
@@ -39,6 +40,8 @@ __all__ = [
     "cache_key",
     "compile_cache_dir",
     "compile_facts",
+    "compile_triton_dir",
+    "compile_triton_version",
     "exception_text",
     "fingerprint",
     "jit_function",
@@ -287,6 +290,32 @@ def module_without_int64_casts(module: types.ModuleType, folder: str) -> types.M
     return copy
 
 
+# ------------------------------------------------------------------------ which triton compiles
+
+COMPILE_TRITON_ENV = "FUSEDOPS_COMPILE_TRITON"
+
+
+def compile_triton_dir() -> str | None:
+    """The folder of the triton the compile workers use when it is not this process's own:
+    ``$FUSEDOPS_COMPILE_TRITON``, else ``<sys.prefix>/triton-gpu`` (where ``make setup`` puts
+    the triton that torch 2.13.0's CUDA wheel pins, beside a CPU torch whose interpreter runs
+    another triton); None when neither holds a triton package (workers then use this
+    process's triton)."""
+    path = os.environ.get(COMPILE_TRITON_ENV) or os.path.join(sys.prefix, "triton-gpu")
+    return path if os.path.isfile(os.path.join(path, "triton", "__init__.py")) else None
+
+
+def compile_triton_version() -> str:
+    """The version of the triton that compiles the kernels (see :func:`compile_triton_dir`)."""
+    path = compile_triton_dir()
+    if path is None:
+        return triton.__version__
+    for dist in importlib.metadata.distributions(path=[path]):
+        if dist.metadata["Name"] == "triton":
+            return dist.version
+    raise GpuCompileError(f"{path} holds a triton package without its metadata")
+
+
 # ------------------------------------------------------------------------ results cache
 
 # Bump when the facts stored in the results cache change meaning or shape.
@@ -306,7 +335,7 @@ def cache_key(kernel_hash: str, spec: CompileSpec) -> str:
     payload = json.dumps(
         [
             _HARNESS_VERSION,
-            triton.__version__,
+            compile_triton_version(),
             kernel_hash,
             [list(kv) for kv in spec.signature],
             [[k, repr(v)] for k, v in spec.constexprs],

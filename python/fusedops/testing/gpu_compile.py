@@ -38,6 +38,7 @@ from fusedops.testing.compiler import (
     CompileSpec,
     cache_key,
     compile_facts,
+    compile_triton_dir,
     exception_text,
     fingerprint,
     jit_function,
@@ -279,9 +280,10 @@ def _report(spec: CompileSpec, facts: Mapping[str, Any], cached: bool) -> GpuCom
 
 
 def _compile_here(kernel: Any, spec: CompileSpec) -> dict[str, Any]:
-    """Compile in this process (compiled-mode kernels) or in one worker (interpreter mode)."""
+    """Compile in this process (compiled-mode kernels, when this process's triton is the one
+    that compiles) or in one worker (interpreter mode, or another compile triton)."""
     jit_fn = jit_function(kernel)
-    if jit_fn is not None:
+    if jit_fn is not None and compile_triton_dir() is None:
         try:
             return compile_facts(jit_fn, spec)
         except GpuCompileError:

@@ -31,6 +31,7 @@ from fusedops.testing.compiler import (
     CompileSpec,
     KernelRef,
     compile_facts,
+    compile_triton_dir,
     resolve_kernel,
     use_triton_cache_dir,
 )
@@ -63,6 +64,9 @@ def _worker_env() -> dict[str, str]:
         env["TRITON_CACHE_DIR"] = triton.knobs.cache.dir
     env.setdefault("TRITON_CACHE_DIR", cache_dir("TRITON_CACHE_DIR"))
     paths = [p or os.getcwd() for p in sys.path]
+    gpu_triton = compile_triton_dir()
+    if gpu_triton is not None:
+        paths.insert(0, gpu_triton)  # shadows this process's triton in the workers
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
 
