@@ -1,9 +1,20 @@
 """Triton kernels for the fused embedding and their launchers (no autograd here).
 
 Forward: ``out[n, :] = weight[ids[n]] * scale + P[pos(n)]`` over a 2-D grid of
-(row block, feature block) tiles. Backward: the gradient of a table ``[V, D]`` from upstream
-rows, either deterministic (ids sorted, one program per run of equal ids sums its rows in
-token order in fp32) or with fp32 atomics (faster when ids rarely repeat, not bit-stable).
+(row block, feature block) tiles, launched without FMA contraction so that ``w * scale + p``
+rounds twice, as in the C++ kernel and the reference. Backward: the gradient of a table
+``[V, D]`` from upstream rows, either deterministic or with fp32 atomics (faster when ids
+rarely repeat, not bit-stable):
+
+- deterministic: ids stably sorted; the sorted positions are cut into chunks of ``RUN_CHUNK``
+  and each run of equal ids into its pieces within the chunks. One program sums a piece in
+  token order in fp32: a run inside one chunk is written at once, the pieces of a run that
+  crosses chunks go to fp32 partial rows that a second pass adds in chunk order. A hot token
+  (padding, BOS) is thus summed by many programs of at most ``RUN_CHUNK`` rows each, and the
+  order, hence every bit, depends only on the ids.
+- atomic: fp32 atomics (relaxed: only the sums matter) into the output itself for fp32 tables;
+  for 16-bit tables into an fp32 accumulator of ``min(N, V)`` rows (one per token slot when
+  there are fewer tokens than rows), converted into the output afterwards.
 
 Launchers take flattened, validated tensors: ``ids`` [N] int32/int64 (contiguous), tables with
 ``stride(-1) == 1`` (any row stride), outputs allocated by the caller. They validate nothing
@@ -31,6 +42,9 @@ MIN_BLOCK_D = 16
 # 8..64 elements, i.e. at least two 16-byte vectors of fp32 and few enough registers.
 _FWD_TILES = (2048, 4096, 8192)
 _FWD_WARPS = (4, 8)
+# The forward is launched without FMA contraction: w * scale + p (and the sinusoid's
+# polynomial) round each operation like the C++ kernel and the reference, bit for bit.
+FORWARD_FP_FUSION = False
 
 
 def block_d_for(dim: int) -> int:
@@ -95,7 +109,8 @@ def _sin_or_cos(angle, odd):
     Reduces ``angle = k * pi/2 + r`` (|r| <= pi/4) and evaluates one polynomial per element;
     cos(x) = sin(x + pi/2) is the same reduction one quadrant on. Unlike libdevice sinf it has
     no slow path for huge arguments, hence no local-memory stack frame. Matches csrc's
-    fusedops_sin_or_cos to the last bit up to FMA contraction; max error ~1.1e-7.
+    fusedops_sin_or_cos to the last bit when launched without FMA contraction (as the
+    embedding forward is); max error ~1.1e-7.
     """
     k = tl.floor(angle * 0.636619772367581343 + 0.5)
     r = angle - k * _PIO2_A
@@ -231,21 +246,49 @@ def embedding_fwd_kernel(
 
 
 def backward_block_d(dim: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) of the backward kernels: one row slice of <= 1024 features."""
+    """(BLOCK_D, num_warps) of the backward's summing kernels: one row slice of <= 1024
+    features."""
     block_d = block_d_for(dim)
     return block_d, max(1, min(4, block_d // 256))
 
 
 ATOMIC_BLOCK_M = 4  # rows per program of the atomic backward
+# Sorted positions per chunk of the deterministic backward (a power of two): the most rows one
+# program sums serially. A run of L equal ids is summed by at most cdiv(L, RUN_CHUNK) + 1
+# programs, then its <= that many partial rows by one program of the second pass.
+RUN_CHUNK = 256
+# Feature tile and warps of the passes that only move fp32 rows into the output (adding a
+# run's partial rows; copying the atomic accumulator's rows): one fixed config, as their cost
+# is a small fraction of the backward's.
+FINISH_BLOCK_D = 256
+FINISH_WARPS = 2
 
 
 def backward_config_space() -> list[tuple[int, int]]:
-    """Every (BLOCK_D, num_warps) the backward launchers can run: for compile checks."""
+    """Every (BLOCK_D, num_warps) the backward's summing kernels (sorted, atomic) can run:
+    for compile checks. The finishing kernels run (FINISH_BLOCK_D, FINISH_WARPS) only."""
     space, block_d = [], MIN_BLOCK_D
     while block_d <= MAX_BLOCK_D:
         space.append(backward_block_d(block_d))
         block_d *= 2
     return space
+
+
+def sorted_chunks(n_rows: int) -> int:
+    """Chunks of ``RUN_CHUNK`` sorted positions the deterministic backward cuts ``n_rows``
+    ids into (two fp32 partial rows each)."""
+    return triton.cdiv(n_rows, RUN_CHUNK)
+
+
+def atomic_buffer_rows(n_rows: int, num_embeddings: int, dtype: torch.dtype) -> int:
+    """Rows of the fp32 accumulator of the atomic backward of ``n_rows`` tokens into a
+    ``[num_embeddings, D]`` table of ``dtype``: 0 for fp32 (it accumulates in the output),
+    else one per table row or one per token, whichever is fewer."""
+    return 0 if dtype == torch.float32 else min(n_rows, num_embeddings)
+
+
+def _pad16(n: int) -> int:
+    return (n + 15) // 16 * 16
 
 
 @triton.jit
@@ -254,36 +297,95 @@ def embedding_bwd_sorted_kernel(
     sorted_ids_ptr,  # [N] int64 ids, stably sorted ascending
     order_ptr,  # [N] int64 token index of each sorted id
     out_ptr,  # [V, D] gradient table, zero-filled by the caller
+    part_ptr,  # [2 * chunks, D] fp32 pieces of the runs that cross chunks
     n_rows,
     dim,
     num_embeddings,
     vocab_start,  # id t is row t - vocab_start; ids outside the table are skipped
     stride_g,
     stride_o,
+    stride_p,
     scale,
     padding_idx,  # -1 for none (a row of the table)
+    CHUNK: tl.constexpr,  # RUN_CHUNK, a power of two
     BLOCK_D: tl.constexpr,
 ):
+    """One program per sorted position and feature tile: the position that starts a piece
+    (a run, or a chunk) sums the piece's rows in token order (the sort is stable) in fp32.
+    A whole run is written to ``out``; a run crossing chunks leaves its piece in the partial
+    rows: row ``2c`` the piece at the start of chunk ``c`` of a run begun before it, row
+    ``2c + 1`` the piece at the end of chunk ``c`` of a run begun in it."""
     start = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
     col_ok = cols < dim
     row_id = tl.load(sorted_ids_ptr + start)
     prev = tl.load(sorted_ids_ptr + start - 1, mask=start > 0, other=-1)
-    # Each run of equal ids is summed by the program at its first position, in token order
-    # (the sort is stable), so the result is bit-identical run to run with no atomics.
-    leader = (start == 0) | (prev != row_id)
-    row = row_id - vocab_start  # int64
+    chunk = start // CHUNK
+    at_chunk = (start % CHUNK) == 0
+    leader = (start == 0) | (prev != row_id) | at_chunk
+    row = row_id - vocab_start  # int64; rows in the table have row_id >= 0 > -1 (the fill)
     owns = leader & (row >= 0) & (row < num_embeddings) & (row != padding_idx)
     if owns:
+        stop = tl.minimum((chunk + 1) * CHUNK, n_rows)  # end of the chunk
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         j = start
         nxt = row_id
+        tok = tl.load(order_ptr + j)
         while nxt == row_id:
-            tok = tl.load(order_ptr + j)
             g = tl.load(grad_ptr + tok * stride_g + cols, mask=col_ok, other=0.0)
-            acc += g.to(tl.float32)
             j += 1
-            nxt = tl.load(sorted_ids_ptr + j, mask=j < n_rows, other=-1)
+            more = j < stop
+            # The next position's id and token are loaded with this row, not after it.
+            nxt = tl.load(sorted_ids_ptr + j, mask=more, other=-1)
+            tok = tl.load(order_ptr + j, mask=more, other=0)
+            acc += g.to(tl.float32)
+        after = tl.load(sorted_ids_ptr + j, mask=j < n_rows, other=-1)
+        if at_chunk & (prev == row_id):  # the run began in an earlier chunk
+            tl.store(part_ptr + (2 * chunk) * stride_p + cols, acc, mask=col_ok)
+        elif after == row_id:  # the run goes on in the next chunk
+            tl.store(part_ptr + (2 * chunk + 1) * stride_p + cols, acc, mask=col_ok)
+        else:
+            o_ptrs = out_ptr + row * stride_o + cols
+            tl.store(o_ptrs, (acc * scale).to(out_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def embedding_bwd_chunks_kernel(
+    sorted_ids_ptr,  # [N] int64 ids, stably sorted ascending
+    part_ptr,  # [2 * chunks, D] fp32 pieces written by embedding_bwd_sorted_kernel
+    out_ptr,  # [V, D] gradient table
+    n_rows,
+    dim,
+    num_embeddings,
+    vocab_start,
+    stride_p,
+    stride_o,
+    scale,
+    padding_idx,
+    CHUNK: tl.constexpr,  # RUN_CHUNK
+    BLOCK_D: tl.constexpr,
+):
+    """One program per chunk and feature tile: the run holding the chunk's last id, if it
+    begins in this chunk and goes on into the next, is the sum of its pieces in chunk order
+    (the same order, and bits, every run)."""
+    chunk = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    col_ok = cols < dim
+    first = chunk * CHUNK
+    last = tl.minimum(first + CHUNK, n_rows) - 1
+    row_id = tl.load(sorted_ids_ptr + last)
+    before = tl.load(sorted_ids_ptr + first - 1, mask=chunk > 0, other=-1)
+    after = tl.load(sorted_ids_ptr + last + 1, mask=last + 1 < n_rows, other=-1)
+    row = row_id - vocab_start
+    ok = (row >= 0) & (row < num_embeddings) & (row != padding_idx)
+    if ok & (before != row_id) & (after == row_id):
+        acc = tl.load(part_ptr + (2 * chunk + 1) * stride_p + cols, mask=col_ok, other=0.0)
+        nxt = after
+        c = chunk + 1
+        while nxt == row_id:
+            acc += tl.load(part_ptr + (2 * c) * stride_p + cols, mask=col_ok, other=0.0)
+            c += 1
+            nxt = tl.load(sorted_ids_ptr + c * CHUNK, mask=c * CHUNK < n_rows, other=-1)
         o_ptrs = out_ptr + row * stride_o + cols
         tl.store(o_ptrs, (acc * scale).to(out_ptr.dtype.element_ty), mask=col_ok)
 
@@ -291,16 +393,13 @@ def embedding_bwd_sorted_kernel(
 @triton.jit
 def embedding_bwd_atomic_kernel(
     grad_ptr,  # [N, D] upstream gradient rows
-    ids_ptr,  # [N] int32/int64 ids
-    out_ptr,  # [V, D] fp32 accumulator, zero-filled by the caller
+    slots_ptr,  # [N] int64 accumulator row of each token, -1: skipped
+    acc_ptr,  # [R, D] fp32 accumulator, zero-filled by the caller
     n_rows,
     dim,
-    num_embeddings,
-    vocab_start,  # id t is row t - vocab_start; ids outside the table are skipped
     stride_g,
-    stride_o,
+    stride_a,
     scale,
-    padding_idx,  # -1 for none (a row of the table)
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -308,13 +407,38 @@ def embedding_bwd_atomic_kernel(
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
     row_ok = rows < n_rows
     col_ok = cols < dim
-    ids = tl.load(ids_ptr + rows, mask=row_ok, other=0).to(tl.int64) - vocab_start  # [BM]
-    ok = row_ok & (ids >= 0) & (ids < num_embeddings) & (ids != padding_idx)
-    mask = ok[:, None] & col_ok[None, :]
+    slots = tl.load(slots_ptr + rows, mask=row_ok, other=-1)  # [BM]
+    mask = (slots >= 0)[:, None] & col_ok[None, :]
     g = tl.load(grad_ptr + rows[:, None] * stride_g + cols[None, :], mask=mask, other=0.0)
+    # Relaxed: nothing is read back or ordered around the sums until the kernel ends.
     tl.atomic_add(
-        out_ptr + ids[:, None] * stride_o + cols[None, :], g.to(tl.float32) * scale, mask=mask
+        acc_ptr + slots[:, None] * stride_a + cols[None, :],
+        g.to(tl.float32) * scale,
+        mask=mask,
+        sem="relaxed",
     )
+
+
+@triton.jit
+def embedding_bwd_scatter_kernel(
+    acc_ptr,  # [N, D] fp32: row n sums the tokens whose slot is n
+    rows_ptr,  # [N] int64 table row of each token
+    slots_ptr,  # [N] int64 slot of each token: its row's first token, -1: skipped
+    out_ptr,  # [V, D] gradient table, zero-filled by the caller
+    dim,
+    stride_a,
+    stride_o,
+    BLOCK_D: tl.constexpr,
+):
+    """One program per token and feature tile: the token that is its row's slot writes the
+    row's sum into the table."""
+    n = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    col_ok = cols < dim
+    if tl.load(slots_ptr + n) == n:
+        row = tl.load(rows_ptr + n)
+        v = tl.load(acc_ptr + n * stride_a + cols, mask=col_ok, other=0.0)
+        tl.store(out_ptr + row * stride_o + cols, v.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
 # ---------------------------------------------------------------------------- launchers
@@ -379,6 +503,7 @@ def embedding_forward(
         POS_MODE=pos_mode,
         HAS_POSITIONS=positions is not None,
         BLOCK_D=block_d,
+        enable_fp_fusion=FORWARD_FP_FUSION,
     )
     return out
 
@@ -397,8 +522,9 @@ def embedding_backward(
     == v)``; ids whose row falls outside ``[0, V)`` are skipped.
 
     Rows never referenced (and ``padding_idx``, a row of the table) are zero. Deterministic
-    mode sums each row in token order in fp32 (bit-identical across runs); otherwise fp32
-    atomics are used.
+    mode sums in fp32 in an order fixed by the ids alone (bit-identical across runs): each run
+    of equal ids in pieces of at most ``RUN_CHUNK`` sorted positions, in token order, then the
+    pieces in order. Otherwise fp32 atomics are used (see :func:`atomic_buffer_rows`).
     """
     n_rows, dim = grad.shape
     out.zero_()
@@ -406,47 +532,115 @@ def embedding_backward(
         return out
     block_d, warps = backward_block_d(dim)
     if deterministic:
-        sorted_ids, order = torch.sort(ids.to(torch.int64), stable=True)
-        grid = (n_rows, triton.cdiv(dim, block_d))
+        _backward_sorted(grad, ids, out, scale, padding_idx, vocab_start, block_d, warps)
+    else:
+        _backward_atomic(grad, ids, out, scale, padding_idx, vocab_start, block_d, warps)
+    return out
+
+
+def _backward_sorted(grad, ids, out, scale, padding_idx, vocab_start, block_d, warps) -> None:
+    n_rows, dim = grad.shape
+    chunk = RUN_CHUNK
+    chunks = triton.cdiv(n_rows, chunk)
+    sorted_ids, order = torch.sort(ids.to(torch.int64), stable=True)  # [N], [N]
+    # [2 * chunks, D] fp32 pieces, rows padded to 16 elements (aligned vector loads).
+    parts = torch.empty((2 * chunks, _pad16(dim)), dtype=torch.float32, device=grad.device)
+    parts = parts[:, :dim]
+    sizes = (out.shape[0], int(vocab_start))
+    launch(
+        embedding_bwd_sorted_kernel,
+        (n_rows, triton.cdiv(dim, block_d)),
+        grad,
+        sorted_ids,
+        order,
+        out,
+        parts,
+        n_rows,
+        dim,
+        *sizes,
+        grad.stride(0),
+        out.stride(0),
+        parts.stride(0),
+        float(scale),
+        int(padding_idx),
+        CHUNK=chunk,
+        BLOCK_D=block_d,
+        num_warps=warps,
+    )
+    if chunks > 1:  # the last chunk's run cannot go on: no program for it
         launch(
-            embedding_bwd_sorted_kernel,
-            grid,
-            grad,
+            embedding_bwd_chunks_kernel,
+            (chunks - 1, triton.cdiv(dim, FINISH_BLOCK_D)),
             sorted_ids,
-            order,
+            parts,
             out,
             n_rows,
             dim,
-            out.shape[0],
-            int(vocab_start),
-            grad.stride(0),
+            *sizes,
+            parts.stride(0),
             out.stride(0),
             float(scale),
             int(padding_idx),
-            BLOCK_D=block_d,
-            num_warps=warps,
+            CHUNK=chunk,
+            BLOCK_D=FINISH_BLOCK_D,
+            num_warps=FINISH_WARPS,
         )
-        return out
-    acc = out if out.dtype == torch.float32 else torch.zeros(out.shape, device=out.device)
-    grid = (triton.cdiv(n_rows, ATOMIC_BLOCK_M), triton.cdiv(dim, block_d))
+
+
+def _backward_atomic(grad, ids, out, scale, padding_idx, vocab_start, block_d, warps) -> None:
+    n_rows, dim = grad.shape
+    num_rows = out.shape[0]
+    device = grad.device
+    rows = ids.to(torch.int64) - int(vocab_start)  # [N] table row of each token
+    keep = (rows >= 0) & (rows < num_rows)
+    if padding_idx >= 0:
+        keep &= rows != padding_idx
+    buffer_rows = atomic_buffer_rows(n_rows, num_rows, out.dtype)
+    compact = 0 < buffer_rows < num_rows
+    if compact:
+        # Fewer tokens than table rows: each row sums into the slot of its first token.
+        # owner[r] = min(n : rows[n] == r); entry num_rows collects the skipped tokens.
+        safe = torch.where(keep, rows, num_rows)  # [N]
+        owner = torch.full((num_rows + 1,), n_rows, dtype=torch.int64, device=device)
+        tokens = torch.arange(n_rows, device=device)  # [N]
+        owner.scatter_reduce_(0, safe, tokens, "amin")
+        slots = torch.where(keep, owner[safe], -1)  # [N]
+    else:
+        slots = torch.where(keep, rows, -1)  # [N]
+    if buffer_rows:
+        # [R, D] fp32, rows padded to 16 elements (aligned vector atomics).
+        acc = torch.zeros((buffer_rows, _pad16(dim)), dtype=torch.float32, device=device)
+        acc = acc[:, :dim]
+    else:
+        acc = out
     launch(
         embedding_bwd_atomic_kernel,
-        grid,
+        (triton.cdiv(n_rows, ATOMIC_BLOCK_M), triton.cdiv(dim, block_d)),
         grad,
-        ids,
+        slots,
         acc,
         n_rows,
         dim,
-        out.shape[0],
-        int(vocab_start),
         grad.stride(0),
         acc.stride(0),
         float(scale),
-        int(padding_idx),
         BLOCK_M=ATOMIC_BLOCK_M,
         BLOCK_D=block_d,
         num_warps=warps,
     )
-    if acc is not out:
+    if compact:
+        launch(
+            embedding_bwd_scatter_kernel,
+            (n_rows, triton.cdiv(dim, FINISH_BLOCK_D)),
+            acc,
+            rows,
+            slots,
+            out,
+            dim,
+            acc.stride(0),
+            out.stride(0),
+            BLOCK_D=FINISH_BLOCK_D,
+            num_warps=FINISH_WARPS,
+        )
+    elif acc is not out:
         out.copy_(acc)
-    return out

@@ -1,15 +1,18 @@
 """Ahead-of-time compile of every embedding kernel config for sm_80 and sm_90 (no GPU needed).
 
-Each kernel is compiled in every config its launcher can pick, in fp32 and fp16, PTX assembled
-by the ptxas in the triton wheel: 0 spill bytes, 0 stack frame, 128-bit global loads on the row
-loads, and row offsets computed in 64 bits. bf16 shares fp16's code but for the conversions: its
-twins of a subset (the biggest tile of each feature width, every positional variant) must give
-fp16's figures (registers within a few), and every fp16 config keeps that many registers spare.
-Tables of every config are written to ``<sys.prefix>/fusedops-reports/`` (and printed with
-``pytest -s``).
+Each kernel is compiled in every config its launcher can pick, with the launcher's options, in
+fp32 and fp16, PTX assembled by the ptxas in the triton wheel: 0 spill bytes, 0 stack frame,
+128-bit global loads on the row loads, and row offsets computed in 64 bits; the forward (launched
+without FMA contraction) has no fp32 FMA, and the atomic backward's adds are relaxed. bf16
+shares fp16's code but for the conversions: its twins of a subset (the biggest tile of each
+feature width, every positional variant) must give fp16's figures (registers within a few),
+and every fp16 config keeps that many registers spare. Tables of every config are written to
+``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 """
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from compile_helpers import ARCHS, DTYPES, REGISTER_SLACK, CompileSuite
@@ -24,12 +27,24 @@ INT_ARGS = ("n_rows", "n_rows_bucket", "seq_len", "dim", "num_embeddings", "voca
 INT_ARGS += ("num_positions",)
 # Integer arguments that multiply row indices: the offsets past 2**31 elements.
 FWD_OFFSETS = ("stride_w", "stride_p", "stride_o")
-BWD_OFFSETS = ("stride_g", "stride_o")
 # What the JIT specialises for 16-aligned tables and widths (D % 16 == 0): the case the vector
 # loads are for. Unaligned D compiles to scalar loads by design.
 FWD_DIVISIBLE = ("ids_ptr", "weight_ptr", "pos_weight_ptr", "positions_ptr", "out_ptr", "dim")
 FWD_DIVISIBLE += FWD_OFFSETS
-BWD_DIVISIBLE = ("grad_ptr", "out_ptr", "dim", *BWD_OFFSETS)
+# Each backward kernel: its row pointers and row strides (the offsets past 2**31 elements),
+# and the pointer whose row loads need 128-bit vectors.
+BWD_ROWS = {
+    k.embedding_bwd_sorted_kernel: (("grad_ptr", "out_ptr", "part_ptr"), "grad_ptr"),
+    k.embedding_bwd_chunks_kernel: (("part_ptr", "out_ptr"), "part_ptr"),
+    k.embedding_bwd_atomic_kernel: (("grad_ptr", "acc_ptr"), "grad_ptr"),
+    k.embedding_bwd_scatter_kernel: (("acc_ptr", "out_ptr"), "acc_ptr"),
+}
+STRIDES = {"grad_ptr": "stride_g", "out_ptr": "stride_o", "part_ptr": "stride_p"}
+STRIDES |= {"acc_ptr": "stride_a"}
+# An fp32 FMA of any rounding and flush mode.
+FMA_F32 = re.compile(r"\bfma\.[a-z.]*f32\b")
+# An atomic or reduction with acquire or release ordering.
+ORDERED_ATOMIC = re.compile(r"\b(?:atom|red)\.[a-z0-9.]*\b(?:acq_rel|acquire|release)\b")
 
 
 def _fwd_signature(dtype: str, ids: str = "i64", positions: str = "i64") -> dict[str, str]:
@@ -57,12 +72,16 @@ def _fwd_job(dtype, arch, block_m, block_d, warps, *, mode=POS_LEARNED, has_pos=
         num_warps=warps,
         num_stages=1,
         divisible=FWD_DIVISIBLE,
+        fp_fusion=k.FORWARD_FP_FUSION,
     )
 
 
 def _bytes_per_thread(job: CompileJob) -> int:
-    """Bytes of one row tile each thread loads (the backward's sorted kernel: one row)."""
-    c, table = job.constexprs, job.signature.get("weight_ptr") or job.signature["grad_ptr"]
+    """Bytes of one row tile each thread loads (the backward's kernels but the atomic one:
+    one row)."""
+    c = job.constexprs
+    fwd = job.kernel is k.embedding_fwd_kernel
+    table = job.signature["weight_ptr" if fwd else BWD_ROWS[job.kernel][1]]
     size = 4 if table == "*fp32" else 2
     return c.get("BLOCK_M", 1) * c["BLOCK_D"] * size // (32 * job.num_warps)
 
@@ -91,41 +110,70 @@ def _forward_jobs() -> list[CompileJob]:
     return jobs
 
 
+def _bwd_job(kernel, signature, constexprs, arch, warps) -> CompileJob:
+    rows = BWD_ROWS[kernel][0]
+    divisible = (*rows, "dim", *(STRIDES[r] for r in rows))
+    sig = {name: signature.get(name, "i32") for name in kernel.arg_names}
+    return CompileJob(
+        kernel, sig, constexprs, arch, num_warps=warps, num_stages=1, divisible=divisible
+    )
+
+
 def _bwd_jobs(dtype: str, arch: int, block_d: int, warps: int) -> list[CompileJob]:
-    common = {"n_rows": "i32", "dim": "i32", "num_embeddings": "i32", "vocab_start": "i32"}
-    common |= {"stride_g": "i32", "stride_o": "i32", "scale": "fp32", "padding_idx": "i32"}
+    """The summing kernels (sorted, atomic) at one feature tile: the other parameters are
+    32-bit integers."""
     sorted_sig = {"grad_ptr": f"*{dtype}", "sorted_ids_ptr": "*i64", "order_ptr": "*i64"}
-    sorted_sig |= {"out_ptr": f"*{dtype}"} | common | {"BLOCK_D": "constexpr"}
-    atomic_sig = {"grad_ptr": f"*{dtype}", "ids_ptr": "*i64", "out_ptr": "*fp32"} | common
-    atomic_sig |= {"BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
-    options = {"num_warps": warps, "num_stages": 1, "divisible": BWD_DIVISIBLE}
+    sorted_sig |= {"out_ptr": f"*{dtype}", "part_ptr": "*fp32", "scale": "fp32"}
+    sorted_sig |= {"CHUNK": "constexpr", "BLOCK_D": "constexpr"}
+    atomic_sig = {"grad_ptr": f"*{dtype}", "slots_ptr": "*i64", "acc_ptr": "*fp32"}
+    atomic_sig |= {"scale": "fp32", "BLOCK_M": "constexpr", "BLOCK_D": "constexpr"}
+    sorted_const = {"CHUNK": k.RUN_CHUNK, "BLOCK_D": block_d}
+    atomic_const = {"BLOCK_M": k.ATOMIC_BLOCK_M, "BLOCK_D": block_d}
     return [
-        CompileJob(
-            k.embedding_bwd_sorted_kernel, sorted_sig, {"BLOCK_D": block_d}, arch, **options
-        ),
-        CompileJob(
-            k.embedding_bwd_atomic_kernel,
-            atomic_sig,
-            {"BLOCK_M": k.ATOMIC_BLOCK_M, "BLOCK_D": block_d},
-            arch,
-            **options,
-        ),
+        _bwd_job(k.embedding_bwd_sorted_kernel, sorted_sig, sorted_const, arch, warps),
+        _bwd_job(k.embedding_bwd_atomic_kernel, atomic_sig, atomic_const, arch, warps),
     ]
 
 
+def _finish_jobs(dtype: str, arch: int) -> list[CompileJob]:
+    """The finishing kernels in their one config: adding a run's pieces into a table of
+    ``dtype``, and (16-bit tables only) copying the atomic accumulator's rows into it."""
+    chunks_sig = {"sorted_ids_ptr": "*i64", "part_ptr": "*fp32", "out_ptr": f"*{dtype}"}
+    chunks_sig |= {"scale": "fp32", "CHUNK": "constexpr", "BLOCK_D": "constexpr"}
+    scatter_sig = {"acc_ptr": "*fp32", "rows_ptr": "*i64", "slots_ptr": "*i64"}
+    scatter_sig |= {"out_ptr": f"*{dtype}", "BLOCK_D": "constexpr"}
+    block = {"BLOCK_D": k.FINISH_BLOCK_D}
+    jobs = [
+        _bwd_job(
+            k.embedding_bwd_chunks_kernel,
+            chunks_sig,
+            {"CHUNK": k.RUN_CHUNK} | block,
+            arch,
+            k.FINISH_WARPS,
+        )
+    ]
+    if dtype != "fp32":
+        jobs.append(
+            _bwd_job(k.embedding_bwd_scatter_kernel, scatter_sig, block, arch, k.FINISH_WARPS)
+        )
+    return jobs
+
+
 def _backward_jobs() -> list[CompileJob]:
-    return [
+    jobs = [
         job
         for block_d, warps in k.backward_config_space()
         for dtype in DTYPES
         for arch in ARCHS
         for job in _bwd_jobs(dtype, arch, block_d, warps)
     ]
+    return jobs + [job for dtype in DTYPES for arch in ARCHS for job in _finish_jobs(dtype, arch)]
 
 
 def _fp16_twinned() -> list[CompileJob]:
     """The fp16 jobs whose bf16 twins are compiled: the biggest tile (most bytes per thread)
-    of each feature width, every positional variant, the widest backward tiles."""
+    of each feature width, every positional variant, the widest backward tiles, the finishing
+    kernels."""
     space = k.forward_config_space()
     jobs = []
     for block_d in sorted({bd for _, bd, _ in space}):
@@ -139,25 +187,40 @@ def _fp16_twinned() -> list[CompileJob]:
         for arch in ARCHS
     ]
     block_d, warps = k.backward_config_space()[-1]
-    return jobs + [job for arch in ARCHS for job in _bwd_jobs("fp16", arch, block_d, warps)]
+    jobs += [job for arch in ARCHS for job in _bwd_jobs("fp16", arch, block_d, warps)]
+    return jobs + [job for arch in ARCHS for job in _finish_jobs("fp16", arch)]
 
 
 FAMILIES = {"forward": _forward_jobs, "backward": _backward_jobs}
 
 
 def _labels(jobs) -> list[str]:
-    """The table dtype of each job (grad_ptr for the backward kernels)."""
-    keys = [("grad_ptr" if "grad_ptr" in job.signature else "weight_ptr") for job in jobs]
-    return [f"{job.signature[key][1:]:>4}" for job, key in zip(jobs, keys, strict=True)]
+    """The table dtype of each job (the gradient's for the summing backward kernels)."""
+    return [f"{job.signature[_table(job)][1:]:>4}" for job in jobs]
+
+
+def _table(job: CompileJob) -> str:
+    for name in ("weight_ptr", "grad_ptr", "out_ptr"):
+        if name in job.signature:
+            return name
+    raise AssertionError(job)
 
 
 def _offsets(job) -> tuple[str, ...]:
-    return FWD_OFFSETS if job.kernel is k.embedding_fwd_kernel else BWD_OFFSETS
+    if job.kernel is k.embedding_fwd_kernel:
+        return FWD_OFFSETS
+    return tuple(STRIDES[r] for r in BWD_ROWS[job.kernel][0])
 
 
 def _check(job: CompileJob, report: GpuCompileReport) -> None:
-    """0 spills, 0 stack, 128-bit loads where a thread owns >= 16 bytes, 64-bit row offsets."""
+    """0 spills, 0 stack, 128-bit loads where a thread owns >= 16 bytes, 64-bit row offsets;
+    no fp32 FMA in the forward, no acquire/release ordering on the backward's atomics."""
     report.assert_clean(require_v4_loads=_bytes_per_thread(job) >= 16, int64_offsets=_offsets(job))
+    if job.kernel is k.embedding_fwd_kernel:
+        assert not FMA_F32.search(report.ptx), f"fp32 FMA in the forward: {report.summary()}"
+    if job.kernel is k.embedding_bwd_atomic_kernel:
+        assert report.counts["atom.global"] > 0, report.summary()
+        assert not ORDERED_ATOMIC.search(report.ptx), f"ordered atomics: {report.summary()}"
 
 
 SUITE = CompileSuite("embedding", FAMILIES, _fp16_twinned, _labels, _check, REGISTER_SLACK)

@@ -187,7 +187,8 @@ def _grad_a_jobs() -> list[CompileJob]:
     grad_a, at every width it runs (its fp32 and atomic configs, fp32 rows in and fp32 out,
     are the embedding compile test's)."""
     types = {"grad_ptr": "*fp32", "sorted_ids_ptr": "*i64", "order_ptr": "*i64"}
-    types |= {"out_ptr": "*fp16", "scale": "fp32", "BLOCK_D": "constexpr"}
+    types |= {"out_ptr": "*fp16", "part_ptr": "*fp32", "scale": "fp32"}
+    types |= {"CHUNK": "constexpr", "BLOCK_D": "constexpr"}
     # Every other parameter (sizes, strides, padding_idx, ...) is a 32-bit integer.
     sig = {name: types.get(name, "i32") for name in emb.embedding_bwd_sorted_kernel.arg_names}
     jobs = []
@@ -196,11 +197,12 @@ def _grad_a_jobs() -> list[CompileJob]:
             CompileJob(
                 emb.embedding_bwd_sorted_kernel,
                 sig,
-                {"BLOCK_D": block_d},
+                {"CHUNK": emb.RUN_CHUNK, "BLOCK_D": block_d},
                 arch,
                 num_warps=warps,
                 num_stages=1,
-                divisible=("grad_ptr", "out_ptr", "dim", "stride_g", "stride_o"),
+                divisible=("grad_ptr", "out_ptr", "part_ptr", "dim")
+                + ("stride_g", "stride_o", "stride_p"),
             )
             for arch in ARCHS
         ]
@@ -253,7 +255,7 @@ def _offsets(job: CompileJob) -> tuple[str, ...]:
         return COEF_OFFSETS
     if job.kernel is k.factorized_bwd_basis_kernel:
         return ("stride_g", "stride_a")
-    return ("stride_g", "stride_o")
+    return ("stride_g", "stride_o", "stride_p")
 
 
 def _check(job: CompileJob, report: GpuCompileReport) -> None:
