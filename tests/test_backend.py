@@ -11,6 +11,7 @@ import torch
 from helpers import HAS_CUDA
 
 import fusedops
+from fusedops import _backend
 from fusedops._backend import resolve_backend
 
 
@@ -75,3 +76,22 @@ def test_triton_on_cpu_without_interpreter_raises_clearly():
     assert res.returncode == 0, res.stderr
     assert "ERR fused_embedding: backend 'triton' on CPU tensors" in res.stdout
     assert "TRITON_INTERPRET=1" in res.stdout
+
+
+def test_constant_marking_is_what_assume_constant_result_sets():
+    # _backend._resolve sets the attribute itself (importing torch._dynamo costs seconds):
+    # it must stay exactly what torch.compiler.assume_constant_result sets.
+    def fn():
+        return 1
+
+    before = set(vars(fn))
+    torch.compiler.assume_constant_result(fn)
+    added = {k: v for k, v in vars(fn).items() if k not in before}
+    assert added == {"_dynamo_marked_constant": True}
+    assert {k: getattr(_backend._resolve, k, None) for k in added} == added
+
+
+def test_import_does_not_load_dynamo():
+    code = "import sys, fusedops; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -89,11 +89,17 @@ def resolve_backend(op: str, device: torch.device, backends: OpBackends = TRITON
     return _resolve(op, device.type, backends.triton, backends.cpp_devices, backends.cpp_op)
 
 
-@torch.compiler.assume_constant_result
 def _resolve(
     op: str, device_type: str, triton: bool, cpp_devices: tuple[str, ...], cpp_op: str | None
 ) -> str:
     return _choose(current_backend(), op, device_type, triton, cpp_devices, cpp_op)
+
+
+# torch.compile evaluates the choice once, when tracing, as a constant: what
+# ``torch.compiler.assume_constant_result`` does by setting this attribute. The decorator
+# imports torch._dynamo (seconds) to set it, so it is set directly and ``import fusedops``
+# stays light; tests/test_backend.py checks the decorator still sets exactly this attribute.
+_resolve._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 @functools.cache  # successes only: a call that raised checks again next time

@@ -12,7 +12,11 @@ import math
 import torch
 
 
-@torch.compiler.assume_constant_result
 def sinusoid_coefficient(dim: int, base: float = 10000.0) -> float:
-    """``ln(base) / dim`` rounded once to fp32, e.g. ``sinusoid_coefficient(768)``."""
+    """``ln(base) / dim`` rounded once to fp32, e.g. ``sinusoid_coefficient(768)``.
+
+    Traceable by ``torch.compile`` with static or symbolic ``dim`` (the fp32 rounding is a
+    0-d tensor read back as a Python float), so the reference runs compiled with
+    ``dynamic=True`` too; the kernels call it outside tracing, inside their custom ops.
+    """
     return float(torch.tensor(math.log(base) / dim, dtype=torch.float32))

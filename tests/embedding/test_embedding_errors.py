@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import TRITON_DEVICE, backend_cases
 
 import fusedops
+from fusedops.nn import FusedEmbedding
 
 
 def _call(backend, *args, **kwargs):
@@ -63,7 +65,8 @@ def test_unchecked_ids_are_masked_not_read():
         ({"weight": torch.randn(10)}, ValueError, r"weight must be \[V, D\]"),
         ({"weight": torch.randint(0, 3, (10, 8))}, TypeError, "weight must have dtype"),
         ({"scale": float("nan")}, ValueError, "scale must be a finite number"),
-        ({"scale": "2"}, ValueError, "scale"),
+        ({"scale": "2"}, TypeError, "scale must be a real number, got str"),
+        ({"scale": torch.ones(2)}, TypeError, "scale must be a real number, got Tensor"),
         ({"pos_weight": torch.randn(6, 7)}, ValueError, r"pos_weight must be \[P, 8\]"),
         ({"pos_weight": torch.randn(6, 8).half()}, TypeError, "pos_weight dtype"),
         ({"pos_weight": torch.randn(6, 8), "sinusoidal": True}, ValueError, "not both"),
@@ -78,13 +81,30 @@ def test_unchecked_ids_are_masked_not_read():
         ({"position_offset": 1.5}, TypeError, "position_offset must be an int"),
         ({"padding_idx": 10}, ValueError, r"padding_idx 10 outside \[-10, 10\)"),
         ({"sinusoidal": True, "sinusoid_base": 0.0}, ValueError, "sinusoid_base"),
+        (
+            {"sinusoidal": True, "sinusoid_base": float("inf")},
+            ValueError,
+            "sinusoid_base must be a finite number, got inf",
+        ),
+        (
+            {"sinusoidal": True, "sinusoid_base": float("nan")},
+            ValueError,
+            "sinusoid_base must be a finite number, got nan",
+        ),
+        (
+            {"sinusoidal": True, "sinusoid_base": -2},
+            ValueError,
+            "sinusoid_base must be a positive number, got -2",
+        ),
+        ({"sinusoidal": True, "sinusoid_base": True}, TypeError, "sinusoid_base must be a real"),
     ],
 )
 def test_bad_arguments(tables, kwargs, exc, pattern):
+    # Checked before any kernel runs, with the public op's name, on every backend.
     ids, weight, _ = tables
     args = {"input_ids": ids, "weight": weight, **kwargs}
     ids_arg, weight_arg = args.pop("input_ids"), args.pop("weight")
-    for backend in ("auto", "reference"):
+    for backend in ("auto", "triton", "reference"):
         with pytest.raises(exc, match=f"fused_embedding: .*{pattern}"):
             _call(backend, ids_arg, weight_arg, **args)
 
@@ -109,3 +129,40 @@ def test_sinusoid_position_limit(backend, device, tables):
         _call(backend, ids, weight, sinusoidal=True, positions=ok + 1)
     with pytest.raises(IndexError, match=rf"fused_embedding: .*\[0, {limit}\)"):
         _call(backend, ids, weight, sinusoidal=True, position_offset=limit - 2)
+
+
+@pytest.mark.parametrize("backend,device", backend_cases())
+def test_numpy_and_tensor_scalars(backend, device, tables):
+    # NumPy reals and 0-d tensors are numbers too: the same result as the Python float.
+    ids, weight, _ = tables
+    ids, weight = ids.to(device), weight.to(device)
+    want = _call(backend, ids, weight, scale=2.0, sinusoidal=True, sinusoid_base=500.0)
+    for scale, base in (
+        (np.float32(2.0), np.float64(500.0)),
+        (np.int64(2), np.int32(500)),
+        (torch.tensor(2.0), torch.tensor(500, dtype=torch.int32)),
+    ):
+        out = _call(backend, ids, weight, scale=scale, sinusoidal=True, sinusoid_base=base)
+        assert torch.equal(out, want), (scale, base)
+
+
+def test_module_checks_scalars_when_built():
+    # The module names itself, at construction, not at the first forward.
+    with pytest.raises(ValueError, match="FusedEmbedding: sinusoid_base must be a finite number"):
+        FusedEmbedding(10, 8, sinusoidal=True, sinusoid_base=float("inf"))
+    with pytest.raises(ValueError, match="FusedEmbedding: scale must be a finite number, got nan"):
+        FusedEmbedding(10, 8, scale=float("nan"))
+    with pytest.raises(ValueError, match="FusedEmbedding: scale must be a number or 'sqrt_dim'"):
+        FusedEmbedding(10, 8, scale="sqrt")
+    emb = torch.nn.Embedding(10, 8)
+    with pytest.raises(
+        ValueError, match=r"FusedEmbedding\.from_embedding: sinusoid_base must be a positive"
+    ):
+        FusedEmbedding.from_embedding(emb, sinusoidal=True, sinusoid_base=0)
+    module = FusedEmbedding(10, 8, scale=np.float32(2.0), sinusoidal=True, sinusoid_base=500)
+    assert module.scale == 2.0 and type(module.scale) is float
+    ids = torch.randint(0, 10, (2, 5))
+    want = fusedops.fused_embedding(
+        ids, module.weight, scale=2.0, sinusoidal=True, sinusoid_base=500.0
+    )
+    assert torch.equal(module(ids), want)

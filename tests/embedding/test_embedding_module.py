@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from dynamo_helpers import compile_counted, op_backends
 from helpers import KERNEL_CASES, assert_close, backend_cases
 from torch import nn
 
@@ -121,10 +122,12 @@ def test_torch_compile_fullgraph(backend, device):
         out = fusedops.fused_embedding(ids, weight, scale=2.0, pos_weight=pos_weight)
         return fusedops.fused_embedding(ids, weight, sinusoidal=True) + out
 
+    compiled, counter = compile_counted(fn, dynamic=False)
     with fusedops.use_backend(backend):
-        compiled = torch.compile(fn, fullgraph=True, dynamic=False)
         out = compiled(ids, weight, pos_weight)
         grads = torch.autograd.grad(out.sum(), (weight, pos_weight))
+    # The graph runs the requested backend's kernels (not a graph traced under another one).
+    assert op_backends(counter, torch.ops.fusedops.fused_embedding.default) == [backend] * 2
     w64, p64 = weight.double(), pos_weight.double()
     expected = reference.fused_embedding(ids, w64, scale=2.0, pos_weight=p64)
     expected = expected + reference.fused_embedding(ids, w64, sinusoidal=True)
@@ -143,8 +146,10 @@ def test_torch_compile_inference_cpp():
     def fn(ids, weight, pos_weight):
         return fusedops.fused_embedding(ids, weight, scale=2.0, pos_weight=pos_weight)
 
+    compiled, counter = compile_counted(fn, dynamic=False)
     with fusedops.use_backend("cpp"), torch.no_grad():
-        out = torch.compile(fn, fullgraph=True, dynamic=False)(ids, weight, pos_weight)
+        out = compiled(ids, weight, pos_weight)
+    assert op_backends(counter, torch.ops.fusedops.fused_embedding.default) == ["cpp"]
     expected = reference.fused_embedding(
         ids, weight.double(), scale=2.0, pos_weight=pos_weight.double()
     )

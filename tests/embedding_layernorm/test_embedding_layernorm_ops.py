@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dynamo_helpers import compile_counted, op_backends
 from helpers import TRITON_DEVICE, backend_cases
 from test_embedding_layernorm import EPS, make_inputs, run
 
@@ -76,6 +77,8 @@ def _bad_call(change):
         ({"ln_weight": torch.randn(9)}, ValueError, r"ln_weight must be \[8\]"),
         ({"ln_bias": [0.0] * 8}, TypeError, "ln_bias must be a torch.Tensor"),
         ({"eps": float("nan")}, ValueError, "eps must be a finite number"),
+        ({"eps": float("inf")}, ValueError, "eps must be a finite number, got inf"),
+        ({"eps": "1e-5"}, TypeError, "eps must be a real number, got str"),
         ({"eps": -1.0}, ValueError, "eps must be >= 0"),
         ({"type_weight": None}, ValueError, "token_type_ids given but type_weight is None"),
         ({"token_type_ids": torch.zeros(2, 5)}, TypeError, "token_type_ids must have dtype"),
@@ -184,10 +187,11 @@ def test_torch_compile_fullgraph_cpp():
     def f(ids, tt, weight, pos, typ, ln_w, ln_b):
         return fusedops.fused_embedding_layernorm(ids, weight, pos, typ, tt, ln_w, ln_b, EPS)
 
+    compiled, counter = compile_counted(f, dynamic=False)
     with fusedops.use_backend("cpp"):
-        compiled = torch.compile(f, fullgraph=True)
         out = compiled(ids, tt, *leaves)
         eager = f(ids, tt, *leaves)
+    assert op_backends(counter, torch.ops.fusedops.fused_embedding_layernorm.default) == ["cpp"]
     torch.testing.assert_close(out, eager)
     grads = torch.autograd.grad(out.square().sum(), leaves)
     with fusedops.use_backend("cpp"):

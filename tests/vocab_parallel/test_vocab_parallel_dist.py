@@ -72,6 +72,12 @@ def _expected_errors(world: int) -> dict[str, tuple[str, list[str]]]:
         "world_too_large": ("ValueError", [f"world size {world} exceeds the vocabulary size"]),
         "int8_id_too_large": ("IndexError", [op8, "id 11 outside [0, 11)"]),
         "int8_requires_grad": ("RuntimeError", [op8, "inference-only"]),
+        "sinusoid_base_inf": ("ValueError", [op, "sinusoid_base must be a finite number, got inf"]),
+        "int8_sinusoid_base_inf": (
+            "ValueError",
+            [op8, "sinusoid_base must be a finite number, got inf"],
+        ),
+        "double_backward": ("RuntimeError", [op, "double backward is not supported"]),
         "load_missing": ("FileNotFoundError", ["load_sharded", "missing", f"-of-0000{world}"]),
         "load_mismatched": ("ValueError", ["load_sharded", "'weight'", "mismatched shard"]),
         "load_mixed": (

@@ -24,6 +24,7 @@ import sys
 import time
 import traceback
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -334,8 +335,42 @@ def check_bad_input() -> None:
     assert torch.equal(
         out[:, 1:], fusedops.fused_embedding(wild[:, 1:], weight, pos_weight=pos, position_offset=1)
     )
+    # The sinusoid's base is checked on every rank, before the collective (only rank 0
+    # evaluates the sinusoid).
+    inf = float("inf")
+    record_error(
+        "sinusoid_base_inf",
+        lambda: vocab_parallel_embedding(
+            ids, module.weight, num_embeddings=VOCAB, sinusoidal=True, sinusoid_base=inf
+        ),
+    )
+    # NumPy and 0-d tensor scalars are numbers like the Python float.
+    with torch.no_grad():
+        want = vocab_parallel_embedding(
+            ids, module.weight, num_embeddings=VOCAB, scale=2.0, sinusoidal=True
+        )
+        for scale in (np.float32(2.0), torch.tensor(2.0)):
+            got = vocab_parallel_embedding(
+                ids, module.weight, num_embeddings=VOCAB, scale=scale, sinusoidal=True
+            )
+            assert torch.equal(got, want), scale
+    assert torch.equal(want, fusedops.fused_embedding(ids, weight, scale=2.0, sinusoidal=True)), (
+        "the sharded forward differs from the single-process op"
+    )
+
+    def double_backward():
+        out = module(ids)
+        torch.autograd.grad(out.square().sum(), module.weight, create_graph=True)
+
+    record_error("double_backward", double_backward)
     q = VocabParallelInt8Embedding.from_embedding(weight)
     record_error("int8_id_too_large", lambda: q(bad))
+    record_error(
+        "int8_sinusoid_base_inf",
+        lambda: vocab_parallel_int8_embedding(
+            ids, q.qweight, q.scales, num_embeddings=VOCAB, sinusoidal=True, sinusoid_base=inf
+        ),
+    )
     record_error(
         "int8_requires_grad",
         lambda: vocab_parallel_int8_embedding(

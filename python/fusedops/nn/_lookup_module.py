@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 
 from fusedops.ops import check_padding_idx
+from fusedops.ops._common import check_real_scalar
+from fusedops.ops._lookup_checks import check_sinusoid_base
 from fusedops.quantization import quantize_embedding
 
 FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -45,9 +48,26 @@ def default_out_dtype(table_dtype: torch.dtype) -> torch.dtype:
     return table_dtype if table_dtype in FLOAT_DTYPES.values() else torch.float32
 
 
-def resolve_scale(scale: float | str, embedding_dim: int) -> float:
-    """The token-row multiplier: ``sqrt(embedding_dim)`` for ``"sqrt_dim"``, else ``scale``."""
-    return math.sqrt(embedding_dim) if scale == "sqrt_dim" else float(scale)
+def resolve_scale(kind: str, scale: object, embedding_dim: int) -> float:
+    """The token-row multiplier: ``sqrt(embedding_dim)`` for ``"sqrt_dim"``, else ``scale``
+    checked to be a finite real number (Python, NumPy or a 0-d tensor) and returned as a float;
+    errors name ``kind`` (the module)."""
+    if isinstance(scale, str):
+        if scale != "sqrt_dim":
+            raise ValueError(f"{kind}: scale must be a number or 'sqrt_dim', got {scale!r}")
+        return math.sqrt(embedding_dim)
+    return float(check_real_scalar(kind, "scale", scale))
+
+
+def resolve_sinusoid_base(kind: str, sinusoidal: bool, sinusoid_base: object) -> float:
+    """``sinusoid_base`` as a float: checked to be a finite number > 0 when ``sinusoidal``
+    (errors name ``kind``); without the sinusoid it is never read (kept when it is a real
+    number, else the default ``10000.0``)."""
+    if sinusoidal:
+        return float(check_sinusoid_base(kind, sinusoid_base))
+    if isinstance(sinusoid_base, numbers.Real) and not isinstance(sinusoid_base, bool):
+        return float(sinusoid_base)
+    return 10000.0
 
 
 def unsupported_options(embedding: nn.Embedding) -> list[str]:
@@ -95,11 +115,12 @@ class LookupModule(nn.Module):
         sinusoid_base: float,
     ) -> None:
         """``padding_idx`` checked against ``num_embeddings`` (normalised to ``[0, V)``),
-        ``scale`` resolved against ``embedding_dim``, and the sinusoid settings."""
+        ``scale`` resolved against ``embedding_dim`` and checked, and the sinusoid settings
+        (the base checked when ``sinusoidal``): errors name the module."""
         self.padding_idx = check_padding_idx(self._kind, padding_idx, self.num_embeddings)
-        self.scale = resolve_scale(scale, self.embedding_dim)
+        self.scale = resolve_scale(self._kind, scale, self.embedding_dim)
         self.sinusoidal = bool(sinusoidal)
-        self.sinusoid_base = float(sinusoid_base)
+        self.sinusoid_base = resolve_sinusoid_base(self._kind, self.sinusoidal, sinusoid_base)
 
     def forward(
         self,

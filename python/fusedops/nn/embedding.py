@@ -11,6 +11,7 @@ from fusedops.nn._lookup_module import (
     LookupModule,
     check_positional_choice,
     resolve_scale,
+    resolve_sinusoid_base,
     unsupported_options,
 )
 from fusedops.ops import fused_embedding
@@ -29,10 +30,11 @@ class FusedEmbedding(LookupModule):
         num_embeddings: V, rows of the token table.
         embedding_dim: D.
         padding_idx: row with zero init and zero gradient (``nn.Embedding`` semantics).
-        scale: multiplier of token rows (e.g. ``math.sqrt(D)``); ``"sqrt_dim"`` for that.
+        scale: multiplier of token rows (e.g. ``math.sqrt(D)``, a finite real number);
+            ``"sqrt_dim"`` for that.
         num_positions: rows of a learned positional table, or None.
         sinusoidal: add the fixed sinusoid instead (exclusive with ``num_positions``).
-        sinusoid_base: frequency base of the sinusoid.
+        sinusoid_base: frequency base of the sinusoid, a finite number > 0.
         deterministic: bit-stable backward (default) vs fp32 atomics on the Triton path.
     """
 
@@ -114,9 +116,11 @@ class FusedEmbedding(LookupModule):
         module.num_embeddings = embedding.num_embeddings
         module.embedding_dim = embedding.embedding_dim
         module.padding_idx = embedding.padding_idx
-        module.scale = resolve_scale(scale, embedding.embedding_dim)
-        module.sinusoidal = sinusoidal
-        module.sinusoid_base = float(sinusoid_base)
+        module.scale = resolve_scale(f"{cls._kind}.from_embedding", scale, module.embedding_dim)
+        module.sinusoidal = bool(sinusoidal)
+        module.sinusoid_base = resolve_sinusoid_base(
+            f"{cls._kind}.from_embedding", module.sinusoidal, sinusoid_base
+        )
         module.deterministic = deterministic
         module.weight = embedding.weight
         module.pos_weight = pos_embedding.weight if pos_embedding is not None else None

@@ -7,6 +7,7 @@ from torch import nn
 
 from fusedops.nn._lookup_module import unsupported_options
 from fusedops.ops import check_padding_idx, fused_embedding_layernorm
+from fusedops.ops._common import check_real_scalar
 
 _NAME = "FusedEmbeddingLayerNorm"
 
@@ -38,7 +39,7 @@ class FusedEmbeddingLayerNorm(nn.Module):
         embedding_dim: D.
         num_positions: P, rows of the positional table (None: no positional term).
         num_token_types: T, rows of the token-type table (None: no token-type term).
-        eps: LayerNorm epsilon.
+        eps: LayerNorm epsilon, a finite number >= 0.
         elementwise_affine: LayerNorm weight (init 1) and bias (init 0).
         bias: LayerNorm bias (with ``elementwise_affine``), as ``nn.LayerNorm(bias=...)``.
         padding_idx: word row with zero init and zero gradient (``nn.Embedding`` semantics).
@@ -68,7 +69,9 @@ class FusedEmbeddingLayerNorm(nn.Module):
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.padding_idx = check_padding_idx(_NAME, padding_idx, num_embeddings)
-        self.eps = float(eps)
+        self.eps = float(check_real_scalar(_NAME, "eps", eps))
+        if self.eps < 0:
+            raise ValueError(f"{_NAME}: eps must be >= 0, got {self.eps}")
         self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim, **factory))
         self.pos_weight = self._optional((num_positions, embedding_dim), num_positions, factory)
         self.type_weight = self._optional(

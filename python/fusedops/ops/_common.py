@@ -92,7 +92,10 @@ def check_real_scalar(
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value) or (positive and value <= 0):
+    # Comparisons, not math.isfinite: under torch.compile(dynamic=True) dynamo cannot trace
+    # math.isfinite even on a constant ("torch.* op returned non-Tensor"), and it sees a
+    # SymFloat as a float (the isinstance test above is False while tracing).
+    if not -math.inf < value < math.inf or (positive and value <= 0):
         kind = "finite number > 0" if positive else "finite number"
         raise ValueError(f"{op}: {name} must be a {kind}, got {value}")
     return value

@@ -9,8 +9,6 @@ the op and the offending value.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID, SINUSOID_MAX_POSITION
@@ -18,6 +16,7 @@ from fusedops.ops._common import (
     INDEX_DTYPES,
     check_dtype,
     check_index_range,
+    check_real_scalar,
     check_same_device,
     check_tensor,
 )
@@ -34,14 +33,27 @@ def check_input_ids(op: str, input_ids: object, device: torch.device) -> None:
     check_same_device(op, "input_ids", input_ids, device)
 
 
-def check_scale_and_offset(op: str, scale: object, position_offset: object) -> None:
-    """``scale``: a finite number; ``position_offset``: an int >= 0."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
-    if isinstance(position_offset, bool) or not isinstance(position_offset, int):
+def check_scale_and_offset(
+    op: str, scale: object, position_offset: object
+) -> float | torch.SymFloat | torch.SymInt:
+    """``scale``: a finite real number (Python, NumPy or a 0-d tensor, see
+    :func:`~fusedops.ops._common.check_real_scalar`), returned as a float (a symbolic number
+    under ``torch.compile(dynamic=True)`` passes through); ``position_offset``: an int >= 0."""
+    scale = check_real_scalar(op, "scale", scale)
+    if isinstance(position_offset, bool) or not isinstance(position_offset, (int, torch.SymInt)):
         raise TypeError(f"{op}: position_offset must be an int, got {position_offset!r}")
     if position_offset < 0:
         raise ValueError(f"{op}: position_offset must be >= 0, got {position_offset}")
+    return scale
+
+
+def check_sinusoid_base(op: str, sinusoid_base: object) -> float | torch.SymFloat | torch.SymInt:
+    """``sinusoid_base``: a finite real number > 0 (as ``scale`` in
+    :func:`check_scale_and_offset`), returned as a float."""
+    base = check_real_scalar(op, "sinusoid_base", sinusoid_base)
+    if not isinstance(base, (torch.SymFloat, torch.SymInt)) and base <= 0:
+        raise ValueError(f"{op}: sinusoid_base must be a positive number, got {base}")
+    return base
 
 
 def check_positional(
@@ -67,12 +79,8 @@ def check_positional(
                 f"got shape {tuple(pos_weight.shape)}"
             )
         check_same_device(op, "pos_weight", pos_weight, device)
-    if sinusoidal and not (
-        isinstance(sinusoid_base, (int, float))
-        and not isinstance(sinusoid_base, bool)
-        and sinusoid_base > 0
-    ):
-        raise ValueError(f"{op}: sinusoid_base must be a positive number, got {sinusoid_base!r}")
+    if sinusoidal:
+        check_sinusoid_base(op, sinusoid_base)
     if positions is None:
         return None
     check_tensor(op, "positions", positions)

@@ -25,6 +25,8 @@ from fusedops.ops._common import (
     check_same_device,
     check_tensor,
     empty_output,
+    forbid_double_backward,
+    host_index_checks,
     unit_stride,
 )
 from fusedops.ops._dispatch import autograd_function, implementation, needs_grad, run
@@ -34,6 +36,7 @@ from fusedops.ops._lookup_checks import (
     check_positional,
     check_ranges,
     check_scale_and_offset,
+    check_sinusoid_base,
     check_vocab_start,
     positional_mode,
     token_positions,
@@ -53,7 +56,7 @@ BACKENDS = OpBackends(cpp_op="fusedops::cpp_embedding_fwd")
 def _forward_triton(ids, weight, pos_weight, positions, scale, offset, mode, base, check, start):
     from fusedops.kernels.embedding import embedding_forward
 
-    if check:
+    if host_index_checks(check, ids.device):
         check_ranges(OP, ids, weight.shape[0], pos_weight, positions, offset, mode, start)
     out = empty_output((*ids.shape, weight.shape[1]), weight.dtype, weight.device)
     embedding_forward(
@@ -205,12 +208,12 @@ def _setup_context(ctx, inputs, output):
 def _table_grad(grad, indices, num_rows, scale, padding_idx, vocab_start, ctx):
     args = (grad, indices, num_rows, scale, padding_idx, ctx.deterministic, ctx.backend)
     args += (vocab_start,)
-    grad_mode = torch.is_grad_enabled()  # create_graph: the op raises (no double backward)
-    return run(fused_embedding_backward_op, _fused_embedding_backward, grad_mode, *args)
+    return run(fused_embedding_backward_op, _fused_embedding_backward, False, *args)
 
 
 def _backward(ctx, grad):
     # grad: [..., S, D] in weight dtype
+    forbid_double_backward(OP)
     ids, positions = ctx.saved_tensors
     grad_weight = grad_pos = None
     if ctx.needs_input_grad[1]:
@@ -243,16 +246,17 @@ def _validate(
     sinusoid_base,
     padding_idx,
 ):
-    """Check user arguments; return ``(input_ids, weight, pos_weight, positions, padding_idx)``
-    normalised: contiguous ids, tables with ``stride(-1) == 1``, positions expanded to the ids'
-    shape, ``padding_idx`` in ``[0, V)``."""
+    """Check user arguments; return ``(input_ids, weight, pos_weight, positions, padding_idx,
+    scale, sinusoid_base)`` normalised: contiguous ids, tables with ``stride(-1) == 1``,
+    positions expanded to the ids' shape, ``padding_idx`` in ``[0, V)``, the scalars as floats
+    (symbolic ones passed through)."""
     check_tensor(OP, "weight", weight)
     check_dtype(OP, "weight", weight, FLOAT_DTYPES)
     if weight.dim() != 2:
         raise ValueError(f"{OP}: weight must be [V, D], got shape {tuple(weight.shape)}")
     device = weight.device
     check_input_ids(OP, input_ids, device)
-    check_scale_and_offset(OP, scale, position_offset)
+    scale = check_scale_and_offset(OP, scale, position_offset)
     positions = check_positional(
         OP,
         input_ids,
@@ -273,7 +277,9 @@ def _validate(
         weight = weight.contiguous()
     if pos_weight is not None and pos_weight.stride(-1) != 1:
         pos_weight = pos_weight.contiguous()
-    return input_ids.contiguous(), weight, pos_weight, positions, padding_idx
+    # The base only matters with the sinusoid; otherwise any value is passed on unread.
+    base = check_sinusoid_base(OP, sinusoid_base) if sinusoidal else 10000.0
+    return input_ids.contiguous(), weight, pos_weight, positions, padding_idx, scale, base
 
 
 def fused_embedding(
@@ -302,12 +308,14 @@ def fused_embedding(
     Args:
         input_ids: int32/int64 ``[..., S]``, any leading shape, sequence last.
         weight: ``[V, D]`` fp32/fp16/bf16 token table.
-        scale: multiplier of the token rows (e.g. ``sqrt(D)``).
+        scale: multiplier of the token rows (e.g. ``sqrt(D)``): a finite Python or NumPy real,
+            or a 0-d tensor (read on the host, outside ``torch.compile``).
         pos_weight: optional ``[P, D]`` learned positional table, same dtype as ``weight``.
         positions: optional int ``[..., S]`` (broadcastable to ``input_ids``) positions.
         position_offset: first position when ``positions`` is None (e.g. KV-cache length).
         sinusoidal: add the in-kernel sinusoid instead of a learned table.
-        sinusoid_base: sinusoid frequency base.
+        sinusoid_base: sinusoid frequency base, a finite number > 0 (checked only with
+            ``sinusoidal=True``).
         padding_idx: table row that receives no gradient (``nn.Embedding`` semantics); with
             ``vocab_start``, a row of the shard (local index).
         deterministic: backward sums duplicates in a fixed order (bit-identical run to run);
@@ -315,7 +323,8 @@ def fused_embedding(
             deterministic).
         check_indices: range-check ids and positions (raises ``IndexError``). On CUDA this
             syncs the device; with ``False`` out-of-range rows are masked (the token term
-            reads as zero) instead of read out of bounds. The C++ kernel always checks.
+            reads as zero) instead of read out of bounds. While a CUDA graph is being
+            captured the check is skipped (the masking applies). The C++ kernel always checks.
         vocab_start: ``weight`` is the shard of rows ``[vocab_start, vocab_start + V)`` of a
             larger vocabulary (vocabulary-parallel embeddings): id ``t`` reads row
             ``t - vocab_start``, ids outside the shard contribute no token term (only the
@@ -326,9 +335,11 @@ def fused_embedding(
         ``[..., S, D]`` in ``weight.dtype`` (arithmetic in fp32).
     Raises:
         TypeError / ValueError for bad dtypes, shapes, devices or options; IndexError for ids
-        or positions out of range; RuntimeError if the requested backend cannot run.
+        or positions out of range; RuntimeError if the requested backend cannot run, or from
+        the backward when it is run with ``create_graph=True`` (no double backward, except on
+        the ``reference`` backend).
     """
-    input_ids, weight, pos_weight, positions, padding_idx = _validate(
+    input_ids, weight, pos_weight, positions, padding_idx, scale, sinusoid_base = _validate(
         input_ids,
         weight,
         scale,
@@ -343,7 +354,7 @@ def fused_embedding(
     backend = resolve_backend(OP, weight.device, BACKENDS)
     mode = positional_mode(pos_weight, sinusoidal)
     if backend == "reference":
-        if check_indices:
+        if host_index_checks(check_indices, input_ids.device):
             check_ranges(
                 OP,
                 input_ids,
@@ -374,10 +385,10 @@ def fused_embedding(
         weight,
         pos_weight,
         positions,
-        float(scale),
+        scale,
         position_offset,
         mode,
-        float(sinusoid_base),
+        sinusoid_base,
         -1 if padding_idx is None else padding_idx,
         deterministic,
         check_indices,
@@ -431,7 +442,9 @@ def embedding_table_grad(
     Returns:
         ``[num_rows, D]`` in ``grad.dtype`` (sums in fp32).
     Raises:
-        TypeError / ValueError for bad dtypes, shapes, devices or options.
+        TypeError / ValueError for bad dtypes, shapes, devices or options; RuntimeError when
+        ``grad`` requires grad in grad mode (the result has no derivative, except on the
+        ``reference`` backend).
     """
     op = "embedding_table_grad"
     check_tensor(op, "grad", grad)
@@ -446,7 +459,7 @@ def embedding_table_grad(
         raise ValueError(f"{op}: num_rows must be an int >= 0, got {num_rows!r}")
     if num_rows < 0:
         raise ValueError(f"{op}: num_rows must be an int >= 0, got {num_rows!r}")
-    check_scale_and_offset(op, scale, 0)
+    scale = check_scale_and_offset(op, scale, 0)
     padding_idx = check_padding_idx(op, padding_idx, num_rows)
     vocab_start = check_vocab_start(op, vocab_start)
     if vocab_start is None:
@@ -462,8 +475,11 @@ def embedding_table_grad(
     pad = -1 if padding_idx is None else padding_idx
     if backend == "reference":
         return _reference_table_grad(grad, indices, num_rows, scale, pad, vocab_start)
-    args = (grad, indices.contiguous(), num_rows, float(scale), pad, deterministic, backend)
+    if needs_grad(grad):
+        raise RuntimeError(
+            f"{op}: grad requires grad, but the table gradient has no derivative of its own; "
+            "call it on a detached grad or under torch.no_grad()"
+        )
+    args = (grad, indices.contiguous(), num_rows, scale, pad, deterministic, backend)
     args += (vocab_start,)
-    return run(
-        fused_embedding_backward_op, _fused_embedding_backward, torch.is_grad_enabled(), *args
-    )
+    return run(fused_embedding_backward_op, _fused_embedding_backward, False, *args)

@@ -11,8 +11,6 @@ Triton kernels (CUDA, or CPU through Triton's interpreter) or the C++ kernels of
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from fusedops import reference
@@ -22,9 +20,12 @@ from fusedops.ops._common import (
     INDEX_DTYPES,
     check_dtype,
     check_index_range,
+    check_real_scalar,
     check_same_device,
     check_tensor,
     empty_output,
+    forbid_double_backward,
+    host_index_checks,
     unit_stride,
 )
 from fusedops.ops._dispatch import autograd_function, implementation, needs_grad, run
@@ -63,7 +64,7 @@ def _forward_triton(
     from fusedops.kernels.embedding_layernorm import check_dim, embedding_layernorm_forward
 
     check_dim(OP, weight.shape[1])
-    if check:
+    if host_index_checks(check, ids.device):
         _check_ranges(ids, weight, pos_weight, positions, offset, type_weight, type_ids)
     dim = weight.shape[1]
     out = empty_output((*ids.shape, dim), weight.dtype, weight.device)  # [..., S, D]
@@ -300,13 +301,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad, _grad_mean, _grad_rstd):
     # grad: [..., S, D] in weight dtype
+    forbid_double_backward(OP)
     ids, weight, pos_weight, positions, type_weight, type_ids, g, b, mean, rstd = ctx.saved_tensors
     needs = [int(ctx.needs_input_grad[i]) for i in _PARAMS]
-    grad_mode = torch.is_grad_enabled()  # create_graph: the op raises (no double backward)
     grads = run(
         fused_embedding_layernorm_backward_op,
         _fused_embedding_layernorm_backward,
-        grad_mode,
+        False,
         grad,
         ids,
         weight,
@@ -389,9 +390,8 @@ def _validate(
         raise ValueError(f"{OP}: weight must be [V, D], got shape {tuple(weight.shape)}")
     check_input_ids(OP, input_ids, weight.device)
     check_scale_and_offset(OP, 1.0, position_offset)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
-        raise ValueError(f"{OP}: eps must be a finite number, got {eps!r}")
-    if eps < 0:
+    eps = check_real_scalar(OP, "eps", eps)
+    if not isinstance(eps, (torch.SymFloat, torch.SymInt)) and eps < 0:
         raise ValueError(f"{OP}: eps must be >= 0, got {eps}")
     weight = unit_stride(weight)
     if pos_weight is not None:
@@ -421,7 +421,7 @@ def _validate(
         token_type_ids,
         ln_weight,
         ln_bias,
-        float(eps),
+        eps,
         positions,
         padding_idx,
     )
@@ -457,20 +457,23 @@ def fused_embedding_layernorm(
         token_type_ids: int ``[..., S]`` (broadcastable to ``input_ids``), or None: row 0 of
             ``type_weight`` for every token (BERT's default).
         ln_weight, ln_bias: ``[D]`` LayerNorm weight and bias, each optional (no affine).
-        eps: added to the variance (``nn.LayerNorm.eps``).
+        eps: added to the variance (``nn.LayerNorm.eps``): a finite real number >= 0.
         positions: int ``[..., S]``, ``[S]`` or ``[1, S]`` positions; None:
             ``position_offset + s``.
         position_offset: first position when ``positions`` is None.
         padding_idx: word row whose gradient is zero (``nn.Embedding`` semantics).
         check_indices: range-check ids, positions and type ids (IndexError). On CUDA this
             syncs the device; with False out-of-range indices add nothing instead of reading
-            out of bounds. The C++ kernel always checks.
+            out of bounds. While a CUDA graph is being captured the check is skipped (the
+            masking applies). The C++ kernel always checks.
     Returns:
         ``[..., S, D]`` in ``weight.dtype``. All tables and LayerNorm parameters share
         ``weight``'s dtype and device.
     Raises:
         TypeError / ValueError for bad dtypes, shapes, devices or options; IndexError for
-        indices out of range; RuntimeError if the requested backend cannot run.
+        indices out of range; RuntimeError if the requested backend cannot run, or from the
+        backward when it is run with ``create_graph=True`` (no double backward, except on the
+        ``reference`` backend).
     """
     (
         input_ids,
@@ -498,7 +501,7 @@ def fused_embedding_layernorm(
     )
     backend = resolve_backend(OP, weight.device, BACKENDS)
     if backend == "reference":
-        if check_indices:
+        if host_index_checks(check_indices, input_ids.device):
             _check_ranges(
                 input_ids,
                 weight,

@@ -25,6 +25,8 @@ from fusedops.ops._common import (
     check_same_device,
     check_tensor,
     empty_output,
+    forbid_double_backward,
+    host_index_checks,
     unit_stride,
 )
 from fusedops.ops._dispatch import (
@@ -40,6 +42,7 @@ from fusedops.ops._lookup_checks import (
     check_positional,
     check_ranges,
     check_scale_and_offset,
+    check_sinusoid_base,
     positional_mode,
     token_positions,
 )
@@ -74,7 +77,7 @@ def _forward_triton(
 ):
     from fusedops.kernels.factorized_embedding import factorized_forward
 
-    if check:
+    if host_index_checks(check, ids.device):
         check_ranges(OP, ids, a.shape[0], pos_weight, positions, offset, mode)
     dim = b.shape[1]
     out = empty_output((*ids.shape, dim), a.dtype, a.device)
@@ -266,15 +269,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     # grad: [..., S, D] in the factors' dtype
+    forbid_double_backward(OP)
     ids, a, b, hot_slots, positions = ctx.saved_tensors
     need_a, need_b, need_hot, need_pos = (ctx.needs_input_grad[i] for i in (1, 2, 4, 5))
     grad_a = grad_b = grad_hot = grad_pos = None
     if need_a or need_b or need_hot:
         args = (grad, ids, a, b, hot_slots, ctx.num_hot, ctx.scale, ctx.padding_idx)
         args += (need_a, need_b, need_hot, ctx.deterministic, ctx.backend)
-        grad_mode = torch.is_grad_enabled()  # create_graph: the op raises (no double backward)
         ga, gb, gh = run(
-            factorized_embedding_backward_op, _factorized_embedding_backward, grad_mode, *args
+            factorized_embedding_backward_op, _factorized_embedding_backward, False, *args
         )
         grad_a = ga if need_a else None
         grad_b = gb if need_b else None
@@ -314,10 +317,11 @@ def _check_hot(a, b, hot_ids, hot_rows, hot_slots, check_indices):
     """Return ``(hot_slots [V] int32 | None, hot_rows [K, D] | None)``, None when K == 0.
 
     The values of ``hot_ids`` / ``hot_slots`` are checked eagerly with ``check_indices``; under
-    ``torch.compile`` (data-dependent checks cannot be traced) only their shapes are.
+    ``torch.compile`` (data-dependent checks cannot be traced) or while a CUDA graph is being
+    captured (no host reads) only their shapes are.
     """
     num_rows, dim = a.shape[0], b.shape[1]
-    check_values = check_indices and runs_eagerly()
+    check_values = host_index_checks(check_indices, a.device) and runs_eagerly()
     if hot_ids is not None and hot_slots is not None:
         raise ValueError(f"{OP}: pass hot_ids or hot_slots, not both")
     given = hot_ids if hot_ids is not None else hot_slots
@@ -407,12 +411,15 @@ def factorized_embedding(
             ``IndexError``; hot ids must also be distinct); on CUDA this syncs the device.
             With ``False`` out-of-range ids give only the positional term. The C++ kernel
             always checks ids and positions. Under ``torch.compile`` the hot ids' values are
-            not checked (ids and positions still are, inside the op).
+            not checked (ids and positions still are, inside the op); while a CUDA graph is
+            being captured nothing is checked on the host (out-of-range ids are masked).
     Returns:
         ``[..., S, D]`` in ``a.dtype`` (products and sums in fp32).
     Raises:
         TypeError / ValueError for bad dtypes, shapes, devices or options; IndexError for ids,
-        positions or hot ids out of range; RuntimeError if the requested backend cannot run.
+        positions or hot ids out of range; RuntimeError if the requested backend cannot run, or
+        from the backward when it is run with ``create_graph=True`` (no double backward,
+        except on the ``reference`` backend).
     """
     a = _check_table("a", a, None, None)
     b = _check_table("b", b, a.dtype, a.device)
@@ -423,11 +430,13 @@ def factorized_embedding(
         )
     device = a.device
     check_input_ids(OP, input_ids, device)
-    check_scale_and_offset(OP, scale, position_offset)
+    scale = check_scale_and_offset(OP, scale, position_offset)
     dim = b.shape[1]
     positions = check_positional(
         OP, input_ids, "b", dim, device, pos_weight, positions, sinusoidal, sinusoid_base
     )
+    # The base only matters with the sinusoid; otherwise any value is passed on unread.
+    sinusoid_base = check_sinusoid_base(OP, sinusoid_base) if sinusoidal else 10000.0
     if pos_weight is not None:
         pos_weight = _check_table("pos_weight", pos_weight, a.dtype, device)
     padding_idx = check_padding_idx(OP, padding_idx, a.shape[0])
@@ -436,7 +445,7 @@ def factorized_embedding(
     backend = resolve_backend(OP, device, BACKENDS)
     mode = positional_mode(pos_weight, sinusoidal)
     if backend == "reference":
-        if check_indices:
+        if host_index_checks(check_indices, device):
             check_ranges(OP, input_ids, a.shape[0], pos_weight, positions, position_offset, mode)
         return reference.factorized_embedding(
             input_ids,
@@ -463,10 +472,10 @@ def factorized_embedding(
         hot_rows,
         pos_weight,
         positions,
-        float(scale),
+        scale,
         position_offset,
         mode,
-        float(sinusoid_base),
+        sinusoid_base,
         -1 if padding_idx is None else padding_idx,
         deterministic,
         check_indices,

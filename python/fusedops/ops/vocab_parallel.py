@@ -37,6 +37,8 @@ from fusedops.ops._common import (
     FLOAT_DTYPES,
     check_dtype,
     check_tensor,
+    forbid_double_backward,
+    host_index_checks,
 )
 from fusedops.ops._dispatch import needs_grad
 from fusedops.ops._lookup_checks import (
@@ -45,6 +47,7 @@ from fusedops.ops._lookup_checks import (
     check_positional,
     check_ranges,
     check_scale_and_offset,
+    check_sinusoid_base,
     positional_mode,
     token_positions,
 )
@@ -166,23 +169,26 @@ def _check_lookup(
     sinusoid_base: object,
     padding_idx: object,
     check_indices: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, int | None, int]:
-    """Checks shared by both lookups; returns ``(input_ids, positions, padding_idx, mode)``
-    normalised (contiguous ids, positions expanded to the ids' shape, global padding id)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, int | None, int, float, float]:
+    """Checks shared by both lookups; returns ``(input_ids, positions, padding_idx, mode,
+    scale, sinusoid_base)`` normalised (contiguous ids, positions expanded to the ids' shape,
+    global padding id, the scalars as floats)."""
     check_input_ids(op, input_ids, device)
-    check_scale_and_offset(op, scale, position_offset)
+    scale = check_scale_and_offset(op, scale, position_offset)
     positions = check_positional(
         op, input_ids, table_name, dim, device, pos_weight, positions, sinusoidal, sinusoid_base
     )
+    # The base only matters with the sinusoid; otherwise any value is passed on unread.
+    sinusoid_base = check_sinusoid_base(op, sinusoid_base) if sinusoidal else 10000.0
     padding_idx = check_padding_idx(op, padding_idx, shard.num_embeddings)
     mode = positional_mode(pos_weight, sinusoidal)
-    if check_indices:
+    if host_index_checks(check_indices, device):
         # Against the full vocabulary: the kernels do not range-check ids given vocab_start,
         # and only rank 0 evaluates the positional term.
         check_ranges(
             op, input_ids, shard.num_embeddings, pos_weight, positions, position_offset, mode
         )
-    return input_ids.contiguous(), positions, padding_idx, mode
+    return input_ids.contiguous(), positions, padding_idx, mode, scale, sinusoid_base
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,6 +252,7 @@ class _VocabParallelLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         # grad: [..., S, D] in weight dtype, the same on every rank of the group
+        forbid_double_backward(OP)
         input_ids, positions = ctx.saved_tensors
         call: _Call = ctx.call
         grad_weight = grad_pos = None
@@ -303,15 +310,16 @@ def vocab_parallel_embedding(
         padding_idx: global id whose row gets no gradient (on the rank holding it).
         deterministic: bit-stable backward (see :func:`fusedops.fused_embedding`).
         check_indices: range-check ids (against ``V``) and positions on every rank before
-            the collective (on CUDA a device sync). With ``False`` out-of-range ids read as
-            zero rows.
+            the collective (on CUDA a device sync; skipped while a CUDA graph is being
+            captured). With ``False`` out-of-range ids read as zero rows.
     Returns:
         ``[..., S, D]`` in ``weight.dtype``, identical on every rank (the all-reduce runs in
         that dtype; see the module notes on precision).
     Raises:
         RuntimeError without an initialized process group; TypeError / ValueError for bad
         dtypes, shapes, devices, options or a group larger than ``V``; IndexError naming the
-        op and the id (or position) out of range. All raised before any collective.
+        op and the id (or position) out of range. All raised before any collective. The
+        backward raises RuntimeError when run with ``create_graph=True`` (no double backward).
     """
     rank, world = group_rank_and_size(process_group, OP)
     shard = vocab_shard(num_embeddings, world, rank, OP)
@@ -325,7 +333,7 @@ def vocab_parallel_embedding(
                 f"{OP}: pos_weight dtype {pos_weight.dtype} differs from weight dtype "
                 f"{weight.dtype}"
             )
-    input_ids, positions, padding_idx, mode = _check_lookup(
+    input_ids, positions, padding_idx, mode, scale, sinusoid_base = _check_lookup(
         OP,
         input_ids,
         "weight",
@@ -344,11 +352,11 @@ def vocab_parallel_embedding(
     call = _Call(
         shard=shard,
         group=process_group,
-        scale=float(scale),
+        scale=scale,
         position_offset=position_offset,
         mode=mode,
         sinusoidal=bool(sinusoidal),
-        sinusoid_base=float(sinusoid_base),
+        sinusoid_base=sinusoid_base,
         local_padding_idx=shard.local_index(padding_idx),
         deterministic=deterministic,
     )
@@ -415,7 +423,7 @@ def vocab_parallel_int8_embedding(
     if pos_weight is not None:
         check_tensor(OP_INT8, "pos_weight", pos_weight)
         check_dtype(OP_INT8, "pos_weight", pos_weight, FLOAT_DTYPES)
-    input_ids, positions, _padding_idx, mode = _check_lookup(
+    input_ids, positions, _padding_idx, mode, scale, sinusoid_base = _check_lookup(
         OP_INT8,
         input_ids,
         "qweight",
@@ -438,12 +446,12 @@ def vocab_parallel_int8_embedding(
         qweight,
         scales,
         out_dtype=out_dtype,
-        scale=float(scale),
+        scale=scale,
         pos_weight=pos_weight if first else None,
         positions=positions if first and mode != POS_NONE else None,
         position_offset=position_offset,
         sinusoidal=bool(sinusoidal) and first,
-        sinusoid_base=float(sinusoid_base),
+        sinusoid_base=sinusoid_base,
         vocab_start=shard.start,
         check_indices=False,  # checked against the full vocabulary above
     )  # [..., S, D] in out_dtype
