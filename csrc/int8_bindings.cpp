@@ -47,8 +47,10 @@ Int8Call int8_prepare(const at::Tensor& input_ids, const at::Tensor& qweight,
                    ": scales must be float32/float16/bfloat16, got ", scales.scalar_type());
   const int64_t rows = qweight.size(0);
   const int64_t dim = qweight.size(1);
-  TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == rows && scales.size(1) >= 1 &&
-                        dim % scales.size(1) == 0,
+  // G = 0 only for D = 0 (quantize_embedding of an empty row with a group_size).
+  TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == rows &&
+                        ((scales.size(1) >= 1 && dim % scales.size(1) == 0) ||
+                         (dim == 0 && scales.size(1) == 0)),
                     op, ": scales must be [V, G] with V = ", rows, " and G >= 1 dividing D = ",
                     dim, ", got shape ", scales.sizes());
   TORCH_CHECK_TYPE(is_float_dtype(out_dtype), op,

@@ -20,6 +20,7 @@ struct Int8Call {
   at::Tensor ids;          // contiguous; int64 when ids and positions had different index types
   at::Tensor pos_ids;      // defined when positions are used
   at::Tensor qweight, scales, pos_weight;
+  at::Tensor sinusoid_inv_freq;  // CUDA sinusoid mode: the launcher's [ceil(D/2)] fp32 buffer
   at::Tensor out;
   bool empty = false;      // nothing to compute (no tokens or D == 0)
 };

@@ -8,10 +8,16 @@
 // the device is read by the host (no sync, so the call can be captured in a CUDA graph); the
 // kernel masks out-of-range ids and positions (int8_math.h). With vocab_start the table is a
 // vocabulary shard: only positions are checked, and the kernel masks the other shards' ids.
+// The Python op (fusedops.int8_embedding) passes check_indices=False while the current stream is
+// capturing a CUDA graph (ops/_common.py host_index_checks): a capture may not sync.
+//
+// Sinusoid mode: a ceil(D/2) fp32 buffer from the caching allocator (capturable) receives the
+// per-pair inv_freq, which the launcher computes on the stream before the lookup.
 //
 // Only c10/cuda headers: ATen/cuda/CUDAContext.h pulls in cusparse/cublas headers that a plain
 // toolkit may lack, and is not needed for a stream and a device guard.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -59,6 +65,11 @@ at::Tensor int8_embedding_fwd_cuda(const at::Tensor& input_ids, const at::Tensor
                                c10::DeviceType::CUDA, vocab_start);
   if (call.empty) return call.out;
   if (check_indices) check_indices_cuda(call, !vocab_start.has_value());
+  if (call.args.pos_mode == PosMode::kSinusoid) {
+    call.sinusoid_inv_freq =
+        at::empty({(call.args.dim + 1) / 2}, input_ids.options().dtype(at::kFloat));
+    call.args.sinusoid_inv_freq = call.sinusoid_inv_freq.mutable_data_ptr<float>();
+  }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(input_ids.device().index()).stream();
   const cudaError_t err = cuda::int8_embedding_fwd(call.args, stream);
   TORCH_CHECK(err == cudaSuccess, kInt8Op, ": CUDA kernel launch failed: ",

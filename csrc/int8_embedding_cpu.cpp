@@ -217,6 +217,20 @@ __attribute__((target("avx512bf16,avx512vl,avx512bw,avx512f,avx2"))) void int8_r
 }
 #endif
 
+// The sinusoid row P[pos, :] (int8_math.h, fp32: the arithmetic of the CUDA kernel) into prow
+// (capacity 2 * ceil(D/2): an odd D writes one spare element). Branch-free, so gcc vectorizes
+// the AVX2 clone; the clones round identically (mul_rn/add_rn, no FMA).
+FUSEDOPS_I8_CLONES void int8_sinusoid_row(int64_t pos, const float* __restrict inv_freq,
+                                          int64_t dim, float* __restrict prow) {
+  const int64_t pairs = (dim + 1) / 2;
+  for (int64_t i = 0; i < pairs; ++i) {
+    float s, c;
+    int8_sinusoid_pair(pos, inv_freq[i], &s, &c);
+    prow[2 * i] = s;
+    prow[2 * i + 1] = c;
+  }
+}
+
 // The lookup's per-token work, run by run_lookup (lookup_schedule.h).
 template <FloatKind K>
 struct Int8Plan {
@@ -246,7 +260,7 @@ struct Int8Plan {
       }
       return buf;
     }
-    sinusoid_row(pos, inv_freq, a.dim, buf);  // embedding_cpu.h
+    int8_sinusoid_row(pos, inv_freq, a.dim, buf);
     return buf;
   }
 

@@ -9,18 +9,22 @@
 // Work split: one warp per token row, grid-stride over rows (int64 row and element offsets).
 // Each lane owns 16-element chunks of the row: one 16-byte load of int8 (LDG.E.128), its group
 // scale (a broadcast load: the lanes of a warp read the same few scales), the positional chunk
-// (learned: 16-byte loads; sinusoid: computed in fp64, 8 sin/cos pairs), then 16 fp32 results
-// stored as 16-byte vectors (4 for fp32 out, 2 for fp16/bf16).
+// (learned: 16-byte loads; sinusoid: 8 pairs' inv_freq in two 16-byte loads, then 8 fp32 sin/cos
+// pairs), then 16 fp32 results stored as 16-byte vectors (4 for fp32 out, 2 for fp16/bf16).
+//
+// Sinusoid: the per-pair inv_freq (an fp64 exp each, the reference's correctly rounded value) is
+// computed once per call by int8_sinusoid_inv_freq_kernel into a ceil(D/2) buffer; the lookup
+// kernels then use fp32 only (int8_math.h's sincos_f32), so GPUs with slow fp64 lose nothing.
+// tests/int8/test_int8_cuda_compile.py checks their SASS/PTX has no fp64 and no FMA.
 //
 // Why a warp per row (no GPU here, so reasoning + SASS rather than a measurement): a row is D
 // bytes of int8 — 768 for GPT-2 — i.e. 48 chunks of 16 bytes, so a warp covers it in 2 steps
 // and a block per row would leave most of its threads idle for D <= 4096 (<= 256 chunks).
 // The kernel is bound by the output writes (4x the int8 read for fp32 out); many independent
 // warps, each with 16-byte loads and stores in flight, is what keeps the memory system busy.
-// 8 warps per 256-thread block; no shared memory, no synchronization. ptxas: 60-62 registers
-// (sm_80) / 80 (sm_90) for the vectorized kernel, 0 spills, 0 stack; capping it at 64 registers
-// (__launch_bounds__(256, 4)) made ptxas spill ~120 bytes on sm_90, so it is left uncapped: 3
-// resident blocks = 24 warps per SM, each with 16-byte loads and 4x16-byte stores in flight,
+// 8 warps per 256-thread block; no shared memory, no synchronization. ptxas: 48 registers for
+// the vectorized kernel on sm_80 and sm_90, 0 spills, 0 stack, so no register cap is needed: 5
+// resident blocks = 40 warps per SM, each with 16-byte loads and 4x16-byte stores in flight,
 // is well above what Little's law asks to saturate HBM (a few KB in flight per SM).
 #include "int8_embedding_cuda_kernel.h"
 
@@ -130,10 +134,14 @@ __global__ void __launch_bounds__(kThreads) int8_embedding_vec_kernel(const Int8
         } else if (a.pos_mode == PosMode::kLearned) {
           load_pos16(a, t.pos, c, p);
         } else {
+          // Pairs 8c .. 8c+7 (the launcher checked the buffer is 16-byte aligned).
+          const float4* f = reinterpret_cast<const float4*>(a.sinusoid_inv_freq) + 2 * c;
+          const float4 f0 = __ldg(f);
+          const float4 f1 = __ldg(f + 1);
+          const float inv_freq[8] = {f0.x, f0.y, f0.z, f0.w, f1.x, f1.y, f1.z, f1.w};
 #pragma unroll
           for (int k = 0; k < 8; ++k) {
-            sinusoid_pair_fast(t.pos, static_cast<int64_t>(c) * 8 + k, a.sinusoid_coef,
-                               &p[2 * k], &p[2 * k + 1]);
+            int8_sinusoid_pair(t.pos, inv_freq[k], &p[2 * k], &p[2 * k + 1]);
           }
         }
 #pragma unroll
@@ -168,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) int8_embedding_elem_kernel(const Int
           p = load_as_f32(a.pos_weight, a.pos_kind, t.pos * a.pos_row_stride + d);
         } else if (t.pos_ok) {
           float p_even, p_odd;
-          sinusoid_pair_fast(t.pos, d / 2, a.sinusoid_coef, &p_even, &p_odd);
+          int8_sinusoid_pair(t.pos, __ldg(a.sinusoid_inv_freq + d / 2), &p_even, &p_odd);
           p = (d % 2 == 0) ? p_even : p_odd;
         }
         v = int8_fused_value(q, s, a.scale, p);
@@ -177,6 +185,17 @@ __global__ void __launch_bounds__(kThreads) int8_embedding_elem_kernel(const Int
       }
       static_cast<Out*>(a.out)[n * a.dim + d] = f32_to_storage<K>(v);
     }
+  }
+}
+
+// inv_freq[i] = sinusoid_inv_freq(i, coef) for the pairs i < ceil(D/2): the sinusoid's one fp64
+// step, an exp per pair and call (not per element).
+__global__ void __launch_bounds__(kThreads)
+    int8_sinusoid_inv_freq_kernel(float coef, int64_t pairs, float* inv_freq) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < pairs;
+       i += stride) {
+    inv_freq[i] = sinusoid_inv_freq(i, coef);
   }
 }
 
@@ -203,11 +222,20 @@ bool int8_embedding_vectorized(const Int8EmbeddingArgs& a) {
       (!aligned16(a.pos_weight) || (a.pos_row_stride * elem_bytes(a.pos_kind)) % 16 != 0)) {
     return false;
   }
+  if (a.pos_mode == PosMode::kSinusoid && !aligned16(a.sinusoid_inv_freq)) return false;
   return true;
 }
 
 cudaError_t int8_embedding_fwd(const Int8EmbeddingArgs& a, cudaStream_t stream) {
   if (a.num_tokens <= 0 || a.dim <= 0) return cudaSuccess;
+  if (a.pos_mode == PosMode::kSinusoid) {
+    if (a.sinusoid_inv_freq == nullptr) return cudaErrorInvalidValue;
+    const int64_t pairs = (a.dim + 1) / 2;
+    const int64_t want_freq = (pairs + kThreads - 1) / kThreads;
+    const unsigned freq_blocks = static_cast<unsigned>(want_freq < 1024 ? want_freq : 1024);
+    int8_sinusoid_inv_freq_kernel<<<freq_blocks, kThreads, 0, stream>>>(a.sinusoid_coef, pairs,
+                                                                       a.sinusoid_inv_freq);
+  }
   const int64_t want = (a.num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const unsigned blocks = static_cast<unsigned>(want < kMaxBlocks ? want : kMaxBlocks);
   const bool vec = int8_embedding_vectorized(a);

@@ -12,7 +12,9 @@
 namespace fusedops {
 namespace cuda {
 
-// Enqueues the kernel on `stream`; returns the launch status (cudaGetLastError()).
+// Enqueues the kernel on `stream`; returns the launch status (cudaGetLastError()). In sinusoid
+// mode args.sinusoid_inv_freq must be a device buffer of ceil(D/2) floats (16-byte aligned for
+// the vectorized kernel), which a first small kernel fills on the same stream.
 cudaError_t int8_embedding_fwd(const Int8EmbeddingArgs& args, cudaStream_t stream);
 
 // True when the 16-byte vectorized kernel applies (D and the group size multiples of 16,

@@ -6,7 +6,12 @@
 //   w'  = fp32(float(q) * float(scales[row, d / group]))     dequantized value, one rounding
 //   out = cast(fused_value(w', scale, P))                     (w' * scale) + P, no FMA
 // where cast is round-to-nearest-even to fp32/fp16/bf16 and P is the positional value in fp32
-// (learned row read as fp32, or the sinusoid of fusedops_math.h), absent -> w' * scale.
+// (learned row read as fp32, or the fp32 sinusoid below), absent -> w' * scale.
+//
+// FMA: every multiply and add here is mul_rn/add_rn (fusedops_math.h): __fmul_rn/__fadd_rn in
+// device code, which nvcc never contracts into an FFMA, and plain operators on the host (built
+// with -ffp-contract=off). So the CPU and the GPU round each operation the same way and give the
+// same bits; tests/int8/test_int8_cuda_compile.py checks the SASS and PTX have no FMA.
 #pragma once
 
 #include <cstdint>
@@ -33,17 +38,69 @@ FUSEDOPS_HD inline float int8_fused_value(int8_t q, float group_scale, float sca
   return fused_value(dequant_value(q, group_scale), scale);
 }
 
-// The sinusoid pair (P[pos, 2i], P[pos, 2i + 1]) for positions in [0, kSinusoidMaxPosition), where
-// the fp32 angle is at most 2^16 < kSinCosFastLimit, so the branch-free fast path alone is exact
-// (no libm call: on the GPU that keeps the kernel free of local memory). Same values as
-// sinusoid_value() of fusedops_math.h for those positions.
-FUSEDOPS_HD inline void sinusoid_pair_fast(int64_t pos, int64_t i, float coef, float* p_even,
+// ---------------------------------------------------------------------------------------------
+// The sinusoid in fp32 (no fp64 per element: GPUs with slow fp64 run it at full speed).
+//
+//   inv_freq[i]             = sinusoid_inv_freq(i, coef) (fusedops_math.h): once per pair and
+//                             call, before the lookup (the reference's correctly rounded value)
+//   angle                   = sinusoid_angle(pos, inv_freq[i]): fp32(float(pos) * inv_freq[i])
+//   P[pos, 2i], P[pos, 2i+1] = sincos_f32(angle)
+//
+// sincos_f32 reduces angle = k * pi/2 + r, |r| <= pi/4 (k rounded to nearest), with pi/2 split
+// Cody-Waite style into four fp32 pieces; the first three have 8 significant bits, so k * piece
+// is exact for k < 2^16, which covers every angle here (positions < kSinusoidMaxPosition = 2^16,
+// inv_freq <= 1). Then the single-precision minimax polynomials of sin and cos on [-pi/4, pi/4]
+// (Cephes' coefficients, as in the Triton kernels' _sin_or_cos). Error against sin/cos of the
+// same fp32 angle in fp64: below 1.5e-7 (tests/int8/test_int8_sinusoid.py checks every position
+// below 2^16), the same bound as the fp32 sinusoid of the Triton embedding kernels.
+namespace detail {
+constexpr float kF32TwoOverPi = 0.636619772367581343f;
+// Adding then subtracting 1.5 * 2^23 rounds |v| < 2^22 to the nearest integer (ties to even).
+constexpr float kF32RoundMagic = 0x1.8p23f;
+constexpr float kF32Pio2A = 1.5703125f;                 // 8 significant bits
+constexpr float kF32Pio2B = 4.84466552734375e-4f;       // 8 significant bits
+constexpr float kF32Pio2C = -6.407499313354492e-7f;     // 8 significant bits
+constexpr float kF32Pio2D = 9.92093629470503e-10f;      // the rest of pi/2
+constexpr float kF32Sin1 = -1.6666654611e-1f;
+constexpr float kF32Sin2 = 8.3321608736e-3f;
+constexpr float kF32Sin3 = -1.9515295891e-4f;
+constexpr float kF32Cos1 = 4.166664568298827e-2f;
+constexpr float kF32Cos2 = -1.388731625493765e-3f;
+constexpr float kF32Cos3 = 2.443315711809948e-5f;
+}  // namespace detail
+
+// sin(angle) and cos(angle) in fp32 for 0 <= angle < 2^16 * pi/2; branch-free.
+FUSEDOPS_HD inline void sincos_f32(float angle, float* sin_out, float* cos_out) {
+  using namespace detail;
+  const float k =
+      add_rn(add_rn(mul_rn(angle, kF32TwoOverPi), kF32RoundMagic), -kF32RoundMagic);
+  float r = add_rn(angle, -mul_rn(k, kF32Pio2A));
+  r = add_rn(r, -mul_rn(k, kF32Pio2B));
+  r = add_rn(r, -mul_rn(k, kF32Pio2C));
+  r = add_rn(r, -mul_rn(k, kF32Pio2D));
+  const int32_t q = static_cast<int32_t>(k);  // the quadrant, mod 4 below
+  const float r2 = mul_rn(r, r);
+  // sin r = r + r^3 * (S1 + r^2 * (S2 + r^2 * S3))
+  float ps = add_rn(mul_rn(r2, kF32Sin3), kF32Sin2);
+  ps = add_rn(mul_rn(r2, ps), kF32Sin1);
+  const float sr = add_rn(r, mul_rn(mul_rn(r, r2), ps));
+  // cos r = (1 - r^2 / 2) + r^4 * (C1 + r^2 * (C2 + r^2 * C3))
+  float pc = add_rn(mul_rn(r2, kF32Cos3), kF32Cos2);
+  pc = add_rn(mul_rn(r2, pc), kF32Cos1);
+  const float cr = add_rn(add_rn(1.0f, mul_rn(-0.5f, r2)), mul_rn(mul_rn(r2, r2), pc));
+  // angle = r + q * pi/2: sin = (sr, cr, -sr, -cr)[q mod 4], cos = (cr, -sr, -cr, sr)[q mod 4].
+  const bool odd = (q & 1) != 0;
+  const float a = odd ? cr : sr;
+  const float b = odd ? sr : cr;
+  *sin_out = (q & 2) != 0 ? -a : a;
+  *cos_out = ((q + 1) & 2) != 0 ? -b : b;
+}
+
+// The sinusoid pair (P[pos, 2i], P[pos, 2i + 1]) for pair i's inv_freq and a position in
+// [0, kSinusoidMaxPosition).
+FUSEDOPS_HD inline void int8_sinusoid_pair(int64_t pos, float inv_freq, float* p_even,
                                            float* p_odd) {
-  const double x = static_cast<double>(sinusoid_angle(pos, sinusoid_inv_freq(i, coef)));
-  double s, c;
-  sincos_fast(x, &s, &c);
-  *p_even = static_cast<float>(s);
-  *p_odd = static_cast<float>(c);
+  sincos_f32(sinusoid_angle(pos, inv_freq), p_even, p_odd);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -71,6 +128,9 @@ struct Int8EmbeddingArgs {
   const void* positions = nullptr;  // [num_tokens], same index type as ids, or nullptr
   int64_t position_offset = 0;      // pos = position_offset + s when positions is nullptr
   float sinusoid_coef = 0.0f;       // fp32(ln(base) / D)
+  // [ceil(D / 2)] fp32 inv_freq per pair, sinusoid mode on CUDA: a device buffer the CUDA
+  // launcher fills from sinusoid_coef before the lookup (the CPU kernel keeps its own).
+  float* sinusoid_inv_freq = nullptr;
   void* out = nullptr;              // [num_tokens, dim] contiguous, out_kind
   FloatKind out_kind = FloatKind::kF32;
 };

@@ -10,15 +10,19 @@ semantics on any machine; on a GPU the CUDA op must match it and be capturable i
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from helpers import assert_close, sinusoid_atol
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fusedops
 import fusedops._C
 import fusedops.ops.cpp_fakes  # the fake impl opcheck needs
 from fusedops import reference
 from fusedops.constants import POS_LEARNED, POS_NONE, POS_SINUSOID, SINUSOID_MAX_POSITION
+from fusedops.ops import _common
 
 OP = torch.ops.fusedops.int8_embedding_fwd
 MODES = {"none": POS_NONE, "learned": POS_LEARNED, "sinusoid": POS_SINUSOID}
@@ -168,6 +172,62 @@ def test_opcheck_with_check_indices_false():
     torch.library.opcheck(OP.default, (*args, False))
 
 
+class _OpArgs(TorchDispatchMode):
+    """Records the arguments of every int8_embedding_fwd call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is OP.default:
+            self.calls.append(args)
+        return func(*args, **(kwargs or {}))
+
+    def check_indices(self) -> list[bool]:
+        """check_indices of each call (the dispatcher leaves out trailing defaults: True)."""
+        return [bool(args[10]) if len(args) > 10 else True for args in self.calls]
+
+
+def test_capture_skips_the_host_checks(monkeypatch):
+    """The CUDA-graph rule on CPU: int8_embedding routes check_indices through
+    host_index_checks, which turns it off while the current stream captures. Emulated here by a
+    capturing stream and a "cuda" device seen by that helper: the extension op then receives
+    check_indices=False, and the reference backend skips its host range check."""
+    int8_ops = sys.modules["fusedops.ops.int8_embedding"]
+    seen = []
+
+    def as_if_cuda(check_indices, device):
+        seen.append((check_indices, device.type))
+        return _common.host_index_checks(check_indices, torch.device("cuda"))
+
+    monkeypatch.setattr(int8_ops, "host_index_checks", as_if_cuda)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    qweight, scales, pos_weight = _tables(8)
+    ids = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(1))
+    positions = torch.randint(0, P, (2, 6), generator=torch.Generator().manual_seed(2))
+    kwargs = {"scale": 1.5, "pos_weight": pos_weight, "positions": positions}
+    with _OpArgs() as spy:
+        out = fusedops.int8_embedding(ids, qweight, scales, **kwargs)
+    assert spy.check_indices() == [False]  # as the extension op receives it
+    assert torch.equal(out, reference.int8_embedding(ids, qweight, scales, **kwargs))
+    # The reference backend: a sinusoid position past the range raises outside a capture; here
+    # the host check is skipped and the (unmasked) reference computes it.
+    far = torch.full((2, 6), SINUSOID_MAX_POSITION)
+    with fusedops.use_backend("reference"):
+        out = fusedops.int8_embedding(ids, qweight, scales, sinusoidal=True, positions=far)
+    expected = reference.int8_embedding(ids, qweight, scales, sinusoidal=True, positions=far)
+    assert torch.equal(out, expected)
+    assert seen == [(True, "cpu"), (True, "cpu")]
+    # Not capturing: the checks run (IndexError) and the op gets check_indices=True.
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    with fusedops.use_backend("reference"), pytest.raises(IndexError, match="int8_embedding"):
+        fusedops.int8_embedding(ids, qweight, scales, sinusoidal=True, positions=far)
+    with _OpArgs() as spy:
+        fusedops.int8_embedding(ids, qweight, scales, **kwargs)
+    assert spy.check_indices() == [True]
+
+
 @pytest.mark.cuda
 class TestCuda:
     @pytest.fixture(autouse=True)
@@ -226,3 +286,29 @@ class TestCuda:
             ids, qweight, scales, scale=1.5, pos_weight=pos_weight, positions=positions
         )
         assert torch.equal(out, expected)
+
+    @pytest.mark.parametrize("mode", ["learned", "sinusoid"])
+    def test_checked_call_is_graph_capturable(self, mode):
+        """check_indices=True (the default) inside a capture: the host check is skipped (no
+        sync), replays compute the new ids, and an id made bad after the capture is masked;
+        bit for bit the CPU kernel's values (the same arithmetic, no FMA)."""
+        tables = _tables(16)
+        qweight, scales, pos_weight = (t.cuda() for t in tables)
+        ids = torch.randint(0, V, (2, 6), device="cuda")
+        positions = torch.randint(0, P, (2, 6), device="cuda")
+        kwargs = {"scale": 1.5, "positions": positions}
+        kwargs.update({"pos_weight": pos_weight} if mode == "learned" else {"sinusoidal": True})
+        fusedops.int8_embedding(ids, qweight, scales, **kwargs)  # warm-up outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fusedops.int8_embedding(ids, qweight, scales, **kwargs)
+        for bad in (None, V + 3):
+            ids.copy_(torch.randint(0, V, (2, 6), device="cuda"))
+            if bad is not None:
+                ids[0, 0] = bad
+            graph.replay()
+            torch.cuda.synchronize()
+            args = _args(ids.cpu(), *tables, positions.cpu(), mode, torch.float32)
+            expected = fusedops._C._int8_embedding_fwd_masked_cpu(*args)
+            assert torch.equal(out.cpu(), expected), bad

@@ -2,13 +2,16 @@
 
 ``make cuda-build`` (run by ``make test`` in the background wherever nvcc is on PATH) creates
 ``.venv-cuda`` at the repo root with a CUDA torch (torch==2.14.1, CUDA 13.0) and installs
-fusedops there with ``FUSEDOPS_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0"`` from a copy of the
+fusedops there with ``FUSEDOPS_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX"`` from a copy of the
 sources; ``make test`` names the file the build's exit status goes to, and this test waits for
 it. It imports that build with the second venv's python (no GPU needed) and checks with the
 dispatcher that every op of the C++ library has CPU and Meta kernels (Meta: the Python fakes of
 ``fusedops.ops.cpp_fakes``), that int8_embedding_fwd has a CUDA kernel and its ``check_indices``
-and ``vocab_start`` arguments, and that the CPU kernel of that build computes. Skipped, with the
-reason, when ``.venv-cuda`` was not built.
+and ``vocab_start`` arguments, and that the CPU kernel of that build computes. ``cuobjdump`` of
+the built extension must list sm_80 and sm_90 cubins and compute_90 PTX, the fallback the driver
+compiles for a newer GPU (without it: "no kernel image is available"); the parsing of that listing
+is checked on a small fatbin built here with nvcc. Skipped, with the reason, when ``.venv-cuda``
+was not built (or nvcc / cuobjdump are missing).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+from int8_cuda_tools import cuobjdump, fatbin_contents
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA_VENV = os.path.join(ROOT, ".venv-cuda")
@@ -64,7 +68,7 @@ print(json.dumps({
     "int8_schema": str(torch.ops.fusedops.int8_embedding_fwd.default._schema),
     "torch": torch.__version__, "torch_cuda": torch.version.cuda,
     "gpu": torch.cuda.is_available(), "fusedops_file": fusedops.__file__,
-    "build_info": fusedops._C.build_info(), "keys": keys,
+    "build_info": fusedops._C.build_info(), "keys": keys, "extension": fusedops._C.__file__,
     "cpu_ok": bool(torch.equal(out, ref)),
 }))
 """
@@ -165,3 +169,55 @@ def test_int8_schema_has_check_indices(probe):
 
 def test_cpu_kernel_of_cuda_build(probe):
     assert probe["cpu_ok"]
+
+
+# What a "+PTX" arch list embeds: cubins for sm_80 and sm_90, PTX for compute_90 (listed as
+# sm_90 by cuobjdump), which the driver JIT-compiles on GPUs newer than sm_90.
+CUBIN_ARCHS = {"sm_80", "sm_90"}
+PTX_ARCH = "sm_90"
+
+
+def _need_cuobjdump() -> str:
+    tool = cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (triton wheel's or on PATH) to list the embedded code")
+    return tool
+
+
+def test_extension_embeds_cubins_and_ptx_fallback(probe):
+    contents = fatbin_contents(_need_cuobjdump(), probe["extension"])
+    print(f"{probe['extension']}: cubins {sorted(contents['elf'])}, PTX {sorted(contents['ptx'])}")
+    assert contents["elf"] >= CUBIN_ARCHS, contents
+    assert PTX_ARCH in contents["ptx"], (
+        f"no compute_90 PTX in the CUDA build ({contents}): GPUs newer than sm_90 would get "
+        "'no kernel image is available'; build with TORCH_CUDA_ARCH_LIST='8.0;9.0+PTX'"
+    )
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_fatbin_listing_is_parsed(tmp_path):
+    """fatbin_contents on fatbins nvcc builds here: the +PTX gencode set is recognised, and a
+    build without PTX is told apart."""
+    tool = _need_cuobjdump()
+    src = tmp_path / "k.cu"
+    src.write_text("__global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }\n")
+    builds = {
+        "with_ptx": [
+            "-gencode=arch=compute_80,code=sm_80",
+            "-gencode=arch=compute_90,code=[sm_90,compute_90]",
+        ],
+        "cubins_only": ["-gencode=arch=compute_80,code=sm_80"],
+    }
+    found = {}
+    for name, gencode in builds.items():
+        out = str(tmp_path / f"{name}.fatbin")
+        res = subprocess.run(
+            ["nvcc", "-fatbin", *gencode, str(src), "-o", out],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr
+        found[name] = fatbin_contents(tool, out)
+    assert found["with_ptx"] == {"elf": CUBIN_ARCHS, "ptx": {PTX_ARCH}}, found
+    assert found["cubins_only"] == {"elf": {"sm_80"}, "ptx": set()}, found

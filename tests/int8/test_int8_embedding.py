@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import DTYPES, POS_MODES, assert_close, backend_cases, pos_kwargs, sinusoid_atol
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import fusedops
 from fusedops import reference
@@ -225,23 +226,39 @@ def test_opcheck_extension_op(mode, out_dtype):
         )
 
 
-def test_torch_compile_fullgraph():
-    ids, qweight, scales, pos_weight = _inputs((2,), 5, 12, 9, 4, "cpu")
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph(dynamic):
+    """One fullgraph compile (aot_eager, dynamo reset first so it really compiles here) of a
+    learned and a sinusoid lookup, the scale a traced input (a SymFloat with dynamic shapes):
+    the graph calls the extension op twice and matches eager; with dynamic shapes one graph
+    serves two sequence lengths."""
+    # Clones: no tensor is a view, whose base's sizes dynamo would guard on as well.
+    ids, qweight, scales, pos_weight = (t.clone() for t in _inputs((2,), 5, 12, 9, 4, "cpu"))
 
-    def fn(ids, qweight, scales, pos_weight):
-        out = fusedops.int8_embedding(ids, qweight, scales, scale=2.0, pos_weight=pos_weight)
+    def fn(ids, qweight, scales, pos_weight, scale):
+        out = fusedops.int8_embedding(ids, qweight, scales, scale=scale, pos_weight=pos_weight)
         sin = fusedops.int8_embedding(
             ids, qweight, scales, sinusoidal=True, out_dtype=torch.bfloat16
         )
         return out + sin.float()
 
-    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
-    out = compiled(ids, qweight, scales, pos_weight)
-    expected = _oracle64(ids, qweight, scales, scale=2.0, pos_weight=pos_weight)
-    expected = (
-        expected
-        + reference.int8_embedding(
-            ids, qweight, scales, sinusoidal=True, out_dtype=torch.bfloat16
-        ).double()
-    )
-    assert_close(out, expected, atol_extra=1e-5)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(fn, backend=counter, fullgraph=True, dynamic=dynamic)
+    for seq in (5, 3):
+        part = ids[:, :seq].clone()
+        out = compiled(part, qweight, scales, pos_weight, 2.0)
+        assert torch.equal(out, fn(part, qweight, scales, pos_weight, 2.0))
+        expected = _oracle64(part, qweight, scales, scale=2.0, pos_weight=pos_weight)
+        expected = (
+            expected
+            + reference.int8_embedding(
+                part, qweight, scales, sinusoidal=True, out_dtype=torch.bfloat16
+            ).double()
+        )
+        assert_close(out, expected, atol_extra=1e-5)
+    calls = [
+        sum("int8_embedding_fwd" in str(node.target) for node in graph.graph.nodes)
+        for graph in counter.graphs
+    ]
+    assert [c for c in calls if c] == [2] * (1 if dynamic else 2), calls

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_close, backend_cases
 from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import fusedops
 from fusedops import reference
@@ -217,8 +219,70 @@ def test_constructor_repr_and_bad_arguments():
         Int8Embedding.from_embedding(nn.Embedding(4, 8), group_size=3)
 
 
-def test_module_under_torch_compile():
-    m = Int8Embedding.from_embedding(FusedEmbedding(30, 16, num_positions=20, scale=2.0))
-    ids = torch.randint(0, 30, (2, 7))
-    compiled = torch.compile(m, fullgraph=True, dynamic=False)
-    assert torch.equal(compiled(ids, position_offset=3), m(ids, position_offset=3))
+def _graphs_with_op(counter) -> int:
+    """How many of the graphs ``counter`` compiled call the INT8 extension op."""
+    return sum(
+        any(
+            node.op == "call_function" and "int8_embedding_fwd" in str(node.target)
+            for node in graph.graph.nodes
+        )
+        for graph in counter.graphs
+    )
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_module_under_torch_compile(dynamic):
+    """fullgraph compiles of a learned-position and a sinusoid module, static and dynamic
+    shapes: the graph holds the extension op and the output equals eager. torch._dynamo.reset()
+    first, so the frame compiles here and a cached or skipped frame cannot pass as compiled.
+    With dynamic shapes one graph serves two sequence lengths."""
+    torch.manual_seed(0)
+    modules = [
+        Int8Embedding.from_embedding(FusedEmbedding(30, 16, num_positions=20, scale=2.0)),
+        Int8Embedding.from_embedding(
+            FusedEmbedding(30, 16, sinusoidal=True, scale="sqrt_dim"), group_size=8
+        ),
+    ]
+    for m in modules:
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("aot_eager")
+        compiled = torch.compile(m, backend=counter, fullgraph=True, dynamic=dynamic)
+        for seq in (7, 5):
+            ids = torch.randint(0, 30, (2, seq))
+            assert torch.equal(compiled(ids, position_offset=3), m(ids, position_offset=3))
+        assert _graphs_with_op(counter) == (1 if dynamic else 2), m
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "pattern"),
+    [
+        ({"group_size": 4.0}, TypeError, "group_size must be an int or None, got 4.0"),
+        ({"group_size": True}, TypeError, "group_size must be an int or None, got True"),
+        ({"group_size": 0}, ValueError, "group_size must be >= 1, got 0"),
+        ({"num_embeddings": 10.0}, TypeError, "num_embeddings must be an int, got 10.0"),
+        ({"embedding_dim": 8.0}, TypeError, "embedding_dim must be an int, got 8.0"),
+        ({"embedding_dim": 0}, ValueError, "embedding_dim must be >= 1, got 0"),
+        ({"num_positions": 3.0}, TypeError, "num_positions must be an int or None, got 3.0"),
+        ({"padding_idx": 1.0}, TypeError, "padding_idx must be an int or None"),
+        ({"scale": "sqrt"}, ValueError, 'scale must be a number or "sqrt_dim"'),
+        ({"scale": float("nan")}, ValueError, "scale must be a finite number"),
+        ({"sinusoid_base": -1.0}, ValueError, "sinusoid_base must be a finite number > 0"),
+    ],
+)
+def test_constructor_arguments_are_checked(kwargs, exc, pattern):
+    args = {"num_embeddings": 10, "embedding_dim": 8, **kwargs}
+    with pytest.raises(exc, match=f"Int8Embedding: {pattern}"):
+        Int8Embedding(**args)
+
+
+def test_numpy_integers_are_accepted():
+    m = Int8Embedding(np.int64(10), np.int32(8), group_size=np.int64(4), num_positions=np.int16(3))
+    assert (m.num_embeddings, m.embedding_dim, m.group_size) == (10, 8, 4)
+    assert type(m.num_embeddings) is int and m.pos_weight.shape == (3, 8)
+    out = m(torch.tensor([[1, 2]]))
+    assert out.shape == (1, 2, 8) and bool((out == 0).all())
+    emb = nn.Embedding(10, 8)
+    q = Int8Embedding.from_embedding(emb, group_size=np.int64(4))
+    assert q.group_size == 4 and torch.equal(
+        q.qweight, fusedops.quantize_embedding(emb.weight, group_size=4)[0]
+    )

@@ -119,6 +119,8 @@ def test_quantization_is_deterministic_and_device_local():
     [
         (torch.randn(4, 10), {"group_size": 4}, ValueError, "group_size 4 does not divide.*D=10"),
         (torch.randn(4, 10), {"group_size": 0}, ValueError, "group_size must be a positive"),
+        (torch.randn(4, 8), {"group_size": 4.0}, TypeError, "group_size must be an int or None"),
+        (torch.randn(4, 8), {"group_size": True}, TypeError, "group_size must be an int or None"),
         (torch.randn(4, 10), {"scale_dtype": torch.float64}, TypeError, "scale_dtype"),
         (torch.randn(10), {}, ValueError, r"weight must be \[V, D\]"),
         (torch.randint(0, 3, (4, 4)), {}, TypeError, "weight must be a float tensor"),
@@ -129,3 +131,67 @@ def test_quantization_is_deterministic_and_device_local():
 def test_bad_input(weight, kwargs, exc, pattern):
     with pytest.raises(exc, match=f"quantize_embedding: {pattern}"):
         fusedops.quantize_embedding(weight, **kwargs)
+
+
+def _tiny_rows(scale_dtype: torch.dtype) -> torch.Tensor:
+    """fp32 rows ``[R, 8]`` whose exact scale ``absmax / 127`` lies around and below the
+    smallest subnormal of ``scale_dtype`` (a few steps of it, fractions of one, and the
+    issue's row ``[1e-5, -3e-6, 2e-6, 0]`` padded with zeros)."""
+    tiny = torch.finfo(scale_dtype).tiny * torch.finfo(scale_dtype).eps  # smallest subnormal
+    pattern = torch.tensor([1.0, -0.3, 0.2, 0.0, 0.77, -0.55, 0.013, 0.49], dtype=torch.float64)
+    steps = [0.3, 0.6, 1.4, 2.45, 8.4, 37.3, 100.4, 700.3]
+    rows = [127 * tiny * t * pattern for t in steps]
+    rows.append(torch.tensor([1e-5, -3e-6, 2e-6, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+    rows.append(torch.tensor([1e-6, 5e-7, -2e-7, 0.0, 1e-7, 0.0, 0.0, 0.0], dtype=torch.float64))
+    return torch.stack(rows).to(torch.float32)  # fp32 subnormals where needed
+
+
+@pytest.mark.parametrize("scale_dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("group_size", [None, 4])
+def test_tiny_magnitudes_keep_the_half_step_bound(scale_dtype, group_size):
+    """A row whose scale is subnormal (or underflows) in scale_dtype still dequantizes within
+    half a step of the *stored* scale: the stored scale is never so far below absmax / 127 that
+    the clamp to +-127 breaks the bound."""
+    weight = _tiny_rows(scale_dtype)
+    qweight, scales = fusedops.quantize_embedding(
+        weight, group_size=group_size, scale_dtype=scale_dtype
+    )
+    step = _per_feature_scales(scales, weight.shape[1])  # [R, 8] stored scales, fp64
+    err = (qweight.double() * step - weight.double()).abs()
+    ratio = float((err / step.clamp_min(1e-300)).max())
+    assert bool((err <= step * HALF_STEP).all()), f"max err / stored scale {ratio:.3g}"
+    # The rule: absmax <= 127.5 * stored scale (exact in fp64), a nonzero scale for a nonzero
+    # group.
+    groups = weight.double().reshape(weight.shape[0], scales.shape[1], -1)
+    absmax = groups.abs().amax(dim=-1)  # [R, G]
+    assert bool((2 * absmax <= 255 * scales.double()).all())
+    assert bool(((absmax > 0) == (scales.double() > 0)).all())
+    assert bool((qweight.abs() <= 127).all())
+
+
+@pytest.mark.parametrize("scale_dtype", DTYPES, ids=str)
+def test_normal_scales_stay_round_to_nearest(scale_dtype):
+    """Only scales the bound needs are moved: a table in the normal range keeps
+    ``fp32(absmax / 127)`` rounded to nearest in scale_dtype."""
+    weight = _table(20, 32, seed=4)
+    _, scales = fusedops.quantize_embedding(weight, group_size=8, scale_dtype=scale_dtype)
+    absmax = weight.reshape(20, 4, 8).abs().amax(dim=-1)
+    assert torch.equal(scales, (absmax / 127).to(scale_dtype))
+
+
+@pytest.mark.parametrize("group_size", [None, 4])
+def test_empty_feature_dim(group_size):
+    """A [V, 0] table quantizes to int8 [V, 0] and zero scales [V, G] (G = 1 per row, else
+    0 // group_size = 0), and the lookup of it gives [..., S, 0]."""
+    qweight, scales = fusedops.quantize_embedding(torch.empty(5, 0), group_size=group_size)
+    groups = 1 if group_size is None else 0
+    assert qweight.dtype == torch.int8 and qweight.shape == (5, 0)
+    assert scales.dtype == torch.float32 and scales.shape == (5, groups)
+    assert bool((scales == 0).all())
+    assert reference.dequantize_embedding(qweight, scales).shape == (5, 0)
+    ids = torch.tensor([[0, 4, 2]])
+    for backend in ("auto", "reference"):
+        for pos_weight in (None, torch.empty(4, 0)):
+            with fusedops.use_backend(backend):
+                out = fusedops.int8_embedding(ids, qweight, scales, pos_weight=pos_weight)
+            assert out.shape == (1, 3, 0) and out.dtype == torch.float32, backend

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
 from typing import Any
 
@@ -12,10 +13,29 @@ from torch import nn
 from fusedops.nn._lookup_module import Int8LookupModule, default_out_dtype, dtype_name
 from fusedops.nn.embedding import FusedEmbedding
 from fusedops.ops import int8_embedding
+from fusedops.ops._common import check_real_scalar
 from fusedops.quantization import dequantize_embedding
 
 _NAME = "Int8Embedding"
 _FORMAT = "fusedops.Int8Embedding/1"  # safetensors metadata tag
+
+
+def _check_int(name: str, value: object, minimum: int, *, optional: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (Python or NumPy integers; None when ``optional``):
+    TypeError for a non-integer (a float such as ``4.0``, a bool), ValueError below the
+    minimum, both naming the argument."""
+    if value is None and optional:
+        return None
+    try:
+        if isinstance(value, bool):  # an int subclass, but never a size
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        kind = "an int or None" if optional else "an int"
+        raise TypeError(f"{_NAME}: {name} must be {kind}, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{_NAME}: {name} must be >= {minimum}, got {number}")
+    return number
 
 
 class Int8Embedding(Int8LookupModule):
@@ -77,15 +97,19 @@ class Int8Embedding(Int8LookupModule):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        if num_embeddings < 1 or embedding_dim < 1:
-            raise ValueError(
-                f"{_NAME}: need num_embeddings >= 1 and embedding_dim >= 1, got "
-                f"{num_embeddings} and {embedding_dim}"
-            )
-        if group_size is not None and (group_size < 1 or embedding_dim % group_size):
+        num_embeddings = _check_int("num_embeddings", num_embeddings, 1)
+        embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
+        group_size = _check_int("group_size", group_size, 1, optional=True)
+        num_positions = _check_int("num_positions", num_positions, 0, optional=True)
+        if group_size is not None and embedding_dim % group_size:
             raise ValueError(
                 f"{_NAME}: group_size {group_size} does not divide embedding_dim {embedding_dim}"
             )
+        if isinstance(scale, str) and scale != "sqrt_dim":
+            raise ValueError(f'{_NAME}: scale must be a number or "sqrt_dim", got {scale!r}')
+        if scale != "sqrt_dim":
+            scale = check_real_scalar(_NAME, "scale", scale)
+        sinusoid_base = check_real_scalar(_NAME, "sinusoid_base", sinusoid_base, positive=True)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self._init_int8(

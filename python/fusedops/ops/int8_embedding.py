@@ -10,7 +10,9 @@ Backends (``fusedops.use_backend`` / ``$FUSEDOPS_BACKEND``):
   *and CUDA* tensors. Unlike the other ops (``auto`` picks Triton on CUDA), this op has no
   Triton kernel: its CUDA kernel is part of ``fusedops._C`` (built when CUDA is available), so
   CUDA tensors go to the extension too. The extension checks ids and positions itself (on
-  CUDA only with ``check_indices``; without, it masks them and the call never syncs).
+  CUDA only with ``check_indices``; without, it masks them and the call never syncs). While a
+  CUDA graph is being captured the op gets ``check_indices=False`` (a capture may not sync:
+  :func:`~fusedops.ops._common.host_index_checks`).
 * ``reference``: plain PyTorch (:func:`fusedops.reference.int8_embedding`); with
   ``check_indices`` the ids and positions are checked here.
 * ``triton``: a ``RuntimeError`` (there is no Triton kernel for this op).
@@ -31,8 +33,10 @@ from fusedops._backend import OpBackends, resolve_backend
 from fusedops.ops._common import (
     FLOAT_DTYPES,
     check_dtype,
+    check_real_scalar,
     check_same_device,
     check_tensor,
+    host_index_checks,
 )
 from fusedops.ops._dispatch import needs_grad
 from fusedops.ops._lookup_checks import (
@@ -66,16 +70,19 @@ def check_int8_qweight(op: str, qweight: object, scales: object) -> None:
 
 
 def check_int8_scales(op: str, qweight: torch.Tensor, scales: object, rows_name: str = "V") -> None:
-    """``scales``: fp32/fp16/bf16 ``[rows, G]`` for a 2-D ``qweight`` ``[rows, D]``, with ``G``
-    dividing ``D``, on ``qweight``'s device. ``rows_name`` names ``rows`` in messages."""
+    """``scales``: fp32/fp16/bf16 ``[rows, G]`` for a 2-D ``qweight`` ``[rows, D]``, with
+    ``G >= 1`` dividing ``D`` (or ``G = 0`` for ``D = 0``: what :func:`quantize_embedding`
+    gives an empty row with a ``group_size``), on ``qweight``'s device. ``rows_name`` names
+    ``rows`` in messages."""
     check_dtype(op, "scales", scales, FLOAT_DTYPES)
     rows, dim = qweight.shape
-    if scales.dim() != 2 or scales.shape[0] != rows or scales.shape[1] < 1:
+    min_groups = 0 if dim == 0 else 1
+    if scales.dim() != 2 or scales.shape[0] != rows or scales.shape[1] < min_groups:
         raise ValueError(
             f"{op}: scales must be [{rows_name}, G] = [{rows}, G] to match qweight "
             f"[{rows}, {dim}], got shape {tuple(scales.shape)}"
         )
-    if dim % scales.shape[1] != 0:
+    if scales.shape[1] and dim % scales.shape[1] != 0:
         raise ValueError(
             f"{op}: scales has {scales.shape[1]} groups per row, which does not divide D={dim}"
         )
@@ -115,8 +122,9 @@ def _validate(
     sinusoid_base,
     padding_idx,
 ):
-    """Check user arguments; return ``(input_ids, qweight, scales, pos_weight, positions)``
-    normalised: contiguous tensors, positions expanded to the ids' shape."""
+    """Check user arguments; return ``(input_ids, qweight, scales, pos_weight, positions,
+    scale, sinusoid_base)`` normalised: contiguous tensors, positions expanded to the ids'
+    shape, the scalars as Python floats (symbolic ones under ``torch.compile`` pass through)."""
     _check_table(qweight, scales)
     device = qweight.device
     check_input_ids(OP, input_ids, device)
@@ -124,12 +132,15 @@ def _validate(
     if out_dtype not in FLOAT_DTYPES:
         raise TypeError(f"{OP}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
     check_scale_and_offset(OP, scale, position_offset)
+    scale = check_real_scalar(OP, "scale", scale)
     if pos_weight is not None:
         check_tensor(OP, "pos_weight", pos_weight)
         check_dtype(OP, "pos_weight", pos_weight, FLOAT_DTYPES)
     positions = check_positional(
         OP, input_ids, "qweight", dim, device, pos_weight, positions, sinusoidal, sinusoid_base
     )
+    # Checked > 0 by check_positional; unused (any placeholder) without the sinusoid.
+    sinusoid_base = check_real_scalar(OP, "sinusoid_base", sinusoid_base) if sinusoidal else 1e4
     check_padding_idx(OP, padding_idx, qweight.shape[0])
     check_inference_only(
         OP,
@@ -146,6 +157,8 @@ def _validate(
         scales.contiguous(),
         pos_weight,
         positions,
+        scale,
+        sinusoid_base,
     )
 
 
@@ -182,14 +195,16 @@ def int8_embedding(
         pos_weight: optional ``[P, D]`` fp32/fp16/bf16 learned positional table (read as fp32).
         positions: optional int ``[..., S]`` positions, broadcastable to ``input_ids``.
         position_offset: first position when ``positions`` is None.
-        sinusoidal: add the sinusoid of :func:`fusedops.reference.sinusoid_table`.
+        sinusoidal: add the sinusoid of :func:`fusedops.reference.sinusoid_table`, in fp32
+            (within 1.5e-7 of sin/cos of the fp32 angle; the same bits on CPU and CUDA).
         sinusoid_base: its frequency base.
         padding_idx: accepted for ``nn.Embedding`` compatibility (forward unchanged).
         check_indices: range-check ids and positions (raises ``IndexError``). On CUDA the
             check reads the ids on the host (a device sync); with ``False`` the call is
-            sync-free, so it can be captured in a CUDA graph, and out-of-range ids and
-            positions are masked instead (their token or positional term reads as zero). On
-            CPU the kernel always checks.
+            sync-free, and out-of-range ids and positions are masked instead (their token or
+            positional term reads as zero). Inside a CUDA graph capture the check is skipped
+            (as with ``False``): the call is capturable either way. On CPU the kernel always
+            checks.
         vocab_start: ``qweight``/``scales`` are the shard of rows
             ``[vocab_start, vocab_start + V)`` of a larger vocabulary: id ``t`` reads row
             ``t - vocab_start`` and ids outside the shard contribute no token term (only the
@@ -202,7 +217,7 @@ def int8_embedding(
         or positions out of range; RuntimeError for the ``triton`` backend, a missing kernel,
         or a request for gradients (inference-only).
     """
-    input_ids, qweight, scales, pos_weight, positions = _validate(
+    input_ids, qweight, scales, pos_weight, positions, scale, sinusoid_base = _validate(
         input_ids,
         qweight,
         scales,
@@ -218,6 +233,7 @@ def int8_embedding(
     vocab_start = check_vocab_start(OP, vocab_start)
     mode = positional_mode(pos_weight, sinusoidal)
     backend = resolve_backend(OP, qweight.device, BACKENDS)
+    check_indices = host_index_checks(check_indices, qweight.device)
     if backend == "reference":
         if check_indices:
             check_ranges(
@@ -247,12 +263,12 @@ def int8_embedding(
         input_ids,
         qweight,
         scales,
-        float(scale),
+        scale,
         pos_weight,
         positions,
         position_offset,
         mode,
-        float(sinusoid_base),
+        sinusoid_base,
         out_dtype,
         check_indices,
         vocab_start,
