@@ -4,17 +4,23 @@
 // cpp_rope(q, k?, cos, sin, cos_strides, sin_strides, positions?, position_offset, cache,
 //          interleaved, rotary_dim, backward, out_q!, out_k!?) -> ()
 // q/out_q [B, Hq, S, D], k/out_k [B, Hk, S, D]: any strides with stride(-1) == 1; out_q may be
-// q itself (rotation in place), otherwise it must not overlap q, k or out_k. cos/sin are read at
+// q itself (rotation in place), otherwise it must not overlap q, k or out_k; no output may
+// address an element twice, and out_q and out_k share no element (checked exactly for strided
+// views of one buffer, e.g. disjoint head slices of a fused qkv tensor pass). cos/sin are read at
 // element (batch, row, j) = batch*strides[0] + row*strides[1] + j*strides[2] for j < R/2:
 // cache mode: 2-D [max_pos, *] tables, row = position (batch stride unused); gathered mode:
 // 3-D [B or 1, S, *] tensors, row = s. Every element the kernel reads is checked to lie inside
 // the tensor, and every position inside [0, max_pos), before anything is written.
-#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include "bindings_common.h"
 #include "embedding_cpu.h"
@@ -36,13 +42,88 @@ void check_operand(const at::Tensor& t, const char* name) {
                     " must have stride(-1) == 1, got strides ", t.strides());
 }
 
-// Rejects outputs that share memory with another operand (exact or partial overlap); layouts
-// torch cannot decide (e.g. disjoint head slices of one fused qkv tensor) are accepted.
+// Whether two elements of `t` may share memory: a dim of size > 1 with stride 0, or strides
+// that, sorted, do not each step past all that the smaller ones reach (slices, transposes and
+// permutations of dense tensors always do).
+bool self_overlapping(const at::Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims of size > 1
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1) dims.emplace_back(t.stride(d), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) return true;
+    reach += (size - 1) * stride;
+  }
+  return false;
+}
+
+int64_t floor_div(int64_t a, int64_t b) {  // b > 0
+  const int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+// Whether `a` and `b` (one element type) address a common element. Views whose byte ranges
+// are apart share nothing; otherwise a common element solves
+//   sum_d i_d * a.stride(d) - sum_d j_d * b.stride(d) = (address of b - address of a) / size
+// with indices inside the shapes. Terms of equal stride merge into one bounded integer and a
+// depth-first search, largest stride first, settles it exactly; a search longer than
+// kSearchSteps, or addresses not a whole number of elements apart, count as sharing.
+bool share_elements(const at::Tensor& a, const at::Tensor& b) {
+  constexpr int64_t kSearchSteps = 4096;
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  const int64_t size = static_cast<int64_t>(a.element_size());
+  auto extent = [](const at::Tensor& t) {
+    int64_t e = 1;
+    for (int64_t d = 0; d < t.dim(); ++d) e += (t.size(d) - 1) * t.stride(d);
+    return e;
+  };
+  const auto start_a = reinterpret_cast<intptr_t>(a.const_data_ptr());
+  const auto start_b = reinterpret_cast<intptr_t>(b.const_data_ptr());
+  if (start_a + extent(a) * size <= start_b || start_b + extent(b) * size <= start_a) {
+    return false;
+  }
+  if ((start_b - start_a) % size != 0) return true;
+  std::map<int64_t, std::pair<int64_t, int64_t>, std::greater<int64_t>> bounds;  // [lo, hi]
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) > 0) bounds[a.stride(d)].second += a.size(d) - 1;
+  }
+  for (int64_t d = 0; d < b.dim(); ++d) {
+    if (b.size(d) > 1 && b.stride(d) > 0) bounds[b.stride(d)].first -= b.size(d) - 1;
+  }
+  const std::vector<std::pair<int64_t, std::pair<int64_t, int64_t>>> terms(bounds.begin(),
+                                                                           bounds.end());
+  const size_t n = terms.size();
+  std::vector<int64_t> low(n + 1, 0), high(n + 1, 0);  // sums reachable by terms i..
+  for (size_t i = n; i-- > 0;) {
+    low[i] = low[i + 1] + terms[i].second.first * terms[i].first;
+    high[i] = high[i + 1] + terms[i].second.second * terms[i].first;
+  }
+  std::vector<std::pair<size_t, int64_t>> stack{{0, (start_b - start_a) / size}};
+  int64_t steps = kSearchSteps;
+  while (!stack.empty()) {
+    const auto [i, rest] = stack.back();
+    stack.pop_back();
+    if (i == n) {
+      if (rest == 0) return true;
+      continue;
+    }
+    const int64_t stride = terms[i].first;
+    const int64_t first = std::max(terms[i].second.first, -floor_div(high[i + 1] - rest, stride));
+    const int64_t last = std::min(terms[i].second.second, floor_div(rest - low[i + 1], stride));
+    steps -= std::max<int64_t>(0, last - first + 1);
+    if (steps < 0) return true;
+    for (int64_t v = first; v <= last; ++v) stack.emplace_back(i + 1, rest - v * stride);
+  }
+  return false;
+}
+
+// Rejects outputs that share an element with another operand.
 void check_no_overlap(const at::Tensor& a, const at::Tensor& b, const char* a_name,
                       const char* b_name) {
-  const at::MemOverlapStatus st = at::get_overlap_status(a, b);
-  TORCH_CHECK_VALUE(st != at::MemOverlapStatus::Full && st != at::MemOverlapStatus::Partial, kOp,
-                    ": ", a_name, " overlaps ", b_name, " in memory");
+  TORCH_CHECK_VALUE(!share_elements(a, b), kOp, ": ", a_name, " overlaps ", b_name,
+                    " in memory");
 }
 
 void check_output(const at::Tensor& out, const at::Tensor& in, const char* name,
@@ -53,7 +134,7 @@ void check_output(const at::Tensor& out, const at::Tensor& in, const char* name,
   TORCH_CHECK_VALUE(out.sizes() == in.sizes(), kOp, ": ", name, " shape ", out.sizes(),
                     " must equal ", in_name, " shape ", in.sizes());
   if (out.numel() == 0) return;
-  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, kOp, ": ", name,
+  TORCH_CHECK_VALUE(!self_overlapping(out), kOp, ": ", name,
                     " has overlapping elements (strides ", out.strides(), ")");
   // Either the very same elements (in place) or no overlap at all.
   if (out.data_ptr() == in.data_ptr()) {

@@ -1,10 +1,12 @@
 """Ahead-of-time compile of the RoPE kernel for sm_80 and sm_90 in every config (no GPU needed).
 
-Every tile config the autotuner can pick is compiled in fp32 and fp16 for both pair layouts; the
-feature variants (gathered cos/sin, explicit positions, backward, partial rotary, a column
-stride of 2, head dims that are not powers of two) at the configs real head dims pick. ptxas
-must report 0 spill bytes and 0 stack frame, the head-row loads must be 128-bit wherever a
-thread owns >= 16 contiguous bytes, and batch/token/head offsets must be computed in 64 bits.
+Every tile the launcher's heuristic (``rope_tile``) can pick is compiled in fp32 and fp16 for
+both pair layouts; the feature variants (gathered cos/sin, explicit positions, backward, partial
+rotary, a column stride of 2, head dims that are not powers of two, a rotary dim of 4096 rotated
+in chunks) at the tiles real head dims pick. Every job is compiled as the launcher launches it,
+without FMA contraction (``enable_fp_fusion=False``), and its PTX must hold no ``fma.rn.f32``.
+ptxas must report 0 spill bytes and 0 stack frame, the head-row loads must be 128-bit wherever
+a thread owns >= 16 contiguous bytes, and batch/token/head offsets must be computed in 64 bits.
 bf16 shares fp16's code but for the conversions: its twins of a subset (the biggest tile of each
 frequency width, every variant at Llama's head dim) must give fp16's figures (registers within a
 few), and every fp16 config keeps that many registers spare. Tables of every config are written
@@ -13,15 +15,17 @@ to ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from compile_helpers import ARCHS, DTYPES, REGISTER_SLACK, CompileSuite
 
 from fusedops.kernels import rope as k
-from fusedops.testing import CompileJob, GpuCompileReport
+from fusedops.testing import CompileJob, GpuCompileReport, compile_many
 
 pytestmark = pytest.mark.gpu_compile
 
-INT_ARGS = ("seq_len", "n_heads_q", "n_heads_k", "n_heads_bucket", "max_pos", "position_offset")
+INT_ARGS = ("seq_len", "n_heads_q", "n_heads_k", "max_pos", "position_offset")
 TENSOR_STRIDES = tuple(f"stride_{t}{d}" for t in ("q", "k", "oq", "ok") for d in ("b", "h", "s"))
 TABLE_STRIDES = ("stride_cb", "stride_cr", "stride_cc", "stride_sb", "stride_sr", "stride_sc")
 # Integer arguments that multiply batch, token, head or position indices (the column strides
@@ -57,8 +61,7 @@ def _signature(dtype: str, table: str, positions: str, col_stride: int) -> dict[
 def _job(
     dtype,
     arch,
-    block_h,
-    warps,
+    tile,
     *,
     head_dim,
     rotary_dim,
@@ -69,6 +72,7 @@ def _job(
     table=None,
     positions="i64",
     col_stride=1,
+    fp_fusion=False,
 ):
     rot_half = rotary_dim // 2
     constexprs = {
@@ -79,9 +83,9 @@ def _job(
         "INTERLEAVED": interleaved,
         "BACKWARD": backward,
         "COPY_REST": rotary_dim < head_dim,
-        "BLOCK_R2": k.block_r2_for(rot_half),
-        "BLOCK_P": k.block_p_for(head_dim, rotary_dim),
-        "BLOCK_H": block_h,
+        "BLOCK_R2": tile.block_r2,
+        "BLOCK_P": k.copy_block_for(head_dim, rotary_dim, tile.block_h),
+        "BLOCK_H": tile.block_h,
         "stride_ps": 1,
     }
     if col_stride == 1:
@@ -91,9 +95,10 @@ def _job(
         _signature(dtype, table or "fp32", positions, col_stride),
         constexprs,
         arch,
-        num_warps=warps,
+        num_warps=tile.num_warps,
         num_stages=1,
         divisible=DIVISIBLE,
+        fp_fusion=fp_fusion,
     )
 
 
@@ -104,11 +109,11 @@ def _bytes_per_thread(job: CompileJob) -> int:
 
 
 def _sweep_jobs(dtypes=DTYPES) -> list[CompileJob]:
-    """Every autotuner config, dtype, arch and layout, at full rotary D = 2 * BLOCK_R2."""
+    """Every tile of the heuristic, dtype, arch and layout, at full rotary D = 2 * BLOCK_R2."""
     return [
-        _job(dtype, arch, block_h, warps, head_dim=2 * block_r2, rotary_dim=2 * block_r2,
+        _job(dtype, arch, tile, head_dim=2 * tile.block_r2, rotary_dim=2 * tile.block_r2,
              interleaved=interleaved)
-        for block_h, block_r2, warps in k.rope_config_space()
+        for tile in k.rope_config_space()
         for dtype in dtypes
         for arch in ARCHS
         for interleaved in (False, True)
@@ -116,8 +121,12 @@ def _sweep_jobs(dtypes=DTYPES) -> list[CompileJob]:
 
 
 # (head_dim, rotary_dim) of real models: Llama (128), Phi-2 (80, partial 32), NeoX-style
-# partial 25% (128, 32), GPT-J (256, partial 64), Gemma (256), a non-power-of-two full D (80).
-VARIANT_DIMS = ((128, 128), (80, 32), (128, 32), (256, 64), (256, 256), (80, 80))
+# partial 25% (128, 32: two copy steps), GPT-J (256, partial 64), Gemma (256), a
+# non-power-of-two full D (80), and a rotary dim past one tile (4096 of 4160: 8 chunks of 256
+# pairs, then a copied tail).
+VARIANT_DIMS = ((128, 128), (80, 32), (128, 32), (256, 64), (256, 256), (80, 80), (4160, 4096))
+# The head count the variants are compiled for: SmolLM2's 9 query heads (3 key heads).
+VARIANT_HEADS = 9
 # (cache, has_positions, backward, table dtype or None = q's, positions dtype, column stride)
 VARIANTS = (
     (True, False, False, "fp32", "i64", 1),  # cache + position_offset
@@ -133,14 +142,12 @@ def _variant_jobs(dtypes=DTYPES, dims=VARIANT_DIMS) -> list[CompileJob]:
     """Every variant at Llama's D = R = 128; the cache and HF-gathered forms at the others."""
     jobs = []
     for head_dim, rotary_dim in dims:
-        block_r2 = k.block_r2_for(rotary_dim // 2)
-        # The first candidate: what the autotuner keeps for few heads (e.g. 9 + 3).
-        block_h, warps = k.rope_candidates(block_r2)[0]
+        tile = k.rope_tile(rotary_dim // 2, VARIANT_HEADS)
         variants = (
             VARIANTS if (head_dim, rotary_dim) == (128, 128) else VARIANTS[:1] + VARIANTS[4:5]
         )
         jobs += [
-            _job(dtype, arch, block_h, warps, head_dim=head_dim, rotary_dim=rotary_dim,
+            _job(dtype, arch, tile, head_dim=head_dim, rotary_dim=rotary_dim,
                  interleaved=interleaved, cache=cache, has_positions=has_pos, backward=backward,
                  table=table or dtype, positions=pos_dtype, col_stride=col_stride)
             for cache, has_pos, backward, table, pos_dtype, col_stride in variants
@@ -152,14 +159,14 @@ def _variant_jobs(dtypes=DTYPES, dims=VARIANT_DIMS) -> list[CompileJob]:
 
 
 def _fp16_twinned() -> list[CompileJob]:
-    """The fp16 jobs whose bf16 twins are compiled: the biggest tile (most bytes per thread)
-    of each frequency width, every variant at Llama's head dim."""
+    """The fp16 jobs whose bf16 twins are compiled: the tallest head block (most registers) of
+    each pair-column width, every variant at Llama's head dim."""
     sweep = _sweep_jobs({"fp16": 2})
-    biggest = {}
+    tallest = {}
     for job in sweep:
         width = job.constexprs["BLOCK_R2"]
-        biggest[width] = max(biggest.get(width, 0), _bytes_per_thread(job))
-    twinned = [j for j in sweep if _bytes_per_thread(j) == biggest[j.constexprs["BLOCK_R2"]]]
+        tallest[width] = max(tallest.get(width, 0), job.constexprs["BLOCK_H"])
+    twinned = [j for j in sweep if j.constexprs["BLOCK_H"] == tallest[j.constexprs["BLOCK_R2"]]]
     return twinned + _variant_jobs({"fp16": 2}, VARIANT_DIMS[:1])
 
 
@@ -175,8 +182,10 @@ def _labels(jobs) -> list[str]:
 
 def _check(job: CompileJob, report: GpuCompileReport) -> None:
     """0 spills, 0 stack, 128-bit head-row loads where a thread owns >= 16 bytes, 64-bit
-    batch/token/head offsets."""
+    batch/token/head offsets, no fused multiply-add (the launcher turns contraction off)."""
     report.assert_clean(require_v4_loads=_bytes_per_thread(job) >= 16, int64_offsets=OFFSETS)
+    assert not job.fp_fusion
+    assert "fma.rn.f32" not in report.ptx, f"FMA in the rotation: {report.summary()}"
 
 
 SUITE = CompileSuite("rope", FAMILIES, _fp16_twinned, _labels, _check, REGISTER_SLACK)
@@ -194,3 +203,14 @@ def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
         and not job.constexprs["INTERLEAVED"]
     ]
     SUITE.assert_int64_check_catches_narrowing(k, jobs, tmp_path)
+
+
+def test_fp_fusion_would_contract_the_rotation():
+    """The no-FMA check can fail: the Llama job compiled with contraction on holds fma.rn.f32."""
+    job = next(
+        j
+        for j in _variant_jobs({"fp32": 4}, VARIANT_DIMS[:1])
+        if j.arch == 90 and not j.constexprs["INTERLEAVED"]
+    )
+    (fused,) = compile_many([dataclasses.replace(job, fp_fusion=True)])
+    assert "fma.rn.f32" in fused.ptx

@@ -409,6 +409,27 @@ def test_overlapping_outputs_rejected():
         OP(q, None, c, c, st, st, None, 0, True, False, 8, False, alias, None)
 
 
+def test_inplace_overlap_of_strided_views():
+    """In place on views of one [B, S, H, D] buffer: head slices that share a head are
+    rejected (ATen calls such views "too hard" to compare), disjoint ones rotate correctly,
+    and an output that reaches an element twice is rejected."""
+    _, _, c, st = _err_case()
+    qkv = torch.randn(2, 4, 5, 8)
+    q, k = qkv[:, :, 0:3].transpose(1, 2), qkv[:, :, 2:4].transpose(1, 2)  # head 2 in both
+    before = qkv.clone()
+    with pytest.raises(ValueError, match="apply_rotary: out_q overlaps out_k"):
+        OP(q, k, c, c, st, st, None, 1, True, False, 8, False, q, k)
+    assert torch.equal(qkv, before)
+    k = qkv[:, :, 3:5].transpose(1, 2)
+    want_q = _oracle(q, c[None, 1:5], c[None, 1:5], 8, False, False)
+    want_k = _oracle(k, c[None, 1:5], c[None, 1:5], 8, False, False)
+    OP(q, k, c, c, st, st, None, 1, True, False, 8, False, q, k)
+    assert torch.equal(q, want_q) and torch.equal(k, want_k)
+    sliding = torch.randn(64).as_strided((1, 1, 4, 8), (64, 64, 4, 1))  # rows share 4 elements
+    with pytest.raises(ValueError, match="apply_rotary: out_q has overlapping elements"):
+        OP(sliding, None, c, c, st, st, None, 0, True, False, 8, False, sliding, None)
+
+
 @pytest.mark.parametrize("interleaved", [False, True], ids=["half", "interleaved"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_opcheck(interleaved, dtype):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import KERNEL_CASES, assert_close, backend_cases
@@ -71,6 +72,19 @@ def test_module_bad_rotary_dim():
         RotaryEmbedding(64, 16, rotary_dim=15)
     with pytest.raises(ValueError, match="RotaryEmbedding: rotary_dim must be even"):
         RotaryEmbedding(64, 16, rotary_dim=66)
+
+
+def test_module_base_is_a_finite_positive_number():
+    for bad in (float("inf"), float("nan"), -2.0, 0):
+        with pytest.raises(ValueError, match="RotaryEmbedding: base must be a finite number > 0"):
+            RotaryEmbedding(8, 4, base=bad)
+    with pytest.raises(TypeError, match="RotaryEmbedding: base must be a real number"):
+        RotaryEmbedding(8, 4, base="1e4")
+    # NumPy and 0-d tensor numbers are numbers.
+    want = RotaryEmbedding(8, 4, base=500.0)
+    for base in (np.float32(500.0), torch.tensor(500.0)):
+        rope = RotaryEmbedding(8, 4, base=base)
+        assert rope.base == 500.0 and torch.equal(rope.cos, want.cos)
 
 
 def _op_args(backend, device, *, cache=True, interleaved=False, with_k=True):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fusedops.ops import apply_rotary
+from fusedops.ops._common import check_real_scalar
 from fusedops.rope_tables import rope_cos_sin
 
 
@@ -52,7 +53,7 @@ class RotaryEmbedding(nn.Module):
             )
         self.head_dim = head_dim
         self.max_positions = max_positions
-        self.base = float(base)
+        self.base = float(check_real_scalar("RotaryEmbedding", "base", base, positive=True))
         self.scaling = dict(scaling) if scaling else None
         self.interleaved = interleaved
         self.rotary_dim = rot

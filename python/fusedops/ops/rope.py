@@ -7,7 +7,10 @@ strides ``(batch, row, col)`` and a ``cache`` flag (row = position) vs gathered 
 The custom ops ``fusedops::apply_rotary`` (functional, differentiable) and
 ``fusedops::apply_rotary_`` (in place) run the Triton launcher ``kernels/rope.py`` (CUDA, or CPU
 through Triton's interpreter) or the C++ op ``fusedops::cpp_rope`` (CPU); a call that needs no
-gradient runs the kernel directly. The ``reference`` backend runs plain PyTorch.
+gradient runs the kernel directly. The ``reference`` backend runs plain PyTorch. Checks that
+read tensor values (positions, ``cu_seqlens``, the addresses of in-place outputs) run inside
+custom ops (``fusedops::rope_varlen_positions``, ``fusedops::rope_checked_positions``, the
+in-place op), so that under ``torch.compile`` they run on the real tensors, when the graph runs.
 """
 
 from __future__ import annotations
@@ -26,9 +29,16 @@ from fusedops.ops._common import (
     check_same_device,
     check_tensor,
     empty_output_like,
+    host_index_checks,
     unit_stride,
 )
-from fusedops.ops._dispatch import autograd_function, implementation, needs_grad, run
+from fusedops.ops._dispatch import (
+    autograd_function,
+    implementation,
+    needs_grad,
+    run,
+    runs_eagerly,
+)
 from fusedops.varlen import varlen_positions
 
 OP = "apply_rotary"
@@ -45,7 +55,7 @@ def _rotate_triton(q, k, cos, sin, cos_strides, sin_strides, positions, offset, 
                    rot, bwd, check, out_q, out_k) -> None:  # fmt: skip
     from fusedops.kernels.rope import rope_forward
 
-    if check and positions is not None:
+    if positions is not None and host_index_checks(check, q.device):
         _check_position_range(OP, positions, cos.shape[0])
     rope_forward(
         q,
@@ -142,7 +152,11 @@ def _apply_rotary_inplace(
     check_indices: bool,
     backend: str,
 ) -> None:
-    """:func:`_apply_rotary` writing into ``q`` and ``k`` (forward rotation only)."""
+    """:func:`_apply_rotary` writing into ``q`` and ``k`` (forward rotation only).
+
+    Checks first that ``q`` and ``k`` share no element: here, on the real tensors, so the check
+    also runs under ``torch.compile`` (whose tracing sees no storage)."""
+    _check_disjoint(OP, q, k)
     _launch(
         q, k, cos, sin, cos_strides, sin_strides, positions, position_offset, cache, interleaved,
         rotary_dim, False, check_indices, backend, q, k,
@@ -193,6 +207,60 @@ def _backward(ctx, grad_q, grad_k):
 
 apply_rotary_op.register_autograd(_backward, setup_context=_setup_context)
 _ApplyRotary = autograd_function("_ApplyRotary", _apply_rotary, _setup_context, _backward)
+
+
+def _checked_positions(positions: torch.Tensor, rows: int) -> torch.Tensor:
+    """A copy of ``positions`` once they are checked against the cache ``[0, rows)`` (not
+    while a CUDA graph is captured): the reference backend's check under ``torch.compile``,
+    which cannot read tensor values while tracing."""
+    if host_index_checks(True, positions.device):
+        _check_position_range(OP, positions, rows)
+    return positions.clone()
+
+
+def _varlen_positions(
+    cu_seqlens: torch.Tensor, total: int, rows: int, check_indices: bool
+) -> torch.Tensor:
+    """``[1, T]`` int64 position of each packed token in its sequence, ``t - cu_seqlens[i]``.
+
+    With ``check_indices`` (and no CUDA graph being captured) first checks that ``cu_seqlens``
+    starts at 0, ends at ``total`` and does not decrease (one host read), then the positions
+    against the cache ``[0, rows)``. A custom op, so the checks run on the real tensors under
+    ``torch.compile`` too.
+    """
+    op = OP_VARLEN
+    check = host_index_checks(check_indices, cu_seqlens.device)
+    if check:
+        decreasing = (cu_seqlens[1:] < cu_seqlens[:-1]).any().to(cu_seqlens.dtype)
+        first, last, bad = torch.stack((cu_seqlens[0], cu_seqlens[-1], decreasing)).tolist()
+        if first != 0 or last != total:
+            raise ValueError(
+                f"{op}: cu_seqlens must start at 0 and end at T={total}, got {first} and {last}"
+            )
+        if bad:
+            raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {cu_seqlens.tolist()}")
+    positions = varlen_positions(cu_seqlens.contiguous(), total).unsqueeze(0)  # [1, T]
+    if check:
+        _check_position_range(op, positions, rows)
+    return positions
+
+
+checked_positions_op = torch.library.custom_op(
+    "fusedops::rope_checked_positions", _checked_positions, mutates_args=()
+)
+varlen_positions_op = torch.library.custom_op(
+    "fusedops::rope_varlen_positions", _varlen_positions, mutates_args=()
+)
+
+
+@checked_positions_op.register_fake
+def _(positions, rows):
+    return torch.empty_like(positions)
+
+
+@varlen_positions_op.register_fake
+def _(cu_seqlens, total, rows, check_indices):
+    return cu_seqlens.new_empty((1, total), dtype=torch.int64)
 
 
 # ------------------------------------------------------------------------------------------
@@ -293,7 +361,7 @@ def _check_position_range(op: str, positions: torch.Tensor, rows: int) -> None:
 
 def _check_positions(op, positions, position_offset, table, batch, seq, device, check_indices):
     """Validate positions/offset against the table; return contiguous ``[B or 1, S]`` or None."""
-    if isinstance(position_offset, bool) or not isinstance(position_offset, int):
+    if isinstance(position_offset, bool) or not isinstance(position_offset, (int, torch.SymInt)):
         raise TypeError(f"{op}: position_offset must be an int, got {position_offset!r}")
     if position_offset < 0:
         raise ValueError(f"{op}: position_offset must be >= 0, got {position_offset}")
@@ -350,6 +418,94 @@ def _validate(op, q, k, cos, sin, positions, position_offset, rotary_dim, interl
     return rot, table, positions
 
 
+# Search steps spent proving two views of one buffer disjoint before they are taken to overlap
+# (the head slices of a fused qkv tensor take a handful).
+_DISJOINT_SEARCH_STEPS = 4096
+
+
+def _self_overlapping(x: torch.Tensor) -> bool:
+    """Whether two elements of ``x`` may share memory: a dim of size > 1 with stride 0, or
+    strides that, sorted, do not each step past all that the smaller ones reach (slices,
+    transposes and permutations of dense tensors always do)."""
+    dims = sorted(((st, sz) for sz, st in zip(x.shape, x.stride(), strict=True) if sz > 1))
+    reach = 0
+    for stride, size in dims:
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
+
+
+def _share_elements(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether views ``a`` and ``b`` of one dtype address a common element.
+
+    Views whose byte ranges are apart share nothing. Otherwise a common element is a solution
+    of ``sum_d i_d * sa_d - sum_d j_d * sb_d = (b's address - a's) / itemsize`` with indices
+    inside the shapes; terms of equal stride merge into one bounded integer, and a depth-first
+    search over the terms, largest stride first, settles it exactly. A search longer than
+    _DISJOINT_SEARCH_STEPS, or addresses not a whole number of elements apart, count as
+    sharing (conservative).
+    """
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    size = a.element_size()
+    extent_a = sum((n - 1) * st for n, st in zip(a.shape, a.stride(), strict=True)) + 1
+    extent_b = sum((n - 1) * st for n, st in zip(b.shape, b.stride(), strict=True)) + 1
+    start_a, start_b = a.data_ptr(), b.data_ptr()
+    if start_a + extent_a * size <= start_b or start_b + extent_b * size <= start_a:
+        return False
+    if (start_b - start_a) % size:
+        return True
+    bounds: dict[int, list[int]] = {}  # stride -> [least, greatest] merged index
+    for x, sign in ((a, 1), (b, -1)):
+        for n, st in zip(x.shape, x.stride(), strict=True):
+            if n > 1 and st > 0:
+                entry = bounds.setdefault(st, [0, 0])
+                entry[0 if sign < 0 else 1] += sign * (n - 1)
+    terms = sorted(bounds.items(), reverse=True)  # [(stride, [lo, hi])], largest stride first
+    low, high = [0] * (len(terms) + 1), [0] * (len(terms) + 1)  # sums reachable by terms i..
+    for i in range(len(terms) - 1, -1, -1):
+        st, (lo, hi) = terms[i]
+        low[i], high[i] = low[i + 1] + lo * st, high[i + 1] + hi * st
+    stack = [(0, (start_b - start_a) // size)]
+    steps = _DISJOINT_SEARCH_STEPS
+    while stack:
+        i, rest = stack.pop()
+        if i == len(terms):
+            if rest == 0:
+                return True
+            continue
+        st, (lo, hi) = terms[i]
+        first = max(lo, -((high[i + 1] - rest) // st))  # ceil((rest - high) / st)
+        last = min(hi, (rest - low[i + 1]) // st)
+        steps -= max(0, last - first + 1)
+        if steps < 0:
+            return True
+        stack.extend((i + 1, rest - v * st) for v in range(first, last + 1))
+    return False
+
+
+def _check_inplace_layout(op: str, tensors: dict[str, torch.Tensor | None]) -> None:
+    """ValueError unless each in-place output addresses every element once."""
+    for name, x in tensors.items():
+        if x is not None and _self_overlapping(x):
+            raise ValueError(
+                f"{op}: inplace=True needs {name} whose elements do not overlap in memory (an "
+                f"element reached twice would be rotated twice), got shape {tuple(x.shape)} "
+                f"and strides {tuple(x.stride())}; use inplace=False"
+            )
+
+
+def _check_disjoint(op: str, q: torch.Tensor, k: torch.Tensor | None) -> None:
+    """ValueError if in-place ``q`` and ``k`` share an element (reads real addresses)."""
+    if k is not None and _share_elements(q, k):
+        raise ValueError(
+            f"{op}: inplace=True needs q and k in disjoint memory, but they share elements "
+            "(q is k, or overlapping views of one buffer; a layout too irregular to prove "
+            "disjoint counts as overlapping); use inplace=False, or k=None to rotate one tensor"
+        )
+
+
 def _kernel_layout(op: str, x: torch.Tensor, inplace: bool, name: str) -> torch.Tensor:
     if x.stride(-1) == 1 or x.numel() == 0:
         return x
@@ -393,8 +549,12 @@ def apply_rotary(
         interleaved: GPT-J pairs instead of the half layout.
         rotary_dim: ``R`` (even, ``<= D``; default ``D``).
         inplace: write into ``q``/``k`` (only when no gradient is needed) and return them.
+            Each must address every element once (no stride-0 or self-overlapping views) and
+            ``q`` and ``k`` must share no element (``k`` may be another head slice of the same
+            fused buffer, not the same heads); ``ValueError`` otherwise, on every backend.
         check_indices: range-check positions against the cache (``IndexError``); on CUDA the
-            check syncs the device. Unchecked out-of-range positions are masked by the kernels.
+            check syncs the device, and is skipped while a CUDA graph is captured. Unchecked
+            out-of-range positions are masked by the kernels (rotation by angle 0).
     Returns:
         ``(q_out, k_out)`` in the input dtype (math in fp32), laid out like the inputs;
         ``k_out`` is None when ``k`` is None. ``inplace=False`` leaves the inputs untouched.
@@ -430,9 +590,20 @@ def _rotary(
             "inputs); use inplace=False or run under torch.no_grad()"
         )
     backend = resolve_backend(op, q.device, BACKENDS)
+    if inplace:
+        _check_inplace_layout(op, {"q": q, "k": k})
     if backend == "reference":
+        eager = runs_eagerly()
+        if inplace and eager:
+            # (The kernel backends check in their in-place op, when it runs; tracing has no
+            # addresses, so a compiled reference call is not checked.)
+            _check_disjoint(op, q, k)
         if check_indices and positions is not None:
-            _check_position_range(op, positions, table.rows)
+            if eager:
+                if host_index_checks(check_indices, q.device):
+                    _check_position_range(op, positions, table.rows)
+            else:
+                positions = checked_positions_op(positions, table.rows)
         out_q, out_k = reference.apply_rotary(
             q,
             k,
@@ -501,7 +672,9 @@ def apply_rotary_varlen(
             ``t - cu_seqlens[i]`` (computed on the device with ``searchsorted``, no sync).
         interleaved, rotary_dim, inplace: as in :func:`apply_rotary`.
         check_indices: check ``cu_seqlens`` and the positions against the cache (syncs a CUDA
-            device); with False they are trusted and out-of-cache positions are masked.
+            device; skipped while a CUDA graph is captured, and run when the op runs under
+            ``torch.compile``); with False they are trusted and out-of-cache positions are
+            masked by the kernels.
     Returns:
         ``[T, H, D]`` (``x`` itself when ``inplace``).
     """
@@ -522,19 +695,12 @@ def apply_rotary_varlen(
         raise ValueError(
             f"{op}: cos/sin must be a cache [max_pos, R/2 or R], got shape {tuple(cos.shape)}"
         )
-    total = x.shape[0]
-    if check_indices:
-        first, last = int(cu_seqlens[0]), int(cu_seqlens[-1])
-        if first != 0 or last != total:
-            raise ValueError(
-                f"{op}: cu_seqlens must start at 0 and end at T={total}, got {first} and {last}"
-            )
-        steps = cu_seqlens[1:] - cu_seqlens[:-1]
-        if bool((steps < 0).any()):
-            raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {cu_seqlens.tolist()}")
-    positions = varlen_positions(cu_seqlens.contiguous(), total).unsqueeze(0)  # [1, T]
-    if check_indices:
-        _check_position_range(op, positions, cos.shape[0])
+    if inplace is True:
+        _check_inplace_layout(op, {"x": x})
+    positions = run(
+        varlen_positions_op, _varlen_positions, False, cu_seqlens, x.shape[0], cos.shape[0],
+        bool(check_indices),
+    )  # fmt: skip
     view = x.permute(1, 0, 2).unsqueeze(0)  # [1, H, T, D], a view
     out, _ = _rotary(
         op, view, None, cos, sin, positions, 0, interleaved, rotary_dim, inplace,
