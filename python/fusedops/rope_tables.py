@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from fusedops.ops._common import check_real_scalar
+
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3")
 
 
@@ -133,8 +135,7 @@ def rope_cos_sin(
     for name, value in (("head_dim", head_dim), ("max_positions", max_positions)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
-    if not (isinstance(base, (int, float)) and base > 0):
-        raise ValueError(f"{op}: base must be a positive number, got {base!r}")
+    base = check_real_scalar(op, "base", base, positive=True)
     if not 0 < partial_rotary_factor <= 1:
         raise ValueError(
             f"{op}: partial_rotary_factor must be in (0, 1], got {partial_rotary_factor!r}"

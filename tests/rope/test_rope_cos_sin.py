@@ -140,7 +140,13 @@ def test_dtype_is_rounded_from_fp32(dtype):
     [
         ({"head_dim": 0}, ValueError, "head_dim must be a positive int"),
         ({"max_positions": 0}, ValueError, "max_positions must be a positive int"),
-        ({"base": -1.0}, ValueError, "base must be a positive number"),
+        ({"base": -1.0}, ValueError, r"base must be a finite number > 0, got -1\.0"),
+        (
+            {"base": float("inf")},
+            ValueError,
+            "base must be a finite number > 0, got inf",
+        ),
+        ({"base": "1e4"}, TypeError, "base must be a real number, got str"),
         ({"head_dim": 63}, ValueError, "rotary dim .* = 63 must be even"),
         ({"partial_rotary_factor": 1.5}, ValueError, "partial_rotary_factor"),
         ({"scaling": {"rope_type": "ntk"}}, ValueError, "unknown rope_type 'ntk'"),
