@@ -1,4 +1,5 @@
-"""Autotuning helpers shared by the kernels: size buckets, config lists and pruners.
+"""Tuning helpers shared by the kernels: size buckets, config lists and pruners for the
+autotuners, and what the fixed tile rules read (a device's SM count, whether rows are aligned).
 
 A config is described by a tile tuple ``(*meta values, num_warps[, num_stages])`` (the form the
 ``*_config_space`` functions list); e.g. ``(64, 32, 4, 2)`` is ``BLOCK_M=64, BLOCK_N=32`` with 4
@@ -7,13 +8,43 @@ warps and 2 stages. Autotune keys use :func:`pow2_bucket` so nearby sizes share 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Iterable
 
+import torch
 import triton
 
 from . import INTERPRET
 
 Prune = Callable[..., list[triton.Config]]
+
+# The SM count the launchers plan grids for on CPU tensors (Triton's interpreter has no device):
+# small, so that the tests' tiny shapes take the paths a GPU takes for small grids.
+INTERPRET_SM_COUNT = 8
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def device_sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (a CUDA device; cached per device), or
+    ``INTERPRET_SM_COUNT`` for any other device."""
+    if device.type != "cuda":
+        return INTERPRET_SM_COUNT
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_sm_count(index)
+
+
+def rows_aligned(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor starts 16-byte aligned and has all strides but the last multiples
+    of 16 elements: what a Triton launch specialises (``tt.divisibility``) into 128-bit
+    accesses. Rows without it load element by element, one address per element in registers,
+    so the attention launchers give them smaller tiles."""
+    return all(
+        t.data_ptr() % 16 == 0 and all(int(s) % 16 == 0 for s in t.stride()[:-1]) for t in tensors
+    )
 
 
 def pow2_bucket(n: int, cap: int) -> int:

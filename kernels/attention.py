@@ -14,7 +14,8 @@ past the query block's last allowed key are never visited), a sliding window of 
 prefill costs O(S * w); `key_tile_range` mirrors the loop bounds on the host), and an optional
 ``key_padding_mask[b, j]`` (True = attend). Only the tiles that cross the diagonal, the
 window's edge or Sk are masked; the ones fully inside run an unmasked loop. A row with no
-allowed key keeps ``l = 0`` and writes zeros with ``lse = -inf`` (never NaN).
+allowed key keeps ``l = 0`` and writes zeros with ``lse = -inf`` (never NaN, whatever the
+masked keys/values hold); a NaN in the query row or an allowed key/value reaches the row.
 ``lse = (m + log2(l)) * ln(2)`` in natural log, fp32.
 
 Softcap ``c`` (Gemma-2): scores ``c * tanh(scale * q.k / c)``, computed in the exp2 domain as
@@ -31,6 +32,11 @@ with the feature columns masked. fp16/bf16 tiles feed the tensor cores directly
 accuracy of an fp32 matmul) on the small tiles that fit its registers (``mma.sync`` on both
 archs: below wgmma's 64 rows). Under the interpreter every tile is upcast to fp32
 right after loading (its bf16 arithmetic is wrong otherwise).
+
+Tiles: prefills are autotuned over ``forward_config_space`` (keyed on the Sq/Sk buckets, head
+dim and flags); short queries (``Sq <= SHORT_QUERY_ROWS``: decode, so a growing cache never
+re-tunes), rows that are not 16-element aligned and every launch under
+``torch.use_deterministic_algorithms(True)`` run the fixed tile of ``forward_tile``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from fusedops.constants import LOG2E
 from . import INTERPRET
 from ._launch import launch
 from ._online_softmax import online_softmax_step
-from ._tuning import configs_in, make_configs, pow2_bucket
+from ._tuning import configs_in, make_configs, pow2_bucket, rows_aligned
 
 MIN_BLOCK_D = 16
 MAX_BLOCK_D = 256
@@ -64,6 +70,11 @@ _REG_BUDGET = 128
 MAX_GRID_YZ = 65535
 # The single config the interpreter runs (no benchmarking there; fewer, larger programs).
 INTERPRET_CONFIG = (64, 64, 4, 1)
+# Query lengths up to this many rows (decode steps, speculative verification, small chunks:
+# one 64-row query tile) run the rule tile of forward_tile, never the autotuner: a KV cache
+# growing through the Sk buckets must not re-tune (compile and benchmark every config) mid-
+# generation.
+SHORT_QUERY_ROWS = 64
 
 
 def block_d_for(head_dim: int) -> int:
@@ -80,7 +91,7 @@ _FP32_TILES = {
     32: ((64, 16, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (32, 16, 4, 2)),
     64: ((64, 16, 4, 2), (64, 16, 8, 2), (64, 32, 8, 2), (32, 16, 4, 2)),
     128: ((32, 16, 4, 2), (32, 32, 4, 2)),
-    256: ((16, 16, 8, 2),),
+    256: ((16, 16, 8, 2), (16, 16, 8, 1)),
 }
 
 
@@ -103,8 +114,23 @@ def dot_precision(dtype: torch.dtype, head_dim: int, *, backward: bool = False) 
 _VARIANT_SPILLS = {
     (16, 2): {(64, 64, 8, 2), (64, 64, 8, 3), (128, 64, 8, 2)},
     (128, 2): {(64, 64, 4, 2)},
+    (64, 4): {(64, 32, 8, 2)},
     (128, 4): {(32, 32, 4, 2)},
+    (256, 4): {(16, 16, 8, 2)},
 }
+
+
+# Rows that are not 16-element multiples (or unaligned pointers: see rows_aligned) load element
+# by element, each element's address in registers: every launch runs these smaller, unpipelined
+# tiles (never autotuned), measured clean with every variant flag on, except fp32 at BLOCK_D 256,
+# where every tf32x3 tile tried spilled (the table's tile spills least). (elem_size, BLOCK_D) ->
+# tile; 16-bit tiles under 64 rows use mma.sync on sm_90.
+_UNALIGNED_TILES = {
+    (2, 16): (64, 32, 8, 1), (2, 32): (64, 32, 8, 1), (2, 64): (64, 32, 8, 1),
+    (2, 128): (64, 16, 8, 1), (2, 256): (32, 16, 4, 1),
+    (4, 16): (64, 32, 8, 1), (4, 32): (64, 32, 8, 1), (4, 64): (64, 16, 8, 1),
+    (4, 128): (16, 16, 8, 1), (4, 256): (16, 16, 8, 1),
+}  # fmt: skip
 
 
 def forward_config_space(
@@ -149,6 +175,51 @@ def forward_config_space(
     return out
 
 
+def forward_tile(
+    head_dim: int,
+    elem_size: int = 2,
+    *,
+    variants: bool = False,
+    seq_q: int = 1,
+    aligned: bool = True,
+) -> tuple[int, int, int, int]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) a launch runs without the autotuner: a
+    fixed function of the head dim, the element size, the variant flags, whether the query is
+    short (``seq_q <= SHORT_QUERY_ROWS``) and whether the rows are aligned (``rows_aligned``),
+    never of Sk.
+
+    Unaligned rows: the tile of ``_UNALIGNED_TILES``. Short queries: among the tiles of
+    :func:`forward_config_space` with at most 64 query rows (one tile holds the whole query),
+    the widest key tile, then the most stages, then the most warps: the program streams k/v,
+    so the most bytes in flight. Longer queries (the rule of deterministic runs): the biggest
+    tile (most ``BLOCK_M x BLOCK_N``, then stages, warps)."""
+    if not aligned:
+        return _UNALIGNED_TILES[(elem_size, block_d_for(head_dim))]
+    space = forward_config_space(head_dim, elem_size, variants=variants)
+    if seq_q <= SHORT_QUERY_ROWS:
+        short = [c for c in space if c[0] <= 64] or space
+        return max(short, key=lambda c: (c[1], c[3], c[2], -c[0]))
+    return max(space, key=lambda c: (c[0] * c[1], c[3], c[2]))
+
+
+def forward_launch_tile(
+    head_dim: int, elem_size: int, *, variants: bool, seq_q: int, aligned: bool = True
+) -> tuple[int, int, int, int] | None:
+    """The tile a forward launch runs, or None where the autotuner picks it.
+
+    Short queries (``seq_q <= SHORT_QUERY_ROWS``), unaligned rows and every launch while
+    ``torch.are_deterministic_algorithms_enabled()`` run :func:`forward_tile` (bit-identical
+    output in every process: the summation order depends on the tile); other prefills are
+    autotuned over :func:`forward_config_space`, keyed on the Sq/Sk buckets, head dim and
+    flags. The interpreter runs ``INTERPRET_CONFIG`` either way."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if seq_q > SHORT_QUERY_ROWS and aligned and not deterministic:
+        return None
+    if INTERPRET:
+        return INTERPRET_CONFIG
+    return forward_tile(head_dim, elem_size, variants=variants, seq_q=seq_q, aligned=aligned)
+
+
 def _configs() -> list[triton.Config]:
     if INTERPRET:
         return make_configs([INTERPRET_CONFIG], "BLOCK_M", "BLOCK_N")
@@ -165,12 +236,8 @@ def _prune(configs, named_args, **kwargs):
     variants = any(kwargs.get(flag, False) for flag in ("WINDOW", "SOFTCAP", "VARLEN"))
     elem_size = named_args["q_ptr"].element_size()
     allowed = set(forward_config_space(kwargs["BLOCK_D"], elem_size, variants=variants))
-    fitting = configs_in(configs, allowed, "BLOCK_M", "BLOCK_N", stages=True)
-    # Short query sequences (decode, chunks): a 128-row tile would be mostly masked rows.
-    if named_args["seq_q_bucket"] <= 64:
-        short = [c for c in fitting if c.kwargs["BLOCK_M"] <= 64]
-        fitting = short or fitting
-    return fitting or configs[:1]
+    # Only prefills (Sq > SHORT_QUERY_ROWS) are autotuned: see forward_launch_tile.
+    return configs_in(configs, allowed, "BLOCK_M", "BLOCK_N", stages=True) or configs[:1]
 
 
 def seq_bucket(n: int) -> int:
@@ -410,9 +477,11 @@ def attention_fwd_kernel(
         pid = (b * tl.num_programs(1) + h) * tl.num_programs(0) + pid_m
         tl.store(counts_ptr + pid, visited)
 
+    # A row with no allowed key (l = 0) is zeros even when a key tile it visited held NaN
+    # values it may not see (0 * NaN in the p v product).
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
     o_ptrs = o_base + offs_m.to(tl.int64)[:, None] * stride_om + offs_d[None, :]
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
@@ -517,6 +586,29 @@ def variant_args(
     return window, cap, {"WINDOW": window > 0, "SOFTCAP": softcap is not None}
 
 
+def _launch_forward(args, meta, *, seq_q, n_heads_q, batch, variants):
+    """Launch ``attention_fwd_kernel`` on ``args`` (q, k, v, mask, out, ... as its parameters)
+    and the constexprs ``meta``: the autotuner, with a grid of its config's BLOCK_M, where
+    :func:`forward_launch_tile` gives no tile, else the plain kernel with that tile."""
+    q, k, v, out = args[0], args[1], args[2], args[4]
+    tile = forward_launch_tile(
+        meta["HEAD_DIM"], q.element_size(), variants=variants, seq_q=seq_q,
+        aligned=rows_aligned(q, k, v, out),
+    )  # fmt: skip
+    if tile is None:
+
+        def grid(config):
+            return (triton.cdiv(seq_q, config["BLOCK_M"]), n_heads_q, batch)
+
+        launch(attention_fwd_kernel, grid, *args, **meta)
+        return
+    block_m, block_n, warps, stages = tile
+    launch(
+        attention_fwd_kernel.fn, (triton.cdiv(seq_q, block_m), n_heads_q, batch), *args,
+        **meta, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+
+
 def attention_forward(
     q: torch.Tensor,  # [B, Hq, Sq, D], stride(-1) == 1
     k: torch.Tensor,  # [B, Hkv, Sk, D], stride(-1) == 1
@@ -552,22 +644,22 @@ def attention_forward(
         return
     check_grid(batch, n_heads_q, seq_q)
     mask, stride_mb, stride_mn = mask_args(key_padding_mask, q)
-
-    def grid(meta):
-        return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
-
-    launch(
-        attention_fwd_kernel, grid,
+    args = (
         q, k, v, mask, out, lse, q, q, q if tile_counts is None else tile_counts,
         seq_q, seq_k, n_heads_q // n_heads_kv, seq_bucket(seq_q), seq_bucket(seq_k),
         float(softmax_scale) * LOG2E, window, cap,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], stride_mb, stride_mn,
         *out.stride()[:3], *lse.stride(),
+    )  # fmt: skip
+    meta = dict(
         HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_MASK=key_padding_mask is not None,
         UPCAST=INTERPRET, DOT_PRECISION=dot_precision(q.dtype, head_dim),
         BLOCK_D=block_d_for(head_dim), VARLEN=False, COUNT_TILES=tile_counts is not None,
         **flags,
     )  # fmt: skip
+    _launch_forward(
+        args, meta, seq_q=seq_q, n_heads_q=n_heads_q, batch=batch, variants=any(flags.values())
+    )
 
 
 def attention_varlen_forward(
@@ -605,22 +697,22 @@ def attention_varlen_forward(
     if total_q * n_heads_q == 0 or n_seqs <= 0 or max_seqlen_q <= 0:
         return
     check_grid(n_seqs, n_heads_q, max_seqlen_q)
-
-    def grid(meta):
-        return (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), n_heads_q, n_seqs)
-
-    launch(
-        attention_fwd_kernel, grid,
+    args = (
         q, k, v, q, out, lse, cu_seqlens_q, cu_seqlens_k,
         q if tile_counts is None else tile_counts,
         max_seqlen_q, max_seqlen_k, n_heads_q // n_heads_kv, seq_bucket(max_seqlen_q),
         seq_bucket(max_seqlen_k), float(softmax_scale) * LOG2E, window, cap,
         0, q.stride(1), q.stride(0), 0, k.stride(1), k.stride(0), 0, v.stride(1), v.stride(0),
         0, 0, 0, out.stride(1), out.stride(0), 0, lse.stride(0), lse.stride(1),
+    )  # fmt: skip
+    meta = dict(
         HEAD_DIM=head_dim, CAUSAL=bool(causal), HAS_MASK=False, UPCAST=INTERPRET,
         DOT_PRECISION=dot_precision(q.dtype, head_dim), BLOCK_D=block_d_for(head_dim),
         VARLEN=True, COUNT_TILES=tile_counts is not None, **flags,
     )  # fmt: skip
+    _launch_forward(
+        args, meta, seq_q=max_seqlen_q, n_heads_q=n_heads_q, batch=n_seqs, variants=True
+    )
 
 
 __all__ = [
@@ -631,6 +723,8 @@ __all__ = [
     "check_grid",
     "dot_precision",
     "forward_config_space",
+    "forward_launch_tile",
+    "forward_tile",
     "key_tile_range",
     "mask_args",
     "tanh",

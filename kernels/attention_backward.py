@@ -1,15 +1,23 @@
 """FlashAttention-2 backward for causal / padded / GQA attention (Triton; no autograd here).
 
-Three launches, all deterministic (no atomics):
+Three or four launches, all deterministic (no atomics, fixed summation order):
 
 1. ``_bwd_preprocess``: ``delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d]`` in fp32.
-2. ``_bwd_dkdv``: one program per key block of one kv head. It loops over the ``Hq / Hkv``
-   query heads of its group and over their query blocks, recomputing
-   ``P^T = exp(K Q^T * scale - lse)`` and accumulating ``dV += P^T dO`` and
-   ``dK += (P^T * (V dO^T - delta)) Q`` in fp32 registers, so GQA grads are summed in one
-   program instead of with atomics.
-3. ``_bwd_dq``: one program per query block of one q head, looping over the key blocks it may
+2. ``_bwd_dkdv``: one program per key block of one kv head and one of ``head_splits`` equal
+   runs of the ``Hq / Hkv`` query heads of its group. It loops over its heads and over their
+   query blocks, recomputing ``P^T = exp(K Q^T * scale - lse)`` and accumulating
+   ``dV += P^T dO`` and ``dK += (P^T * (V dO^T - delta)) Q`` in fp32 registers, so GQA grads
+   are summed in one program instead of with atomics. ``head_splits = 1`` (the usual case)
+   writes dk/dv; ``head_splits > 1`` (MQA/GQA grids too small to fill the GPU, see
+   :func:`dkdv_head_splits`) writes one fp32 partial per split,
+3. which ``_bwd_sum_splits`` adds in split order into dk/dv.
+4. ``_bwd_dq``: one program per query block of one q head, looping over the key blocks it may
    attend: ``dQ += (P * (dO V^T - delta)) K``.
+
+Tiles are never autotuned: each kernel runs the tile of :func:`backward_tile`, a fixed function
+of the head dim, the dtype and whether the rows are 16-element aligned, and the split count is a
+fixed function of the shape and the SM count, so the summation order, hence every bit of the
+grads, is the same in every process (on one GPU model, with one triton).
 
 Key ``j`` is allowed for query ``i`` iff ``j < Sk``, ``key_padding_mask[b, j]`` (when given),
 when causal ``j <= p = i + Sk - Sq`` (bottom-right) and with a sliding window ``j > p - w``:
@@ -35,13 +43,12 @@ from fusedops.constants import LOG2E
 
 from . import INTERPRET
 from ._launch import launch
-from ._tuning import configs_in, make_configs
+from ._tuning import device_sm_count, rows_aligned
 from .attention import (
     block_d_for,
     check_grid,
     dot_precision,
     mask_args,
-    seq_bucket,
     tanh,
     variant_args,
     varlen_bounds,
@@ -50,105 +57,118 @@ from .attention import (
 _LOG2E = tl.constexpr(LOG2E)  # as the kernels read it
 
 
-# Per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages) candidates of each kernel,
-# kept to those compiled clean (0 spills, tensor cores) for sm_80 and sm_90 by
-# tests/attention/test_gpu_compile_attention_backward.py. dk/dv keeps a BLOCK_N key tile and
-# two fp32 [BLOCK_N, BLOCK_D] accumulators resident and streams BLOCK_M query rows; dq keeps a
-# BLOCK_M query tile (wgmma needs BLOCK_M >= 64) and streams BLOCK_N keys.
-_DKDV_SPACE = {
-    16: ((32, 64, 4, 1), (32, 64, 8, 1), (64, 64, 8, 1), (64, 128, 8, 1)),
-    32: ((32, 64, 4, 1), (32, 64, 8, 2), (64, 64, 8, 1), (64, 64, 4, 2)),
-    64: ((32, 64, 4, 1), (32, 64, 8, 1), (64, 64, 8, 1)),
-    128: ((32, 64, 8, 1), (32, 64, 8, 2)),
-    256: ((16, 32, 4, 1), (16, 32, 8, 1), (32, 32, 8, 1)),
+# The (BLOCK_M, BLOCK_N, num_warps, num_stages) each kernel runs on aligned rows, per padded
+# head dim and whatever the variant flags: among the tiles that compiled clean (0 spills, tensor
+# cores) for sm_80 and sm_90 with every variant flag on, the biggest (most BLOCK_M x BLOCK_N,
+# then stages, then warps) that kept clean in the lighter variants too;
+# tests/attention/test_gpu_compile_attention_backward.py compiles each one. dk/dv keeps a
+# BLOCK_N key tile and two fp32 [BLOCK_N, BLOCK_D] accumulators resident and streams BLOCK_M
+# query rows; dq keeps a BLOCK_M query tile (wgmma needs BLOCK_M >= 64) and streams BLOCK_N
+# keys.
+_DKDV_TILES = {
+    16: (64, 64, 8, 1),
+    32: (64, 64, 8, 1),
+    64: (32, 64, 8, 1),
+    128: (32, 64, 8, 2),
+    256: (32, 32, 8, 1),
 }
-_DQ_SPACE = {
-    16: ((64, 64, 4, 1), (64, 64, 8, 1), (64, 128, 4, 1), (64, 128, 8, 1)),
-    32: ((64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
-    64: ((64, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2)),
-    128: ((64, 64, 8, 1), (64, 64, 8, 2)),
-    # (64, 16, 4, 1) (wgmma on sm_90) sat at 255 registers on sm_80 and spilled 8 bytes once
-    # the kernel gained the window / softcap / varlen arguments: left out.
-    256: ((32, 32, 4, 1), (32, 16, 4, 1)),
+_DQ_TILES = {
+    16: (64, 128, 8, 1),
+    32: (64, 64, 8, 2),
+    64: (64, 64, 8, 2),
+    128: (64, 64, 8, 2),
+    256: (32, 32, 4, 1),
 }
 # fp32 inputs (tf32x3 dots: three tensor-core products per dot, fp32 operands) need smaller
-# tiles. At BLOCK_D 256 every tf32x3 tile spilled (132..11940 bytes on sm_80): those dots run
-# as fp32 FMAs on the CUDA cores ("ieee", see dot_precision), whose tiles below compile clean.
-_DKDV_SPACE_FP32 = {
-    16: ((16, 32, 4, 1), (32, 64, 4, 1)),
-    32: ((16, 64, 4, 1),),
-    64: ((16, 32, 8, 1),),
-    128: ((16, 16, 8, 1),),
-    256: ((16, 16, 4, 1), (16, 16, 8, 1)),
+# tiles. At BLOCK_D 256 every tf32x3 tile spilled: those dots run as fp32 FMAs on the CUDA
+# cores ("ieee", see dot_precision).
+_DKDV_TILES_FP32 = {
+    16: (32, 64, 4, 1),
+    32: (16, 64, 4, 1),
+    64: (16, 32, 8, 1),
+    128: (16, 16, 8, 1),
+    256: (16, 16, 8, 1),
 }
-_DQ_SPACE_FP32 = {
-    16: ((32, 16, 4, 1), (32, 32, 4, 1), (64, 32, 4, 1)),
-    32: ((32, 16, 4, 1), (32, 32, 4, 1), (64, 16, 4, 1)),
-    64: ((32, 16, 8, 1), (64, 16, 8, 1)),
-    128: ((16, 16, 8, 1),),
-    256: ((16, 16, 8, 1), (32, 16, 4, 1), (32, 32, 8, 1)),
+_DQ_TILES_FP32 = {
+    16: (64, 32, 4, 1),
+    32: (32, 32, 4, 1),
+    64: (64, 16, 8, 1),
+    128: (16, 16, 8, 1),
+    256: (32, 32, 8, 1),
 }
+# Rows that are not 16-element multiples (or unaligned pointers: see rows_aligned) load element
+# by element, each element's address in registers: smaller tiles, no pipelining; measured clean
+# with every variant flag on. (kernel, fp32) -> {BLOCK_D: tile}.
+_UNALIGNED_TILES = {
+    ("dkdv", False): {
+        16: (32, 64, 8, 1), 32: (32, 64, 8, 1), 64: (32, 64, 8, 1), 128: (32, 32, 8, 1),
+        256: (16, 16, 8, 1),
+    },
+    ("dq", False): {
+        16: (64, 64, 8, 1), 32: (64, 64, 8, 1), 64: (64, 64, 8, 1), 128: (32, 32, 8, 1),
+        256: (16, 16, 4, 1),
+    },
+    ("dkdv", True): {
+        16: (16, 64, 4, 1), 32: (16, 32, 8, 1), 64: (16, 32, 8, 1), 128: (16, 16, 8, 1),
+        256: (16, 16, 8, 1),
+    },
+    ("dq", True): {
+        16: (32, 16, 4, 1), 32: (32, 16, 4, 1), 64: (64, 16, 8, 1), 128: (16, 16, 4, 1),
+        256: (16, 16, 8, 1),
+    },
+}  # fmt: skip
 
 
-# Tiles that spill once the sliding-window / softcap / varlen code is in (the tanh tile stays
-# live across the dP product): measured by tests/attention/test_gpu_compile_attention_backward.py,
-# which compiles every tile with all those flags on. (kernel, BLOCK_D, fp32) -> tiles left out.
-_VARIANT_SPILLS = {
-    ("dkdv", 64, False): {(64, 64, 8, 1)},  # sm_80: 20 bytes
-    ("dkdv", 256, False): {(16, 32, 4, 1)},  # sm_90: 12 bytes
-    ("dkdv", 256, True): {(16, 16, 4, 1)},  # sm_90: 12 bytes
-}
-
-
-def backward_config_space(
-    head_dim: int, kernel: str = "dkdv", fp32: bool = False, *, variants: bool = False
-) -> list[tuple[int, int, int, int]]:
-    """Every (BLOCK_M, BLOCK_N, num_warps, num_stages) ``kernel`` ("dkdv" or "dq") may run for
-    ``head_dim`` (``fp32``: for float32 inputs; ``variants``: with a sliding window, softcap or
-    packed sequences, which leave out the tiles of ``_VARIANT_SPILLS``)."""
-    if fp32:
-        space = _DKDV_SPACE_FP32 if kernel == "dkdv" else _DQ_SPACE_FP32
-    else:
-        space = _DKDV_SPACE if kernel == "dkdv" else _DQ_SPACE
+def backward_tile(
+    head_dim: int, kernel: str = "dkdv", fp32: bool = False, *, aligned: bool = True
+) -> tuple[int, int, int, int]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) ``kernel`` ("dkdv" or "dq") runs with for
+    ``head_dim`` (``fp32``: float32 inputs; ``aligned``: every row a 16-element multiple, see
+    ``rows_aligned``), whatever the variant flags (each tile compiles clean with all of them).
+    A fixed function of these arguments, never a benchmark, so that the grads' summation order
+    is the same in every process; the interpreter runs it too."""
     block_d = block_d_for(head_dim)
-    spills = _VARIANT_SPILLS.get((kernel, block_d, fp32), set()) if variants else set()
-    return [c for c in space[block_d] if c not in spills]
+    if not aligned:
+        return _UNALIGNED_TILES[(kernel, fp32)][block_d]
+    if fp32:
+        tiles = _DKDV_TILES_FP32 if kernel == "dkdv" else _DQ_TILES_FP32
+    else:
+        tiles = _DKDV_TILES if kernel == "dkdv" else _DQ_TILES
+    return tiles[block_d]
+
+
+def dkdv_head_splits(programs: int, group: int, sm_count: int) -> int:
+    """Into how many equal runs the dk/dv kernel splits each GQA group's ``group`` query heads
+    (one program per key block, kv head, batch and run; ``programs`` of them unsplit).
+
+    1 when the unsplit grid already covers ``sm_count`` SMs (or there is one head per group).
+    Otherwise the smallest divisor of ``group`` that gives every SM a program, among the
+    divisors up to twice the ``ceil(sm_count / programs)`` needed (the fp32 partial sums then
+    hold at most about ``4 x sm_count`` key tiles), else the largest such divisor. A function of
+    the shape and the SM count only: the reduction order is fixed for a shape on one GPU model.
+    """
+    if group <= 1 or programs >= sm_count:
+        return 1
+    need = triton.cdiv(sm_count, max(programs, 1))
+    divisors = [d for d in range(1, min(group, 2 * need) + 1) if group % d == 0]
+    enough = [d for d in divisors if d >= need]
+    return enough[0] if enough else divisors[-1]
+
+
+def dkdv_grid(
+    batch: int, n_heads_kv: int, group: int, seq_k: int, block_n: int, sm_count: int
+) -> tuple[tuple[int, int, int], int]:
+    """``((programs along axis 0, Hkv, B), head_splits)`` of the dk/dv launch: axis 0 holds
+    ``cdiv(Sk, BLOCK_N)`` key blocks times ``head_splits`` (:func:`dkdv_head_splits`)."""
+    blocks = triton.cdiv(seq_k, block_n)
+    splits = dkdv_head_splits(blocks * n_heads_kv * batch, group, sm_count)
+    return (blocks * splits, n_heads_kv, batch), splits
 
 
 def preprocess_block_m(head_dim: int) -> int:
-    """Rows per program of the delta preprocess (about 32 fp32 values per thread of 4 warps)."""
+    """Rows per program of the delta preprocess and of the split sum (about 32 fp32 values per
+    thread of 4 warps)."""
     return min(64, max(16, 4096 // block_d_for(head_dim)))
-
-
-def _all_configs(kernel: str) -> list[triton.Config]:
-    seen = []
-    for d in (16, 32, 64, 128, 256):
-        for fp32 in (False, True):
-            for cfg in backward_config_space(d, kernel, fp32):
-                if cfg not in seen:
-                    seen.append(cfg)
-    return make_configs(seen, "BLOCK_M", "BLOCK_N")
-
-
-def _pruner(kernel: str):
-    def prune(configs, named_args, **kwargs):
-        """Keep the configs of this call's head dim (one small one under the interpreter)."""
-        fp32 = named_args["q_ptr"].dtype == torch.float32
-        variants = any(kwargs.get(flag, False) for flag in ("WINDOW", "SOFTCAP", "VARLEN"))
-        allowed = backward_config_space(kwargs["BLOCK_D"], kernel, fp32, variants=variants)
-        fitting = configs_in(configs, allowed, "BLOCK_M", "BLOCK_N", stages=True)
-        if INTERPRET:
-            # No benchmarking without a driver; small tiles keep the interpreter's tests cheap.
-            return [min(fitting, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
-        return fitting
-
-    return prune
-
-
-_KEY = [
-    "seq_q_bucket", "seq_k_bucket", "BLOCK_D", "CAUSAL", "HAS_MASK", "GROUP", "WINDOW",
-    "SOFTCAP", "VARLEN",
-]  # fmt: skip
 
 
 @triton.jit
@@ -189,12 +209,9 @@ def _bwd_preprocess(
     tl.store(delta_ptr + (b * n_heads + h) * seq_q + rows64, delta, mask=rows < seq_q)
 
 
-@triton.autotune(
-    configs=_all_configs("dkdv"),
-    key=_KEY,
-    prune_configs_by={"early_config_prune": _pruner("dkdv")},
-)
-@triton.jit
+# head_splits is never specialised (not even a 1 to a constant): unsplit and split launches of
+# one dtype of dk/dv share one compiled kernel.
+@triton.jit(do_not_specialize=["head_splits"])
 def _bwd_dkdv(
     q_ptr,  # [B, Hq, Sq, D] (VARLEN: [Tq, Hq, D], batch strides 0)
     k_ptr,  # [B, Hkv, Sk, D] (VARLEN: [Tk, Hkv, D])
@@ -205,12 +222,11 @@ def _bwd_dkdv(
     mask_ptr,  # [B, Sk] uint8 key padding mask (1 = attend), read only when HAS_MASK
     cu_q_ptr,  # [N + 1] int32 sequence starts in q (read only when VARLEN)
     cu_k_ptr,  # [N + 1] int32 sequence starts in k/v (read only when VARLEN)
-    dk_ptr,
+    dk_ptr,  # head_splits > 1: [splits, ...] fp32 partials (split stride stride_dksp)
     dv_ptr,
     seq_q,  # VARLEN: unused (each sequence's length comes from cu_q)
     seq_k,
-    seq_q_bucket,  # autotune keys only
-    seq_k_bucket,
+    head_splits,  # runs of GROUP / head_splits query heads, one per program (divides GROUP)
     qk_scale,  # softmax_scale * log2(e)
     softmax_scale,
     window,  # sliding window w >= 1 (read only when WINDOW)
@@ -240,6 +256,8 @@ def _bwd_dkdv(
     stride_dvb,
     stride_dvh,
     stride_dvs,
+    stride_dksp,  # split stride of the partials (0 when head_splits = 1)
+    stride_dvsp,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr,
@@ -254,15 +272,19 @@ def _bwd_dkdv(
     SOFTCAP: tl.constexpr = False,  # scores c * tanh(s / c)
     VARLEN: tl.constexpr = False,  # packed sequences: program_id(2) is the sequence
 ):
-    pid_n = tl.program_id(0)
+    # Axis 0: key block pid_n, run `split` of the group's query heads.
+    pid_n = tl.program_id(0) // head_splits
+    split = tl.program_id(0) % head_splits
     hk = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
     dt = k_ptr.dtype.element_ty
+    heads_per_split = GROUP // head_splits
+    sp = split.to(tl.int64)
 
     k_base = k_ptr + b * stride_kb + hk * stride_kh
     v_base = v_ptr + b * stride_vb + hk * stride_vh
-    dk_base = dk_ptr + b * stride_dkb + hk * stride_dkh
-    dv_base = dv_ptr + b * stride_dvb + hk * stride_dvh
+    dk_base = dk_ptr + sp * stride_dksp + b * stride_dkb + hk * stride_dkh
+    dv_base = dv_ptr + sp * stride_dvsp + b * stride_dvb + hk * stride_dvh
     q_row0 = tl.zeros([], tl.int64)  # VARLEN: the sequence's first row in q/dO/lse/delta
     if VARLEN:
         q_row0, k_row0, seq_q, seq_k = varlen_bounds(cu_q_ptr, cu_k_ptr, b)
@@ -307,7 +329,8 @@ def _bwd_dkdv(
     if VARLEN:
         hi = tl.where(start_n < seq_k, hi, 0)
 
-    for g in range(GROUP):
+    g_lo = split * heads_per_split
+    for g in range(g_lo, g_lo + heads_per_split):
         hq = hk * GROUP + g
         q_base = q_ptr + b * stride_qb + hq * stride_qh + q_row0 * stride_qs
         do_base = do_ptr + b * stride_dob + hq * stride_doh + q_row0 * stride_dos
@@ -366,11 +389,6 @@ def _bwd_dkdv(
     tl.store(dv_ptrs, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
 
-@triton.autotune(
-    configs=_all_configs("dq"),
-    key=_KEY,
-    prune_configs_by={"early_config_prune": _pruner("dq")},
-)
 @triton.jit
 def _bwd_dq(
     q_ptr,
@@ -385,8 +403,6 @@ def _bwd_dq(
     dq_ptr,
     seq_q,
     seq_k,
-    seq_q_bucket,
-    seq_k_bucket,
     qk_scale,
     softmax_scale,
     window,
@@ -525,6 +541,46 @@ def _bwd_dq(
     tl.store(dq_ptrs, dq.to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
+@triton.jit
+def _bwd_sum_splits(
+    part_ptr,  # [splits, B, Hkv, Sk, D] fp32 partial sums (VARLEN: [splits, Tk, Hkv, D])
+    out_ptr,  # [B, Hkv, Sk, D] (VARLEN: [Tk, Hkv, D])
+    cu_k_ptr,  # [N + 1] int32 sequence starts in k (read only when VARLEN)
+    n_splits,
+    n_rows,  # Sk (VARLEN: N; the rows are those before cu_k[N])
+    stride_psp,
+    stride_pb,
+    stride_ph,
+    stride_ps,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    VARLEN: tl.constexpr,
+):
+    """``out = part[0] + part[1] + ...`` in split order, in fp32, stored in out's dtype."""
+    # Grid (row blocks, Hkv, B).
+    pid_r = tl.program_id(0)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    if VARLEN:
+        n_rows = tl.load(cu_k_ptr + n_rows)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)  # [BR]
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)  # [BD]
+    mask = (rows < n_rows)[:, None] & (cols < HEAD_DIM)[None, :]
+    # Pointers step from split to split (a 64-bit pointer plus the split stride).
+    ptrs = part_ptr + b * stride_pb + h * stride_ph + rows64[:, None] * stride_ps + cols[None, :]
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for _ in range(0, n_splits):
+        acc += tl.load(ptrs, mask=mask, other=0.0)
+        ptrs += stride_psp
+    o_ptrs = out_ptr + b * stride_ob + h * stride_oh + rows64[:, None] * stride_os + cols[None, :]
+    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 def _strides3(t: torch.Tensor) -> tuple[int, int, int]:
     return tuple(int(s) for s in t.stride()[:3])
 
@@ -555,42 +611,65 @@ def _launch(
         out, dout, delta, rows, n_heads_q, *strides["o"], *strides["do"],
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=pre_m,
     )  # fmt: skip
+    group = n_heads_q // n_heads_k
     common = dict(
         HEAD_DIM=head_dim,
         BLOCK_D=block_d,
         CAUSAL=bool(causal),
         HAS_MASK=mask is not None,
-        GROUP=n_heads_q // n_heads_k,
+        GROUP=group,
         UPCAST=INTERPRET,
         PRECISION=dot_precision(q.dtype, head_dim, backward=True),
         VARLEN=varlen,
         **flags,
     )
+    fp32 = q.dtype == torch.float32
+    aligned = rows_aligned(q, k, v, out, dout, dq, dk, dv)
+    dkdv_m, dkdv_n, dkdv_w, dkdv_s = backward_tile(head_dim, "dkdv", fp32, aligned=aligned)
+    dq_m, dq_n, dq_w, dq_s = backward_tile(head_dim, "dq", fp32, aligned=aligned)
     mask, stride_mb, stride_mk = mask_args(mask, delta)
     scale = float(softmax_scale)
     delta_strides = (0 if varlen else n_heads_q * rows, rows)
     scalars = (
-        seq_q, seq_k, seq_bucket(seq_q), seq_bucket(seq_k), scale * LOG2E, scale, window, cap,
+        scale * LOG2E, scale, window, cap,
         *strides["q"], *strides["k"], *strides["v"], *strides["do"], *strides["lse"],
         *delta_strides, stride_mb, stride_mk,
     )  # fmt: skip
     cu_q = delta if cu_q is None else cu_q
     cu_k = delta if cu_k is None else cu_k
 
-    def grid_n(meta):
-        return (triton.cdiv(seq_k, meta["BLOCK_N"]), n_heads_k, batch)
-
-    def grid_m(meta):
-        return (triton.cdiv(seq_q, meta["BLOCK_M"]), n_heads_q, batch)
-
+    grid_n, splits = dkdv_grid(
+        batch, n_heads_k, group, seq_k, dkdv_n, device_sm_count(q.device)
+    )  # fmt: skip
+    dk_dst, dv_dst = dk, dv
+    dk_strides, dv_strides, split_strides = strides["dk"], strides["dv"], (0, 0)
+    if splits > 1:
+        # fp32 partials [2 (dk, dv), splits, *dk.shape], added in split order below.
+        part = torch.empty((2, splits, *dk.shape), device=dk.device, dtype=torch.float32)
+        dk_dst, dv_dst = part[0, 0], part[1, 0]
+        dk_strides = _packed_strides(dk_dst) if varlen else _strides3(dk_dst)
+        dv_strides = dk_strides
+        split_strides = (int(part.stride(1)), int(part.stride(1)))
     launch(
         _bwd_dkdv, grid_n,
-        q, k, v, dout, lse, delta, mask, cu_q, cu_k, dk, dv, *scalars, *strides["dk"],
-        *strides["dv"], **common,
+        q, k, v, dout, lse, delta, mask, cu_q, cu_k, dk_dst, dv_dst, seq_q, seq_k, splits,
+        *scalars, *dk_strides, *dv_strides, *split_strides, **common,
+        BLOCK_M=dkdv_m, BLOCK_N=dkdv_n, num_warps=dkdv_w, num_stages=dkdv_s,
     )  # fmt: skip
+    if splits > 1:
+        total_k = k.shape[0] if varlen else seq_k  # rows of dk/dv per (batch, head)
+        for src, dst, dst_strides in ((dk_dst, dk, strides["dk"]), (dv_dst, dv, strides["dv"])):
+            launch(
+                _bwd_sum_splits, (triton.cdiv(total_k, pre_m), n_heads_k, delta_batch),
+                src, dst, cu_k, splits, batch if varlen else seq_k, split_strides[0],
+                *dk_strides, *dst_strides,
+                HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_R=pre_m, VARLEN=varlen,
+                num_warps=4, num_stages=1,
+            )  # fmt: skip
     launch(
-        _bwd_dq, grid_m,
-        q, k, v, dout, lse, delta, mask, cu_q, cu_k, dq, *scalars, *strides["dq"], **common,
+        _bwd_dq, (triton.cdiv(seq_q, dq_m), n_heads_q, batch),
+        q, k, v, dout, lse, delta, mask, cu_q, cu_k, dq, seq_q, seq_k, *scalars, *strides["dq"],
+        **common, BLOCK_M=dq_m, BLOCK_N=dq_n, num_warps=dq_w, num_stages=dq_s,
     )  # fmt: skip
 
 

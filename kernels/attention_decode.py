@@ -47,7 +47,7 @@ from fusedops.constants import LOG2E
 from . import INTERPRET
 from ._launch import launch
 from ._online_softmax import online_softmax_step
-from ._tuning import configs_in, make_configs, pow2_bucket
+from ._tuning import rows_aligned
 from .attention import MAX_GRID_YZ, block_d_for, dot_precision, tanh
 from .kvcache_append import cache_layout, kvcache_append
 
@@ -58,7 +58,8 @@ BLOCK_M_SIZES = (16, 64)
 MAX_SPLITS = 128
 MIN_SPLIT_KEYS = 256
 # Candidate key tiles (BLOCK_N, num_warps, num_stages), filtered per (BLOCK_D, dtype, BLOCK_M)
-# in decode_config_space.
+# in decode_config_space; the launcher runs the first survivor (decode_tile), never an autotuner:
+# a cache growing during generation must not re-tune (compile and benchmark) mid-stream.
 _BLOCK_N = (16, 32, 64, 128)
 _WARPS = (4, 8)
 _STAGES = (3, 2)
@@ -69,9 +70,6 @@ _SMEM_BUDGET = 80 * 1024
 # and probabilities); fp32 inputs (tf32x3 hi/lo operand splits) count three times. A third
 # stage only within half of it (as the prefill forward).
 _REG_BUDGET = 128
-# Configs the autotuner tries per (element size, BLOCK_M): the widest key tiles that fit. fp32
-# runs 16-row tiles only (tf32x3 triples the operand registers).
-_MAX_CONFIGS = {(2, 16): 2, (2, 64): 1, (4, 16): 1}
 # The single config the interpreter runs (32-key tiles: several tiles per split and tiles
 # spanning pages of 16 in the tests' small caches).
 INTERPRET_CONFIG = (32, 4, 1)
@@ -80,11 +78,14 @@ _COMBINE_TILE = 1024
 COMBINE_WARPS = 4
 
 
-def block_m_for(rows: int, elem_size: int = 2) -> int:
+def block_m_for(rows: int, elem_size: int = 2, *, head_dim: int = 128, aligned: bool = True) -> int:
     """Packed-row tile for ``rows = Sq * Hq / Hkv`` query rows per kv head: 16 for up to 16
-    rows (and always for fp32), else 64."""
+    rows (and always for fp32, and for unaligned rows at BLOCK_D 256, where no 64-row tile
+    compiled clean), else 64."""
     small, big = BLOCK_M_SIZES
-    return small if rows <= small or elem_size == 4 else big
+    if rows <= small or elem_size == 4 or (not aligned and block_d_for(head_dim) > 128):
+        return small
+    return big
 
 
 def decode_dot_precision(dtype: torch.dtype, head_dim: int) -> str:
@@ -103,15 +104,15 @@ def combine_block_h(head_dim: int) -> int:
 def decode_config_space(
     head_dim: int, elem_size: int = 2, block_m: int = 16
 ) -> list[tuple[int, int, int]]:
-    """Every (BLOCK_N, num_warps, num_stages) the autotuner may run for ``head_dim``, inputs
-    of ``elem_size`` bytes and ``block_m`` packed rows.
+    """The candidate (BLOCK_N, num_warps, num_stages) for ``head_dim``, inputs of
+    ``elem_size`` bytes and ``block_m`` packed rows, best first (:func:`decode_tile` runs the
+    first; empty for fp32 64-row tiles, which never run).
 
     Generated from the candidate key tiles (16-key tiles only for fp32, 128-key tiles only
     for 16-bit inputs; 8 warps only for 64-row tiles), kept when the accumulator plus twice
     the score tile (three times that for fp32's tf32x3) fit the register budget, each at the
     most stages (3 only within half the register budget) whose pipelined k/v tiles fit the
-    shared-memory budget; the widest key tiles survive (fewer values per thread first),
-    ``_MAX_CONFIGS`` of them.
+    shared-memory budget; ordered widest key tile first (fewer values per thread first).
     """
     block_d = block_d_for(head_dim)
     weight = 3 if elem_size == 4 else 1
@@ -133,28 +134,35 @@ def decode_config_space(
                 if st * 2 * bn * block_d * elem_size <= _SMEM_BUDGET:
                     fitting.append((per_thread, (bn, warps, st)))
                     break
+    if elem_size == 4 and block_m > BLOCK_M_SIZES[0]:
+        return []  # block_m_for gives fp32 16-row tiles only
     fitting.sort(key=lambda item: (-item[1][0], item[0]))
-    return [cfg for _, cfg in fitting[: _MAX_CONFIGS.get((elem_size, block_m), 0)]]
+    return [cfg for _, cfg in fitting]
 
 
-def _configs() -> list[triton.Config]:
-    if INTERPRET:
-        return make_configs([INTERPRET_CONFIG], "BLOCK_N")
-    seen = set()
-    for d in (16, 32, 64, 128, 256):
-        for size in (2, 4):
-            for bm in BLOCK_M_SIZES:
-                seen.update(decode_config_space(d, size, bm))
-    return make_configs(sorted(seen), "BLOCK_N")
+# Rows that are not 16-element multiples (or unaligned pointers: see rows_aligned) load element
+# by element, each element's address in registers: smaller, unpipelined key tiles, measured
+# clean with every flag on. (elem_size, BLOCK_M) -> {BLOCK_D: (BLOCK_N, num_warps, stages)}.
+_UNALIGNED_TILES = {
+    (2, 16): {16: (32, 4, 1), 32: (32, 4, 1), 64: (32, 4, 1), 128: (16, 4, 1), 256: (16, 4, 1)},
+    (2, 64): {16: (32, 8, 1), 32: (32, 8, 1), 64: (32, 8, 1), 128: (16, 8, 1)},
+    (4, 16): {16: (32, 4, 1), 32: (32, 4, 1), 64: (32, 4, 1), 128: (16, 4, 1), 256: (16, 8, 1)},
+}
 
 
-def _prune(configs, named_args, **kwargs):
-    if INTERPRET:
-        return configs[:1]
-    allowed = decode_config_space(
-        kwargs["BLOCK_D"], named_args["q_ptr"].element_size(), kwargs["BLOCK_M"]
-    )
-    return configs_in(configs, allowed, "BLOCK_N", stages=True) or configs[:1]
+def decode_tile(
+    head_dim: int, elem_size: int = 2, block_m: int = 16, *, aligned: bool = True
+) -> tuple[int, int, int]:
+    """The (BLOCK_N, num_warps, num_stages) a decode launch runs: a function of the head dim,
+    the element size, the packed-row tile and whether the rows are aligned (``rows_aligned``)
+    only, never of the cache length, so a growing cache keeps one compiled kernel and nothing
+    is benchmarked mid-generation. Aligned: the widest key tile of
+    :func:`decode_config_space` (the memory-bound decode streams k/v; the widest tile that
+    fits keeps the most bytes in flight per program, and the split count, not the tile,
+    spreads a long cache over the SMs); unaligned: ``_UNALIGNED_TILES``."""
+    if not aligned:
+        return _UNALIGNED_TILES[(elem_size, block_m)][block_d_for(head_dim)]
+    return decode_config_space(head_dim, elem_size, block_m)[0]
 
 
 @triton.jit
@@ -218,11 +226,6 @@ def _decode_tile(
     return online_softmax_step(acc, l_i, m_i, s, v, DOT_PRECISION)
 
 
-@triton.autotune(
-    configs=_configs(),
-    key=["keys_bucket", "BLOCK_M", "BLOCK_D", "PAGED", "CAUSAL", "WINDOW", "SOFTCAP", "SPLIT"],
-    prune_configs_by={"early_config_prune": _prune},
-)
 @triton.jit
 def decode_kernel(
     q_ptr,  # [B, Sq, Hq, D]
@@ -240,7 +243,6 @@ def decode_kernel(
     block_size,
     num_splits,
     window,  # sliding window w (read only when WINDOW)
-    keys_bucket,  # autotune key only
     score_scale,
     cap_scale,
     stride_qb,
@@ -327,9 +329,11 @@ def decode_kernel(
             score_scale, cap_scale, CAUSAL, WINDOW, SOFTCAP, PAGED, UPCAST, DOT_PRECISION,
         )  # fmt: skip
 
+    # A row with no allowed key (l = 0) is zeros even when a key tile it visited held NaN
+    # values it may not see (0 * NaN in the p v product).
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out = tl.where(empty[:, None], 0.0, acc / l_safe[:, None])
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
     sp = split.to(tl.int64)
     o_rows = t.to(tl.int64) * stride_os + h.to(tl.int64) * stride_oh  # [BM]
@@ -433,6 +437,17 @@ def decode_num_splits(batch: int, heads_kv: int, rows: int, max_keys: int, sm_co
     return max(range(least, min(2 * least, cap) + 1), key=lambda s: (efficiency(s), -s))
 
 
+def decode_launch_tile(
+    head_dim: int, elem_size: int, block_m: int, *, aligned: bool = True
+) -> tuple[int, int, int]:
+    """The (BLOCK_N, num_warps, num_stages) :func:`attention_decode` launches with:
+    :func:`decode_tile`, or ``INTERPRET_CONFIG`` under the interpreter (no GPU to tile for;
+    32-key tiles exercise several tiles per split and tiles spanning pages in small tests)."""
+    if INTERPRET:
+        return INTERPRET_CONFIG
+    return decode_tile(head_dim, elem_size, block_m, aligned=aligned)
+
+
 def _check_grid(batch: int, heads_kv: int, programs: int) -> None:
     if batch > MAX_GRID_YZ or heads_kv > MAX_GRID_YZ or programs >= 2**31:
         raise ValueError(
@@ -483,7 +498,8 @@ def attention_decode(
         raise ValueError(f"attention_with_kvcache: num_splits must be >= 1, got {num_splits}")
     group = n_heads_q // n_heads_kv
     rows = seq_q * group
-    block_m = block_m_for(rows, q.element_size())
+    aligned = rows_aligned(q, k_cache, v_cache, out)
+    block_m = block_m_for(rows, q.element_size(), head_dim=head_dim, aligned=aligned)
     m_blocks = triton.cdiv(rows, block_m)
     _check_grid(batch, n_heads_kv, m_blocks * num_splits)
     paged = block_table is not None
@@ -506,13 +522,15 @@ def attention_decode(
         score_scale, cap_scale = float(softmax_scale) / float(softcap), float(softcap) * LOG2E
     else:
         score_scale, cap_scale = float(softmax_scale) * LOG2E, 1.0
+    block_n, warps, stages = decode_launch_tile(
+        head_dim, q.element_size(), block_m, aligned=aligned
+    )
 
     launch(
         decode_kernel, (m_blocks * num_splits, n_heads_kv, batch),
         q, k_cache, v_cache, seqlens_k, table, dst_o, dst_lse,
         seq_q, group, rows, capacity, n_blocks, block_size, num_splits,
-        int(sliding_window or 0), pow2_bucket(triton.cdiv(capacity, num_splits), 1 << 16),
-        score_scale, cap_scale,
+        int(sliding_window or 0), score_scale, cap_scale,
         *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], stride_tb,
         *o_strides, *l_strides,
         HEAD_DIM=head_dim,
@@ -524,7 +542,10 @@ def attention_decode(
         UPCAST=INTERPRET,
         DOT_PRECISION=decode_dot_precision(q.dtype, head_dim),
         BLOCK_M=block_m,
+        BLOCK_N=block_n,
         BLOCK_D=block_d_for(head_dim),
+        num_warps=warps,
+        num_stages=stages,
     )  # fmt: skip
     if num_splits > 1:
         _combine(part_o, part_lse, out, lse)
@@ -538,6 +559,8 @@ __all__ = [
     "decode_config_space",
     "decode_dot_precision",
     "decode_kernel",
+    "decode_launch_tile",
     "decode_num_splits",
+    "decode_tile",
     "kvcache_append",
 ]

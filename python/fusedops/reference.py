@@ -473,7 +473,9 @@ def attention(
     bottom-right and ``sliding_window`` keeps the last ``w`` keys of each query (see
     :func:`attention_mask`). ``softcap = c`` caps the scores as Gemma-2 does:
     ``s = c * tanh(scale * q.k / c)`` before the mask and softmax. A query row with no allowed
-    key returns zeros and an lse of ``-inf``. Returns ``out [B, Hq, Sq, D]`` in q's dtype, and
+    key returns zeros and an lse of ``-inf`` whatever its query and the keys/values it may not
+    see hold; a NaN in a query row or in a key/value the row attends to makes the row NaN.
+    Returns ``out [B, Hq, Sq, D]`` in q's dtype, and
     with ``return_lse`` also ``lse [B, Hq, Sq]`` (natural log of the row's sum of
     ``exp(s)``) in the compute dtype. ``compute_dtype`` overrides the math's precision (tests
     pass the input dtype to measure what PyTorch itself loses in fp16/bf16: the yardstick of
@@ -510,7 +512,8 @@ def attention(
     denom = exp.sum(dim=-1, keepdim=True)
     probs = exp / torch.where(denom == 0, 1.0, denom)
     lse = (torch.log(denom) + row_max).squeeze(-1)  # -inf for rows with no allowed key
-    out = torch.matmul(probs, vf).to(q.dtype)
+    # A row with no allowed key is zeros whatever the values it may not see hold (0 * NaN).
+    out = torch.matmul(probs, vf).masked_fill(denom == 0, 0.0).to(q.dtype)
     if return_lse:
         return out, lse
     return out

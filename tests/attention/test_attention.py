@@ -389,3 +389,72 @@ def test_attention_hf_window_softcap(left):
                                sliding_window=3, softcap=2.0)  # fmt: skip
     rows = pad[:, None, :, None].transpose(1, 2)  # [B, S, 1, 1]: unpadded query rows
     assert max_abs_error(out * rows, want.transpose(1, 2) * rows) < 1e-5
+
+
+# ---- dynamic shapes, double backward ---------------------------------------------------------
+
+
+def _reference_sum(q, k, v, k2, v2, mask):
+    want = reference.attention(q, k, v) + reference.attention(q, k2, v2, key_padding_mask=mask)
+    return want + reference.attention(q, k, v, causal=False, softmax_scale=0.3)
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_CASES)
+def test_torch_compile_dynamic(backend, device):
+    """torch.compile(dynamic=True, fullgraph=True), forward and backward, at two sizes on the
+    CPU path (one graph): plain (Hq = Hkv), GQA with a key padding mask, a custom scale. The
+    sizes are symbolic: the SDPA path's enable_gqa was a SymBool."""
+    torch._dynamo.reset()  # the backend is a traced constant: never reuse another backend's graph
+
+    def fn(q, k, v, k2, v2, mask):
+        out = fusedops.attention(q, k, v) + fusedops.attention(q, k2, v2, key_padding_mask=mask)
+        return out + fusedops.attention(q, k, v, causal=False, softmax_scale=0.3)
+
+    compiled = torch.compile(fn, backend="aot_eager", dynamic=True, fullgraph=True)
+    sizes = ((5, 7), (6, 9)) if backend == "cpp" else ((5, 7),)  # the interpreter is slow
+    for seed, (sq, sk) in enumerate(sizes):
+        q, k, v = _inputs(1, 4, 4, sq, sk, 16, torch.float32, device, seed=seed, grad=True)
+        _, k2, v2 = _inputs(1, 4, 2, sq, sk, 16, torch.float32, device, seed=seed + 5, grad=True)
+        mask = _padding(1, sk, device, seed=seed)
+        with fusedops.use_backend(backend):
+            out = compiled(q, k, v, k2, v2, mask)
+            grads = torch.autograd.grad(out.sum(), (q, k, v, k2, v2))
+        inputs = [t.detach().double().requires_grad_() for t in (q, k, v, k2, v2)]
+        want = _reference_sum(*inputs, mask)
+        assert max_abs_error(out, want) < 1e-5
+        for g, w in zip(grads, torch.autograd.grad(want.sum(), inputs), strict=True):
+            assert max_abs_error(g, w) < 1e-5
+
+
+def test_module_torch_compile_dynamic():
+    """FusedAttention with softmax_scale / softcap under torch.compile(dynamic=True,
+    fullgraph=True): the module's float attributes are traced as SymFloats (math.isfinite on
+    one failed)."""
+    torch._dynamo.reset()
+    scaled = fusedops.nn.FusedAttention(softmax_scale=0.3)
+    capped = fusedops.nn.FusedAttention(softcap=2.0, sliding_window=3)
+
+    def fn(q, k, v):
+        return scaled(q, k, v) + capped(q, k, v)
+
+    compiled = torch.compile(fn, backend="aot_eager", dynamic=True, fullgraph=True)
+    for seed, (sq, sk) in enumerate(((5, 7), (6, 9))):
+        q, k, v = _inputs(2, 4, 2, sq, sk, 16, torch.float32, "cpu", seed=seed)
+        want = reference.attention(q, k, v, softmax_scale=0.3)
+        want = want + reference.attention(q, k, v, softcap=2.0, sliding_window=3)
+        assert max_abs_error(compiled(q, k, v), want) < 1e-5
+
+
+@pytest.mark.parametrize("options", [{}, {"softcap": 2.0}, {"return_lse": True}], ids=str)
+@pytest.mark.parametrize("backend,device", KERNEL_CASES)
+def test_double_backward_is_refused(backend, device, options):
+    """create_graph=True raises at the first backward, naming the op (the second backward used
+    to fail with a message naming aten's or the backward op's internals)."""
+    q, k, v = _inputs(1, 2, 1, 3, 5, 16, torch.float32, device, grad=True)
+    with fusedops.use_backend(backend):
+        out = fusedops.attention(q, k, v, **options)
+    out = out[0] if options.get("return_lse") else out
+    with pytest.raises(RuntimeError, match=r"^attention: double backward is not supported"):
+        torch.autograd.grad(out.sum(), (q, k, v), create_graph=True)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))  # a plain backward still works
+    assert all(bool(torch.isfinite(g).all()) for g in grads)

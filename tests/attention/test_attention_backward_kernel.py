@@ -19,7 +19,8 @@ import torch
 from helpers import DTYPES, TRITON_DEVICE, assert_attention_bound
 
 from fusedops import reference
-from fusedops.kernels.attention_backward import attention_backward, backward_config_space
+from fusedops.kernels import attention_backward as kb
+from fusedops.kernels.attention_backward import attention_backward, backward_tile
 
 
 def _grads(q, k, v, dout, *, causal, scale, key_padding_mask, **variant):
@@ -151,14 +152,11 @@ def test_deterministic():
 
 @pytest.mark.parametrize("kernel", ["dkdv", "dq"])
 @pytest.mark.parametrize("dim", [16, 40, 64, 80, 128, 256])
-def test_config_space_is_small(dim, kernel):
-    space = backward_config_space(dim, kernel)
-    assert 1 <= len(space) <= 16
+def test_tiles_fit_the_tensor_cores(dim, kernel):
     for fp32 in (False, True):
-        variants = backward_config_space(dim, kernel, fp32, variants=True)
-        assert variants and set(variants) <= set(backward_config_space(dim, kernel, fp32))
-    for block_m, block_n, warps, stages in space:
-        assert block_m >= 16 and block_n >= 16 and warps in (4, 8) and stages >= 1
+        for aligned in (False, True):
+            block_m, block_n, warps, stages = backward_tile(dim, kernel, fp32, aligned=aligned)
+            assert block_m >= 16 and block_n >= 16 and warps in (4, 8) and stages >= 1
 
 
 # Sliding window and softcap: (shape, window, softcap, dtype). Windows of 1 key, inside a tile,
@@ -181,3 +179,32 @@ def test_window_and_softcap_grads(shape, window, softcap, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
 def test_softcap_grads_without_causal(dtype):
     _check(1, 2, 1, 21, 30, 64, dtype, causal=False, softcap=1.0, scale=0.5)
+
+
+# dk/dv with the GQA group's query heads split over programs (the grid of a small MQA/GQA
+# backward would leave SMs idle): fp32 partials per split, added in split order.
+# (shape, kwargs, dtype, SM count, splits): MQA causal with 2 heads per split and with 1, GQA
+# with a window, MQA softcap not causal with 2 and with 1 heads per split.
+SPLIT_CASES = [
+    ((1, 4, 1, 37, 45, 64), dict(causal=True), torch.float16, 2, 2),
+    ((1, 4, 1, 37, 45, 64), dict(causal=True), torch.float16, 10**6, 4),
+    ((2, 6, 2, 33, 20, 80), dict(causal=True, sliding_window=7), torch.bfloat16, 10**6, 3),
+    ((1, 6, 1, 19, 70, 32), dict(causal=False, softcap=2.0), torch.float32, 5, 3),
+    ((1, 6, 1, 19, 70, 32), dict(causal=False, softcap=2.0), torch.float32, 10**6, 6),
+]
+
+
+@pytest.mark.parametrize("shape,kwargs,dtype,sm_count,splits", SPLIT_CASES, ids=str)
+def test_split_query_heads_match_fp64_autograd(monkeypatch, shape, kwargs, dtype, sm_count, splits):
+    monkeypatch.setattr(kb, "device_sm_count", lambda device: sm_count)
+    launched = []
+    real = kb.launch
+
+    def spy(kernel, grid, *args, **kw):
+        if getattr(kernel, "__name__", "") == "_bwd_dkdv":
+            launched.append(args[13])  # head_splits
+        return real(kernel, grid, *args, **kw)
+
+    monkeypatch.setattr(kb, "launch", spy)
+    _check(*shape, dtype, seed=shape[3], **kwargs)
+    assert launched == [splits]

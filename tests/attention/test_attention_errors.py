@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,19 +42,21 @@ def _qkv(hq=4, hkv=2, sq=5, sk=7, dim=16, dtype=torch.float32):
         (_qkv, {"key_padding_mask": torch.ones(7, dtype=torch.bool)}, ValueError, r"got \(7,\)"),
         (_qkv, {"causal": 1}, TypeError, "causal must be a bool, got 1"),
         (_qkv, {"return_lse": "yes"}, TypeError, "return_lse must be a bool"),
-        (_qkv, {"softmax_scale": -1.0}, ValueError, "softmax_scale must be finite and > 0"),
+        (_qkv, {"softmax_scale": -1.0}, ValueError,
+         "softmax_scale must be a finite number > 0, got -1.0"),
         (_qkv, {"softmax_scale": float("nan")}, ValueError, "softmax_scale"),
-        (_qkv, {"softmax_scale": "0.1"}, TypeError, "softmax_scale must be a float"),
+        (_qkv, {"softmax_scale": "0.1"}, TypeError, "softmax_scale must be a real number, got str"),
+        (_qkv, {"softmax_scale": float("inf")}, ValueError, "softmax_scale must be a finite"),
         (_qkv, {"causal": False, "sliding_window": 4}, ValueError,
          "sliding_window=4 needs causal=True"),
         (_qkv, {"sliding_window": 0}, ValueError, "sliding_window must be >= 1, got 0"),
         (_qkv, {"sliding_window": True}, TypeError, "sliding_window must be an int or None"),
         (_qkv, {"sliding_window": 2.0}, TypeError, "sliding_window must be an int or None"),
-        (_qkv, {"softcap": 0.0}, ValueError, "softcap must be finite and > 0, got 0.0"),
-        (_qkv, {"softcap": -1.0}, ValueError, "softcap must be finite and > 0"),
-        (_qkv, {"softcap": float("inf")}, ValueError, "softcap must be finite"),
-        (_qkv, {"softcap": "1"}, TypeError, "softcap must be a float or None"),
-        (_qkv, {"softcap": True}, TypeError, "softcap must be a float or None"),
+        (_qkv, {"softcap": 0.0}, ValueError, "softcap must be a finite number > 0, got 0.0"),
+        (_qkv, {"softcap": -1.0}, ValueError, "softcap must be a finite number > 0"),
+        (_qkv, {"softcap": float("inf")}, ValueError, "softcap must be a finite number"),
+        (_qkv, {"softcap": "1"}, TypeError, "softcap must be a real number, got str"),
+        (_qkv, {"softcap": True}, TypeError, "softcap must be a real number, got bool"),
     ],
 )  # fmt: skip
 def test_bad_inputs(backend, make, kwargs, exc, match):
@@ -85,3 +88,13 @@ def test_inputs_untouched_and_empty_batch():
     kv0 = torch.randn(0, 2, 7, 16)
     out, lse = fusedops.attention(q0, kv0, kv0, return_lse=True)
     assert out.shape == q0.shape and lse.shape == (0, 4, 5)
+
+
+def test_numpy_and_0d_tensor_scalars():
+    """softmax_scale and softcap take any real number: NumPy scalars and 0-d tensors as well
+    as Python floats (a np.float32 used to be refused as "not a float")."""
+    q, k, v = _qkv()
+    want = fusedops.attention(q, k, v, softmax_scale=0.25, softcap=2.0)
+    for scale, cap in ((np.float32(0.25), np.float64(2.0)), (torch.tensor(0.25), torch.tensor(2))):
+        out = fusedops.attention(q, k, v, softmax_scale=scale, softcap=cap)
+        assert torch.equal(out, want)

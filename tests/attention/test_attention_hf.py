@@ -91,7 +91,7 @@ def test_refusals():
         fusedops.attention_hf(_Layer(), q, k, v, None, dropout=0.1)
     with pytest.raises(ValueError, match="attention_hf: sliding_window must be >= 1, got 0"):
         fusedops.attention_hf(_Layer(), q, k, v, None, sliding_window=0)
-    with pytest.raises(ValueError, match="attention_hf: softcap must be finite and > 0"):
+    with pytest.raises(ValueError, match="attention_hf: softcap must be a finite number > 0"):
         fusedops.attention_hf(_Layer(), q, k, v, None, softcap=-1.0)
     with pytest.raises(ValueError, match="attention_hf: head dim D=8"):
         fusedops.attention_hf(_Layer(), *_qkv(dim=8), None)
@@ -157,3 +157,29 @@ def test_tiny_llama_generate_with_kv_cache():
     assert torch.equal(results["fusedops"].sequences, results["sdpa"].sequences)
     for got, want in zip(results["fusedops"].logits, results["sdpa"].logits, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_torch_compile_dynamic_4d_masks():
+    """attention_hf with HF's 4-D masks under torch.compile(dynamic=True, fullgraph=True) at two
+    sizes: causal + padding (a decoder layer) and padding only (an encoder layer). The mask's
+    form is checked inside a custom op at run time (a mismatch still raises ValueError); the
+    layer's is_causal picks the form."""
+    torch._dynamo.reset()
+    encoder = _Layer()
+    encoder.is_causal = False
+
+    def fn(q, k, v, causal_mask, padding_mask):
+        out = fusedops.attention_hf(_Layer(), q, k, v, causal_mask)[0]
+        return out + fusedops.attention_hf(encoder, q, k, v, padding_mask)[0]
+
+    compiled = torch.compile(fn, backend="aot_eager", dynamic=True, fullgraph=True)
+    for seed, (sq, sk) in enumerate(((6, 6), (7, 7))):
+        q, k, v = _qkv(sq=sq, sk=sk, seed=seed)
+        pad = _padding(2, sk, left=bool(seed))
+        causal = reference.attention_mask(sq, sk, causal=True, key_padding_mask=pad)
+        padding = pad.view(2, 1, 1, sk).expand(2, 1, sq, sk)
+        want = reference.attention(q, k, v, key_padding_mask=pad)
+        want = want + reference.attention(q, k, v, causal=False, key_padding_mask=pad)
+        torch.testing.assert_close(compiled(q, k, v, causal, padding), want.transpose(1, 2))
+    with pytest.raises(ValueError, match="attention_hf: unsupported attention_mask"):
+        compiled(q, k, v, padding, padding)  # a padding-only mask for the causal layer

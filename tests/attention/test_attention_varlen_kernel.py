@@ -16,6 +16,7 @@ import torch
 from helpers import TRITON_DEVICE, assert_attention_bound
 
 from fusedops import reference
+from fusedops.kernels import attention_backward as kb
 from fusedops.kernels.attention import attention_varlen_forward, visited_key_tiles
 from fusedops.kernels.attention_backward import attention_varlen_backward
 
@@ -112,8 +113,36 @@ def test_varlen_tile_counts():
     ids=str,
 )
 def test_varlen_backward_matches_fp64_autograd(variant, dtype):
-    dim = 80 if dtype == torch.bfloat16 else 32
-    q, k, v, dout, cu_q, cu_k = _inputs(4, 2, dim, seed=7)
+    got = _check_backward(variant, dtype, 4, 2, 80 if dtype == torch.bfloat16 else 32, seed=7)
+    # Keys of the sequence without queries and queries of the one without keys: zero grads.
+    assert (got[1][9:13] == 0).all() and (got[2][9:13] == 0).all()
+    assert (got[0][75:78] == 0).all()
+
+
+def test_varlen_backward_with_split_query_heads(monkeypatch):
+    """MQA with the dk/dv programs split over the group's query heads (as on a GPU the grid
+    would not fill; fp32 partials added in split order): the same grads, and the k/v rows past
+    ``cu_seqlens_k[N]`` stay unwritten."""
+    monkeypatch.setattr(kb, "device_sm_count", lambda device: 10**6)
+    splits = []
+    real = kb.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if getattr(kernel, "__name__", "") == "_bwd_sum_splits":
+            splits.append(args[3])
+        return real(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(kb, "launch", spy)
+    variant = dict(causal=True, sliding_window=20)
+    got = _check_backward(variant, torch.float16, 4, 1, 32, seed=9, spare_k=3)
+    assert splits == [4, 4]  # dk and dv, the whole group of 4 split
+    assert torch.isnan(got[1][-3:]).all() and torch.isnan(got[2][-3:]).all()
+
+
+def _check_backward(variant, dtype, hq, hkv, dim, *, seed, spare_k=0):
+    """The varlen backward against fp64 autograd of the spec: its (dq, dk, dv), with
+    ``spare_k`` unused (poisoned) k/v rows after the last sequence."""
+    q, k, v, dout, cu_q, cu_k = _inputs(hq, hkv, dim, seed=seed)
     variant = dict(variant, softmax_scale=dim**-0.5)
 
     def grads(dt):
@@ -125,14 +154,19 @@ def test_varlen_backward_matches_fp64_autograd(variant, dtype):
 
     out, lse, expected = grads(torch.float64)
     _, _, yardstick = grads(dtype)
-    got = [torch.full(t.shape, float("nan"), dtype=dtype, device=TRITON_DEVICE) for t in (q, k, v)]
+    spare = torch.zeros(spare_k, hkv, dim, dtype=k.dtype)
+    kd, vd = _device(torch.cat([k, spare]), torch.cat([v, spare]), dtype=dtype)
+    got = [
+        torch.full(t.shape, float("nan"), dtype=dtype, device=TRITON_DEVICE) for t in (q, kd, vd)
+    ]
     attention_varlen_backward(
-        *_device(q, k, v, out, dtype=dtype), lse.to(TRITON_DEVICE, torch.float32),
-        *_device(dout, dtype=dtype), *got, cu_q.to(TRITON_DEVICE), cu_k.to(TRITON_DEVICE),
+        *_device(q, dtype=dtype), kd, vd, *_device(out, dtype=dtype),
+        lse.to(TRITON_DEVICE, torch.float32), *_device(dout, dtype=dtype), *got,
+        cu_q.to(TRITON_DEVICE), cu_k.to(TRITON_DEVICE),
         max(a for a, _ in LENGTHS), max(b for _, b in LENGTHS), **variant,
     )  # fmt: skip
-    for name, g_k, g_t, g_e in zip(("dq", "dk", "dv"), got, yardstick, expected, strict=True):
+    total_k = k.shape[0]
+    got_kept = (got[0], got[1][:total_k], got[2][:total_k])
+    for name, g_k, g_t, g_e in zip(("dq", "dk", "dv"), got_kept, yardstick, expected, strict=True):
         assert_attention_bound(name, g_k.cpu(), g_t, g_e, dtype)
-    # Keys of the sequence without queries and queries of the one without keys: zero grads.
-    assert (got[1][9:13] == 0).all() and (got[2][9:13] == 0).all()
-    assert (got[0][75:78] == 0).all()
+    return got

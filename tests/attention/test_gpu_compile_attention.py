@@ -6,12 +6,17 @@ causal + padding mask + sliding window + softcap + packed sequences (flags only 
 this is the heaviest kernel of each config; the few tiles that spill with them are left out of
 the variants' config space and compiled plain), plus the lighter variants (plain causal + mask
 at the biggest tile of each head dim, no mask, not causal, non-power-of-two D, the tile-count
-debug flag) at one config. ptxas must report 0 spill bytes and 0 stack frame; the matmuls must
-be tensor-core instructions (``mma.sync`` on sm_80, ``wgmma`` on sm_90), the k/v tiles must move
-as 128-bit global loads or ``cp.async`` copies, and batch/head/row offsets must be computed in
-64 bits. bf16 compiles to the same code as fp16: the biggest tile of each head dim is compiled
-in bf16 too and must give identical figures. Tables of every config are written to
-``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
+debug flag) at one config. Coverage of what the 16-aligned sweep cannot see: head dims
+40/72/80/96 with row strides that are not multiples of 16 elements (no divisibility hints) at
+the unaligned tile every such launch runs (``forward_tile``), with every flag on, and one query
+row (Sq = 1: ``seq_q``, its bucket and the lse head stride specialised to 1) at the short-query
+tile of ``forward_tile`` (what decode-shaped calls run). ptxas must report 0 spill bytes and 0
+stack frame; the matmuls must be tensor-core instructions (``mma.sync`` on sm_80, ``wgmma`` on
+sm_90 for 64-row tiles), the k/v tiles of aligned rows must move as 128-bit global loads or
+``cp.async`` copies, and batch/head/row offsets must be computed in 64 bits. bf16 compiles to
+the same code as fp16: the biggest tile of each head dim is compiled in bf16 too and must give
+identical figures. Tables of every config are written to ``<sys.prefix>/fusedops-reports/``
+(and printed with ``pytest -s``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from fusedops.testing import CompileJob, GpuCompileReport
 pytestmark = pytest.mark.gpu_compile
 
 HEAD_DIMS = (16, 32, 64, 128, 256)
+UNALIGNED_DIMS = (40, 72, 80, 96)  # padded BLOCK_D 64 and 128, rows not 16-element multiples
 INT_ARGS = ("seq_q", "seq_k", "group", "seq_q_bucket", "seq_k_bucket")
 _DIMS = (("q", "bhm"), ("k", "bhn"), ("v", "bhn"), ("m", "bn"), ("o", "bhm"), ("l", "bhm"))
 STRIDES = tuple(f"stride_{t}{d}" for t, dims in _DIMS for d in dims)
@@ -34,6 +40,9 @@ OFFSETS = tuple(s for s in STRIDES if s not in ("stride_mn", "stride_lm"))
 # What the JIT specialises for 16-aligned contiguous tensors whose rows are multiples of 16
 # elements (D % 16 == 0; lse rows with Sq % 16 == 0 at the head/batch strides).
 DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "mask_ptr", "out_ptr", "lse_ptr", *OFFSETS)
+POINTERS = DIVISIBLE[:6]  # (torch-allocated) tensors whose rows are not 16-element multiples
+# A single query row: these are 1 (lse [B, H, 1] has a unit head stride).
+SEQ_Q_1 = ("seq_q", "seq_q_bucket", "stride_lh")
 
 
 def _signature(dtype: str) -> dict[str, str]:
@@ -58,8 +67,10 @@ def _signature(dtype: str) -> dict[str, str]:
     return sig | {name: "constexpr" for name in names}
 
 
-def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True, **flags):
-    """``flags``: WINDOW, SOFTCAP, VARLEN (default off)."""
+def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True, aligned=True, seq_q_1=False,
+         **flags):  # fmt: skip
+    """``flags``: WINDOW, SOFTCAP, VARLEN (default off); ``aligned``: rows of 16-element
+    multiples; ``seq_q_1``: one query row."""
     bm, bn, warps, stages = cfg
     constexprs = {
         "stride_mn": 1,
@@ -77,14 +88,19 @@ def _job(dtype, arch, cfg, head_dim, *, causal=True, has_mask=True, **flags):
         "VARLEN": False,
         "COUNT_TILES": False,
     } | flags
+    signature = _signature(dtype)
+    if seq_q_1:
+        signature |= {name: "constexpr" for name in SEQ_Q_1}
+        constexprs |= {name: 1 for name in SEQ_Q_1}
+    divisible = DIVISIBLE if aligned else POINTERS
     return CompileJob(
         k.attention_fwd_kernel,
-        _signature(dtype),
+        signature,
         constexprs,
         arch,
         num_warps=warps,
         num_stages=stages,
-        divisible=DIVISIBLE,
+        divisible=tuple(name for name in divisible if signature[name] != "constexpr"),
     )
 
 
@@ -144,13 +160,33 @@ def _fp16_twinned() -> list[CompileJob]:
     return jobs
 
 
-FAMILIES = {"configs": _config_jobs, "variants": _variant_jobs, "plain_only": _plain_only_jobs}
+def _coverage_jobs() -> list[CompileJob]:
+    """Unaligned rows at head dims 40/72/80/96 (their tile, every flag on); one query row at
+    the short-query tile (causal + mask; D = 64 and 128 in fp16, 128 in fp32, and D = 128 with
+    every flag on)."""
+    jobs = []
+    for head_dim in UNALIGNED_DIMS:
+        cfg = k.forward_tile(head_dim, 2, aligned=False)
+        jobs += [_job("fp16", arch, cfg, head_dim, aligned=False, **ALL_FLAGS) for arch in ARCHS]
+    for dtype, head_dim, flags in (("fp16", 64, {}), ("fp16", 128, {}), ("fp32", 128, {}),
+                                   ("fp16", 128, ALL_FLAGS)):  # fmt: skip
+        cfg = k.forward_tile(head_dim, TORCH_DTYPES[dtype].itemsize, variants=bool(flags))
+        jobs += [_job(dtype, arch, cfg, head_dim, seq_q_1=True, **flags) for arch in ARCHS]
+    return jobs
+
+
+FAMILIES = {
+    "configs": _config_jobs,
+    "variants": _variant_jobs,
+    "plain_only": _plain_only_jobs,
+    "coverage": _coverage_jobs,
+}
 
 
 def _required_mma(job) -> bool | str:
-    """fp16/bf16: mma.sync on sm_80, wgmma on sm_90 (64-row tiles). fp32 (tf32x3) runs the
-    16..64-row tiles its registers allow: mma.sync or wgmma."""
-    if job.signature["q_ptr"] != "*fp32":
+    """fp16/bf16: mma.sync on sm_80, wgmma on sm_90 (64-row tiles). fp32 (tf32x3) and the
+    smaller unaligned tiles: mma.sync or wgmma."""
+    if job.signature["q_ptr"] != "*fp32" and job.constexprs["BLOCK_M"] >= 64:
         return "mma.sync" if job.arch == 80 else "wgmma"
     return True
 
@@ -158,13 +194,20 @@ def _required_mma(job) -> bool | str:
 def _check(job: CompileJob, report: GpuCompileReport) -> None:
     """0 spills, 0 stack, the tensor-core instructions, 128-bit or cp.async k/v loads, 64-bit
     batch/head/row offsets."""
-    report.assert_clean(require_mma=_required_mma(job), int64_offsets=OFFSETS)
+    offsets = tuple(o for o in OFFSETS if job.signature[o] != "constexpr")
+    report.assert_clean(require_mma=_required_mma(job), int64_offsets=offsets)
     c = report.counts
-    assert c.get("ld.global.v4", 0) or c.get("cp.async", 0), report.summary()
+    if "stride_kn" in job.divisible:
+        assert c.get("ld.global.v4", 0) or c.get("cp.async", 0), report.summary()
 
 
 def _labels(jobs) -> list[str]:
-    return [f"{j.signature['q_ptr'][1:]:>4} D={j.constexprs['HEAD_DIM']:<3}" for j in jobs]
+    out = []
+    for j in jobs:
+        flags = "" if "stride_kn" in j.divisible else "U"
+        flags += "1" if "seq_q" in j.constexprs else ""
+        out.append(f"{j.signature['q_ptr'][1:]:>4} D={j.constexprs['HEAD_DIM']:<3} {flags:<2}")
+    return out
 
 
 SUITE = CompileSuite("attention_forward", FAMILIES, _fp16_twinned, _labels, _check)

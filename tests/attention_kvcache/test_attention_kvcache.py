@@ -348,3 +348,72 @@ def test_torch_compile_fullgraph(backend, device):
     want = step(want_case, k2.double(), v2.double(), reference.attention_with_kvcache)
     assert max_abs_error(out, want) < 1e-5
     assert max_abs_error(case["k_cache"], want_case["k_cache"]) < 1e-5
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_CASES[:1])  # the custom op: as on Triton
+def test_torch_compile_dynamic(backend, device):
+    """A decode step (RoPE + append + attention) under torch.compile(dynamic=True,
+    fullgraph=True) at two batch / cache sizes (one graph; the index check runs inside the op)."""
+    torch._dynamo.reset()  # the backend is a traced constant: never reuse another backend's graph
+    compiled = torch.compile(
+        lambda case: fusedops.attention_with_kvcache(**case, softmax_scale=0.3),
+        backend="aot_eager", dynamic=True, fullgraph=True,
+    )  # fmt: skip
+    for batch, s_max, lens in ((2, 12, [3, 5]), (3, 16, [0, 7, 15])):
+        case = make_case(batch, 1, 4, 2, 16, s_max=s_max, lens=lens, rotary="half", device=device)
+        want_case = _cast(case, torch.float64)
+        with fusedops.use_backend(backend), torch.no_grad():
+            out = compiled(case)
+        want = reference.attention_with_kvcache(**want_case, softmax_scale=0.3)
+        assert max_abs_error(out, want) < 1e-5
+        assert max_abs_error(case["k_cache"], want_case["k_cache"]) < 1e-5
+
+
+def test_index_checks_go_through_host_index_checks(monkeypatch):
+    """The Triton path's index check asks ``host_index_checks`` (False while a CUDA graph is
+    being captured): answering False, a cache_seqlens past the capacity is not raised (the
+    kernels mask the slots outside the cache) and the valid sequence is still right."""
+    import fusedops.ops.attention_kvcache as kvcache
+
+    asked = []
+
+    def never(check_indices, device):
+        asked.append((check_indices, torch.device(device).type))
+        return False
+
+    case = make_case(2, 1, 4, 2, 16, s_max=8, lens=[3, 8], device=TRITON_DEVICE)
+    first = {key: value[:1] if torch.is_tensor(value) else value for key, value in case.items()}
+    want = reference.attention_with_kvcache(**_cast(first, torch.float64))
+    with fusedops.use_backend("triton"), torch.no_grad():
+        with pytest.raises(ValueError, match=r"cache_seqlens\[1\] \+ Sq_new = 8 \+ 1 exceeds"):
+            fusedops.attention_with_kvcache(**_cast(case, torch.float32))
+        monkeypatch.setattr(kvcache, "host_index_checks", never)
+        out = fusedops.attention_with_kvcache(**case)
+    assert asked == [(True, torch.device(TRITON_DEVICE).type)]
+    assert max_abs_error(out[:1], want) < 1e-5
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_decode():
+    """A decode step (RoPE, append, attention, check_indices=True by default) captured in a CUDA
+    graph after one warm-up (compile, autotune) and replayed on new inputs: the host index
+    check is skipped inside the capture, the replay matches the reference."""
+    case = make_case(2, 1, 8, 2, 64, s_max=64, lens=[3, 40], rotary="half", device="cuda")
+    static = _cast(case, torch.float32)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        fusedops.attention_with_kvcache(**_cast(case, torch.float32))  # warm-up
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out = fusedops.attention_with_kvcache(**static)
+    fresh = make_case(2, 1, 8, 2, 64, s_max=64, lens=[9, 21], rotary="half", device="cuda",
+                      seed=1)  # fmt: skip
+    for name in ("q", "k", "v", "k_cache", "v_cache", "cache_seqlens"):
+        static[name].copy_(fresh[name])
+    graph.replay()
+    want_case = _cast(fresh, torch.float64)
+    want = reference.attention_with_kvcache(**want_case)
+    assert max_abs_error(out, want) < 1e-5
+    assert max_abs_error(static["k_cache"], want_case["k_cache"]) < 1e-5

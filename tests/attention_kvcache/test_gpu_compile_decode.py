@@ -1,14 +1,18 @@
 """Ahead-of-time compile of the KV-cache decode kernels for sm_80 and sm_90 in every config.
 
-The split-K decode kernel in every (BLOCK_M, BLOCK_N, warps, stages) the autotuner can pick for
-each padded head dim, dense and paged, fp16 and fp32 (tf32x3), with causal + window + softcap on
-and fp32 partials; its variants (direct write, no window/softcap, not causal, D = 80) at one
-config; the combine kernel at every head-dim tile; the RoPE + cache-append kernel at every
-(BLOCK_H, BLOCK_PV, warps) with its variants. ptxas must report 0 spill bytes and 0 stack
-frame; the decode dots must be tensor-core instructions (``mma.sync``; ``wgmma`` for 64-row
-tiles on sm_90), k/v tiles must move as 128-bit global loads or ``cp.async`` copies (paged: each
-gathered key row), and batch/head/row/block offsets must be computed in 64 bits. bf16 twins of
-a subset must give fp16's figures. Tables of every config are written to
+The split-K decode kernel at the (BLOCK_N, warps, stages) of `decode_tile` (the launcher never
+autotunes) for each padded head dim and packed-row tile (BLOCK_M), paged, fp16 and fp32
+(tf32x3), with causal + window + softcap on and fp32 partials; its variants (direct write, no
+window/softcap, not causal, D = 80) at their tile; one new token (Sq = 1, specialised) at head
+dims 40/72/80/96 with rows that are not multiples of 16 elements (no divisibility hints: their
+unaligned tile, 16 and 64 packed rows), and
+with one query head per kv head (MHA: the group and row counts specialised too); the combine
+kernel at every head-dim tile; the RoPE + cache-append kernel at every (BLOCK_H, BLOCK_PV,
+warps) with its variants. ptxas must report 0 spill bytes and 0 stack frame; the decode dots
+must be tensor-core instructions (``mma.sync``; ``wgmma`` for 64-row tiles on sm_90), aligned
+k/v tiles must move as 128-bit global loads or ``cp.async`` copies (paged: each gathered key
+row), and batch/head/row/block offsets must be computed in 64 bits. bf16 twins of a subset
+must give fp16's figures. Tables of every config are written to
 ``<sys.prefix>/fusedops-reports/`` (and printed with ``pytest -s``).
 """
 
@@ -31,7 +35,7 @@ CP_ASYNC_16B = re.compile(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 
 # ------------------------------------------------------------------ decode kernel
 
 DECODE_INTS = ("seq_q", "group", "rows", "capacity", "n_blocks", "block_size", "num_splits")
-DECODE_INTS += ("window", "keys_bucket")
+DECODE_INTS += ("window",)
 _DIMS = (("q", "bsh"), ("k", "bnh"), ("v", "bnh"), ("t", "b"), ("o", "b", "sp", "s", "h"))
 DECODE_STRIDES = (
     "stride_qb", "stride_qs", "stride_qh", "stride_kb", "stride_kn", "stride_kh",
@@ -43,6 +47,8 @@ DECODE_STRIDES = (
 # is 1, specialised at launch).
 DECODE_DIVISIBLE = ("q_ptr", "k_ptr", "v_ptr", "seqlens_ptr", "table_ptr", "out_ptr", "lse_ptr")
 DECODE_DIVISIBLE += DECODE_STRIDES
+DECODE_POINTERS = tuple(name for name in DECODE_DIVISIBLE if name.endswith("_ptr"))
+UNALIGNED_DIMS = (40, 72, 80, 96)
 
 
 def _decode_signature(dtype: str, out: str) -> dict[str, str]:
@@ -65,8 +71,11 @@ def _decode_signature(dtype: str, out: str) -> dict[str, str]:
 
 
 def _decode_job(dtype, arch, block_m, cfg, head_dim, *, paged=True, split=True, causal=True,
-                window=True, softcap=True):  # fmt: skip
-    bn, warps, stages = cfg
+                window=True, softcap=True, aligned=True, ones=()):  # fmt: skip
+    """``cfg`` (None: `decode_tile`'s); ``aligned``: rows of 16-element multiples; ``ones``:
+    integer arguments equal to 1 (specialised to constants)."""
+    elem = TORCH_DTYPES[dtype].itemsize
+    bn, warps, stages = cfg or k.decode_tile(head_dim, elem, block_m, aligned=aligned)
     constexprs = {
         "stride_ls": 1,
         "HEAD_DIM": head_dim,
@@ -82,26 +91,33 @@ def _decode_job(dtype, arch, block_m, cfg, head_dim, *, paged=True, split=True, 
         "BLOCK_D": k.block_d_for(head_dim),
     }
     out = "fp32" if split else dtype
+    signature = _decode_signature(dtype, out) | {name: "constexpr" for name in ones}
+    constexprs |= {name: 1 for name in ones}
+    divisible = DECODE_DIVISIBLE if aligned else DECODE_POINTERS
     return CompileJob(
         k.decode_kernel,
-        _decode_signature(dtype, out),
+        signature,
         constexprs,
         arch,
         num_warps=warps,
         num_stages=stages,
-        divisible=DECODE_DIVISIBLE,
+        divisible=tuple(name for name in divisible if signature[name] != "constexpr"),
     )
 
 
+def _block_ms(dtype: str) -> tuple[int, ...]:
+    """The packed-row tiles `block_m_for` gives ``dtype`` (fp32: 16 rows only)."""
+    return k.BLOCK_M_SIZES if dtype != "fp32" else k.BLOCK_M_SIZES[:1]
+
+
 def _decode_config_jobs(dtypes=("fp16", "fp32")) -> list[CompileJob]:
-    """Every config of every (dtype, BLOCK_D, BLOCK_M), paged (the gather's extra registers)
-    with every feature on."""
+    """The tile of every (dtype, BLOCK_D, BLOCK_M), paged (the gather's extra registers) with
+    every feature on."""
     return [
-        _decode_job(dtype, arch, bm, cfg, head_dim)
+        _decode_job(dtype, arch, bm, None, head_dim)
         for dtype in dtypes
         for head_dim in HEAD_DIMS
-        for bm in k.BLOCK_M_SIZES
-        for cfg in k.decode_config_space(head_dim, 4 if dtype == "fp32" else 2, bm)
+        for bm in _block_ms(dtype)
         for arch in ARCHS
     ]
 
@@ -121,12 +137,21 @@ DECODE_VARIANTS = (
 def _decode_variant_jobs() -> list[CompileJob]:
     jobs = []
     for dtype, bm, head_dim, paged, split, causal, window, softcap in DECODE_VARIANTS:
-        cfg = k.decode_config_space(head_dim, 4 if dtype == "fp32" else 2, bm)[0]
         for arch in ARCHS:
             jobs.append(
-                _decode_job(dtype, arch, bm, cfg, head_dim, paged=paged, split=split,
+                _decode_job(dtype, arch, bm, None, head_dim, paged=paged, split=split,
                             causal=causal, window=window, softcap=softcap)
             )  # fmt: skip
+    # One new token (Sq = 1): GQA 8/1 at the unaligned head dims (paged, every feature on);
+    # MHA at D = 128 (the group and the packed rows are 1 too; dense, split).
+    for head_dim in UNALIGNED_DIMS:
+        for bm in k.BLOCK_M_SIZES:
+            for arch in ARCHS:
+                jobs.append(_decode_job("fp16", arch, bm, None, head_dim, aligned=False,
+                                        ones=("seq_q",)))  # fmt: skip
+    for arch in ARCHS:
+        jobs.append(_decode_job("fp16", arch, 16, None, 128, paged=False,
+                                ones=("seq_q", "group", "rows")))  # fmt: skip
     return jobs
 
 
@@ -271,8 +296,7 @@ def _fp16_twinned() -> list[CompileJob]:
     (paged, 16 rows), the combine at D = 128, the first append tile of each head width."""
     jobs = []
     for head_dim in HEAD_DIMS:
-        cfg = k.decode_config_space(head_dim, 2, 16)[0]
-        jobs += [_decode_job("fp16", arch, 16, cfg, head_dim) for arch in ARCHS]
+        jobs += [_decode_job("fp16", arch, 16, None, head_dim) for arch in ARCHS]
     jobs += [_combine_job("fp16", arch, 128) for arch in ARCHS]
     for bpv in ka.BLOCK_PV_SIZES:
         block_h, warps = ka.append_candidates(bpv)[0]
@@ -312,9 +336,11 @@ def _check(job: CompileJob, report: GpuCompileReport) -> None:
     >= 16 bytes."""
     if job.kernel is k.decode_kernel:
         report.assert_clean(require_mma=_required_mma(job), int64_offsets=DECODE_STRIDES)
-        # k/v rows: 128-bit loads, or 16-byte cp.async copies into the pipeline's buffers.
+        # k/v rows: 128-bit loads, or 16-byte cp.async copies into the pipeline's buffers
+        # (aligned rows only: unaligned ones move in smaller pieces).
         wide_copy = CP_ASYNC_16B.search(report.ptx)
-        assert report.counts.get("ld.global.v4", 0) or wide_copy, report.summary()
+        if "stride_kn" in job.divisible:
+            assert report.counts.get("ld.global.v4", 0) or wide_copy, report.summary()
     elif job.kernel is k.decode_combine_kernel:
         report.assert_clean(require_v4_loads=True, int64_offsets=COMBINE_STRIDES)
     else:
@@ -328,14 +354,24 @@ def _labels(jobs) -> list[str]:
     for j in jobs:
         c = j.constexprs
         flags = "".join(
-            f for f, on in (("P", c.get("PAGED")), ("S", c.get("SPLIT"))) if on
+            f for f, on in (("P", c.get("PAGED")), ("S", c.get("SPLIT")),
+                            ("U", "stride_kn" in j.signature and "stride_kn" not in j.divisible),
+                            ("1", c.get("seq_q") == 1)) if on
         )  # fmt: skip
         out.append(f"{j.signature['q_ptr' if 'q_ptr' in j.signature else 'out_ptr'][1:]:>4} "
-                   f"D={c['HEAD_DIM']:<3} {flags:<2}")  # fmt: skip
+                   f"D={c['HEAD_DIM']:<3} {flags:<4}")  # fmt: skip
     return out
 
 
-SUITE = CompileSuite("attention_decode", FAMILIES, _fp16_twinned, _labels, _check, REGISTER_SLACK)
+def _register_slack(job: CompileJob) -> int:
+    """REGISTER_SLACK spare registers (a bf16 twin within it cannot spill), except for the
+    unaligned-row decode jobs: they have no twins, and their element-wise loads take whatever
+    registers ptxas gives them (0 spills is the check there)."""
+    unaligned = job.kernel is k.decode_kernel and "stride_kn" not in job.divisible
+    return 0 if unaligned else REGISTER_SLACK
+
+
+SUITE = CompileSuite("attention_decode", FAMILIES, _fp16_twinned, _labels, _check, _register_slack)
 compile_jobs = SUITE.compile_jobs
 compiled, test_every_decode_config_compiles_clean, test_bf16_twins_match_fp16 = SUITE.tests()
 
@@ -343,16 +379,16 @@ compiled, test_every_decode_config_compiles_clean, test_bf16_twins_match_fp16 = 
 def test_int64_offset_check_fails_on_32_bit_indexing(tmp_path):
     """The decode (sm_80) and combine (sm_90) kernels with their ``.to(tl.int64)`` casts
     removed fail the check."""
-    cfg = k.decode_config_space(64, 2, 16)[-1]
-    jobs = [_decode_job("fp16", 80, 16, cfg, 64, paged=False), _combine_job("fp16", 90, 64)]
+    jobs = [_decode_job("fp16", 80, 16, None, 64, paged=False), _combine_job("fp16", 90, 64)]
     SUITE.assert_int64_check_catches_narrowing(k, jobs, tmp_path)
 
 
-def test_decode_config_space_is_small_and_fits():
+def test_decode_tile_is_the_widest_candidate():
     for head_dim in (16, 64, 80, 128, 256):
-        for elem_size in (2, 4):
-            assert 1 <= len(k.decode_config_space(head_dim, elem_size, 16)) <= 2
-        assert len(k.decode_config_space(head_dim, 2, 64)) == 1
+        for elem_size, block_m in ((2, 16), (2, 64), (4, 16)):
+            space = k.decode_config_space(head_dim, elem_size, block_m)
+            assert space and k.decode_tile(head_dim, elem_size, block_m) == space[0]
+            assert space[0][0] == max(bn for bn, _, _ in space)
         assert k.decode_config_space(head_dim, 4, 64) == []
     assert [k.block_m_for(rows) for rows in (1, 9, 16, 17, 24, 300)] == [16] * 3 + [64] * 3
     assert k.block_m_for(24, 4) == 16

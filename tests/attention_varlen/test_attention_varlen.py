@@ -4,6 +4,8 @@ inputs; opcheck; torch.compile fullgraph forward and backward."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from helpers import DTYPES, KERNEL_CASES, assert_attention_bound, backend_cases, max_abs_error
@@ -132,7 +134,7 @@ def _bad(**change):
     [
         ({"causal": False, "sliding_window": 2}, ValueError, "sliding_window=2 needs causal=True"),
         ({"sliding_window": 0}, ValueError, "sliding_window must be >= 1, got 0"),
-        ({"softcap": 0.0}, ValueError, "softcap must be finite and > 0"),
+        ({"softcap": 0.0}, ValueError, "softcap must be a finite number > 0"),
         ({"cu_seqlens_q": torch.tensor([0, 3, 7])}, TypeError, "cu_seqlens_q must.*int64"),
         ({"cu_seqlens_k": torch.tensor([0, 3, 8.0])}, TypeError, "cu_seqlens_k must have dtype"),
         ({"cu_seqlens_q": torch.tensor([[0, 3, 7]], dtype=torch.int32)}, ValueError,
@@ -195,3 +197,70 @@ def test_torch_compile_fullgraph(backend, device):
     assert max_abs_error(out, want) < 1e-5
     for g, w in zip(grads, torch.autograd.grad(want.sum(), (q64, k64, v64)), strict=True):
         assert max_abs_error(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_CASES[:1])  # the custom op: as on Triton
+def test_torch_compile_dynamic(backend, device):
+    """torch.compile(dynamic=True, fullgraph=True), forward and backward, at two packings (one
+    graph; the boundaries are checked inside the op)."""
+    torch._dynamo.reset()  # the backend is a traced constant: never reuse another backend's graph
+
+    def fn(q, k, v, cu_q, cu_k, max_q, max_k):
+        return fusedops.attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=0.3)
+
+    compiled = torch.compile(fn, backend="aot_eager", dynamic=True, fullgraph=True)
+    for seed, (lens_q, lens_k) in enumerate((([3, 6], [5, 6]), ([4, 2, 5], [4, 7, 5]))):
+        q, k, v, cu_q, cu_k = _packed(lens_q, lens_k, 4, 2, 16, torch.float32, device, seed=seed)
+        with fusedops.use_backend(backend):
+            out = compiled(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k))
+            grads = torch.autograd.grad(out.sum(), (q, k, v))
+        q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+        want = reference.attention_varlen(q64, k64, v64, cu_q, cu_k, softmax_scale=0.3)
+        assert max_abs_error(out, want) < 1e-5
+        for g, w in zip(grads, torch.autograd.grad(want.sum(), (q64, k64, v64)), strict=True):
+            assert max_abs_error(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("backend,device", backend_cases())
+def test_gradients_are_zeros_when_no_sequence_has_keys_and_queries(backend, device):
+    """The sequence with queries has no key and the one with keys no query: every gradient is a
+    zero tensor of its input's shape (the CPU path left k.grad and v.grad None)."""
+    q, k, v, cu_q, cu_k = _packed([4, 0], [0, 5], 4, 2, 16, torch.float32, device)
+    with fusedops.use_backend(backend):
+        out = fusedops.attention_varlen(q, k, v, cu_q, cu_k, 4, 5)
+    assert bool((out == 0).all())
+    out.sum().backward()
+    for t in (q, k, v):
+        assert t.grad is not None and t.grad.shape == t.shape and bool((t.grad == 0).all())
+
+
+@pytest.mark.parametrize("backend,device", KERNEL_CASES)
+def test_double_backward_is_refused(backend, device):
+    q, k, v, cu_q, cu_k = _packed([3, 2], [4, 2], 2, 1, 16, torch.float32, device)
+    with fusedops.use_backend(backend):
+        out = fusedops.attention_varlen(q, k, v, cu_q, cu_k, 3, 4)
+    with pytest.raises(RuntimeError, match=r"^attention_varlen: double backward is not supported"):
+        torch.autograd.grad(out.sum(), (q, k, v), create_graph=True)
+
+
+def test_index_checks_go_through_host_index_checks(monkeypatch):
+    """The boundary check of the Triton path asks ``host_index_checks`` (False while a CUDA
+    graph is being captured): answering False, the call trusts the boundaries instead of
+    raising (here max_seqlen_k understates a sequence: only the autotune bucket reads it)."""
+    varlen = importlib.import_module("fusedops.ops.attention_varlen")  # the module, not the op
+
+    asked = []
+
+    def never(check_indices, device):
+        asked.append((check_indices, torch.device(device).type))
+        return False
+
+    q, k, v, cu_q, cu_k = _packed([3, 4], [5, 6], 2, 1, 16, torch.float32, "cpu", grad=False)
+    with fusedops.use_backend("triton"):
+        with pytest.raises(ValueError, match="length 6 exceeds max_seqlen_k=5"):
+            fusedops.attention_varlen(q, k, v, cu_q, cu_k, 4, 5)
+        monkeypatch.setattr(varlen, "host_index_checks", never)
+        out = fusedops.attention_varlen(q, k, v, cu_q, cu_k, 4, 5)
+    assert asked == [(True, "cpu")]
+    want = reference.attention_varlen(q.double(), k.double(), v.double(), cu_q, cu_k)
+    assert max_abs_error(out, want) < 1e-5

@@ -76,6 +76,14 @@ def _hf_mask_to_padding(
     key (left-padded queries) may be all False or all True in ``mask`` (HF unmasks them for
     SDPA); their output is zeros either way. Anything else raises ``ValueError``. Syncs a CUDA
     device (the comparison is read back)."""
+    mask = _mask_view(mask, batch, seq_q, seq_k)
+    padding, causal = _match(mask, window, (True, False))
+    return (None if bool(padding.all()) else padding.contiguous()), causal
+
+
+def _mask_view(mask: torch.Tensor, batch: int, seq_q: int, seq_k: int) -> torch.Tensor:
+    """``mask`` checked to be ``[B or 1, 1, Sq, Sk' >= Sk]`` and viewed as ``[B, 1, Sq, Sk]``
+    (shapes only: no data read)."""
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, batch):
         raise ValueError(
             f"{HF_OP}: attention_mask must be a 4-D boolean mask [B or 1, 1, Sq, Sk] = "
@@ -86,8 +94,19 @@ def _hf_mask_to_padding(
             f"{HF_OP}: attention_mask must be [B or 1, 1, {seq_q}, >= {seq_k}] for query "
             f"length {seq_q} and key length {seq_k}, got {tuple(mask.shape)}"
         )
-    mask = mask[:, :, :, :seq_k].expand(batch, 1, seq_q, seq_k)
+    return mask[:, :, :, :seq_k].expand(batch, 1, seq_q, seq_k)
+
+
+def _match(
+    mask: torch.Tensor, window: int | None, causal_forms: tuple[bool, ...]
+) -> tuple[torch.Tensor, bool]:
+    """``(key_padding_mask [B, Sk], causal)`` of the first candidate form (causal in
+    ``causal_forms``) equal to ``mask [B, 1, Sq, Sk]``, rows with no allowed key aside;
+    ValueError if none is (reads the data)."""
+    batch, _, seq_q, seq_k = mask.shape
     for causal, padding in _padding_candidates(mask, window):
+        if causal not in causal_forms:
+            continue
         expected = attention_mask(
             seq_q, seq_k, causal=causal, key_padding_mask=padding, device=mask.device,
             sliding_window=window,
@@ -95,13 +114,30 @@ def _hf_mask_to_padding(
         empty = ~expected.any(dim=-1, keepdim=True)  # rows with no allowed key: don't care
         row_all = mask.all(dim=-1, keepdim=True) | ~mask.any(dim=-1, keepdim=True)
         if bool(((mask == expected) | (empty & row_all)).all()):
-            return (None if bool(padding.all()) else padding.contiguous()), causal
+            return padding, causal
+    forms = "bottom-right causal & key padding" if causal_forms == (True,) else (
+        "key padding alone" if causal_forms == (False,) else
+        "bottom-right causal & key padding (& the sliding_window passed in), or key padding alone"
+    )  # fmt: skip
     raise ValueError(
-        f"{HF_OP}: unsupported attention_mask: only boolean masks of the form bottom-right "
-        "causal & key padding (& the sliding_window passed in), or key padding alone, can be "
-        "converted to key_padding_mask; this one is neither (e.g. a sliding-window mask without "
-        "sliding_window, block or packed-sequence masks)"
+        f"{HF_OP}: unsupported attention_mask: only boolean masks of the form {forms} can be "
+        "converted to key_padding_mask; this one is not (e.g. a sliding-window mask without "
+        "sliding_window, block or packed-sequence masks; under torch.compile the layer's "
+        "is_causal picks the form)"
     )
+
+
+@torch.library.custom_op("fusedops::attention_hf_key_padding", mutates_args=())
+def _key_padding_op(mask: torch.Tensor, causal: bool, window: int | None) -> torch.Tensor:
+    """The key padding mask ``[B, Sk]`` of ``mask [B, 1, Sq, Sk]`` of the ``causal`` form,
+    checked at run time (ValueError otherwise): what ``attention_hf`` runs under
+    ``torch.compile``, where the data cannot be read while tracing."""
+    return _match(mask, window, (causal,))[0].clone()
+
+
+@_key_padding_op.register_fake
+def _(mask, causal, window):
+    return mask.new_empty((mask.shape[0], mask.shape[3]))
 
 
 def _padding_candidates(mask: torch.Tensor, window: int | None):
@@ -153,7 +189,8 @@ def attention_hf(
         attention_mask: None, or HF's boolean 4-D mask ``[B or 1, 1, Sq, Sk]`` (True = attend)
             of the causal-plus-padding (with ``sliding_window``: causal, window and padding) or
             padding-only form, converted to ``key_padding_mask`` (+ causal); other masks raise
-            ``ValueError``.
+            ``ValueError``. Under ``torch.compile`` the form is the layer's (``is_causal``, as
+            when the mask is None) and the mask is checked against it when the graph runs.
         scaling: softmax scale (default ``1 / sqrt(D)``).
         dropout: must be 0 (no attention dropout).
         kwargs: ``is_causal`` overrides the module's; ``sliding_window`` (Mistral, Qwen2,
@@ -190,7 +227,15 @@ def attention_hf(
                 f"{HF_OP}: attention_mask is on {attention_mask.device} but the other inputs "
                 f"are on {query.device}"
             )
-        padding, causal = _hf_mask_to_padding(attention_mask, batch, seq_q, seq_k, window)
+        if torch.compiler.is_compiling():
+            # The form cannot be read from the data while tracing: the layer says causal or
+            # not, and the op checks the mask against that form when it runs.
+            is_causal = kwargs.get("is_causal")
+            causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+            view = _mask_view(attention_mask, batch, seq_q, seq_k)
+            padding = _key_padding_op(view, causal, window)
+        else:
+            padding, causal = _hf_mask_to_padding(attention_mask, batch, seq_q, seq_k, window)
     # Checked above with this function's name: attention() accepts what passed.
     out = attention(
         query, key, value, causal=causal, softmax_scale=scaling, key_padding_mask=padding,

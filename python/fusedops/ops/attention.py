@@ -15,20 +15,25 @@ and/or a key padding mask. Backends:
   bottom-right causal combined with the padding mask; ``is_causal=True`` when ``Sq == Sk``
   without padding (the same mask, SDPA's faster path); GQA through ``enable_gqa`` (no copies of
   k/v). Rows with no allowed key are given an all-True mask row (SDPA would return NaN) and
-  zeroed afterwards. When ``return_lse`` is asked for, or a gradient is needed, the lse is
-  ``logsumexp`` of the masked scores (one extra ``q k^T``, materialised). Without
-  ``return_lse`` SDPA is called directly, and autograd runs SDPA's own backward. With
-  ``return_lse`` and a gradient the custom op runs instead: its backward recomputes the
-  probabilities from the lse in fp32 (plain PyTorch, materialises ``[Sq, Sk]``; slower).
-  ``sliding_window`` is one more term of the explicit mask. ``softcap`` cannot be expressed to
-  SDPA: the custom op then runs plain fp32 PyTorch (materialised ``[Sq, Sk]`` scores, capped,
-  masked, softmaxed) with the same hand-written backward, times the tanh derivative.
+  zeroed afterwards; rows whose query holds a NaN are set to NaN (SDPA's CPU kernel returns
+  zeros for them when it runs without an explicit mask), found by one reduction over q. When
+  ``return_lse`` is asked for, or a gradient is needed, the lse is ``logsumexp`` of the masked
+  scores (one extra ``q k^T``, materialised). Without ``return_lse`` SDPA is called directly,
+  and autograd runs SDPA's own backward. With ``return_lse`` and a gradient the custom op runs
+  instead: its backward recomputes the probabilities from the lse in fp32 (plain PyTorch,
+  materialises ``[Sq, Sk]``; slower). ``sliding_window`` is one more term of the explicit
+  mask. ``softcap`` cannot be expressed to SDPA: the custom op then runs plain fp32 PyTorch
+  (materialised ``[Sq, Sk]`` scores, capped, masked, softmaxed) with the same hand-written
+  backward, times the tanh derivative.
 * ``reference``: :func:`fusedops.reference.attention` (plain PyTorch, fp32 math).
+
+NaN rule (every backend): a NaN in a query row, or in a key/value the row attends to, reaches
+that row's output; a row with no allowed key is zeros (lse ``-inf``) whatever its query and
+the keys/values it may not see hold. No backward has a derivative of its own: a backward with
+``create_graph=True`` raises at once, naming the op.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +43,20 @@ from fusedops._backend import OpBackends, resolve_backend
 from fusedops.masks import attention_mask
 from fusedops.ops._common import (
     FLOAT_DTYPES,
+    check_real_scalar,
     check_same_device,
     check_tensor,
     empty_output,
+    forbid_double_backward,
     unit_stride,
 )
-from fusedops.ops._dispatch import autograd_function, implementation, needs_grad, run
+from fusedops.ops._dispatch import (
+    autograd_function,
+    implementation,
+    needs_grad,
+    run,
+    runs_eagerly,
+)
 
 OP = "attention"
 BACKENDS = OpBackends()  # "cpp" is SDPA: no extension op
@@ -90,11 +103,15 @@ def _sdpa_window_blocks(q, k, v, key_padding_mask, scale, need_lse, window):
 
 
 def _sdpa_forward(q, k, v, key_padding_mask, causal, scale, need_lse, window=None):
-    """``(out, lse or None)`` through torch SDPA; rows with no allowed key give zeros / -inf."""
+    """``(out, lse or None)`` through torch SDPA; rows with no allowed key give zeros / -inf,
+    rows whose query holds a NaN give NaN (:func:`_nan_query_rows`)."""
     seq_q, seq_k = q.shape[2], k.shape[2]
     if window is not None and seq_q > max(window, 256) and seq_k > 2 * max(window, 256):
         return _sdpa_window_blocks(q, k, v, key_padding_mask, scale, need_lse, window)
-    gqa = q.shape[1] != k.shape[1]
+    # Under torch.compile the head counts may be symbolic (dynamic=True) and so would be their
+    # comparison, where SDPA takes a plain bool: traced calls pass True, which with Hq == Hkv
+    # runs the same CPU kernel (measured bit-identical).
+    gqa = torch.compiler.is_compiling() or q.shape[1] != k.shape[1]
     row_ok = None
     if causal and seq_q == 1 and window is None:
         causal = False  # bottom-right: a single (decode) query sees every key; no mask to build
@@ -114,10 +131,25 @@ def _sdpa_forward(q, k, v, key_padding_mask, causal, scale, need_lse, window=Non
         )
         if row_ok is not None:
             out = out.masked_fill(~row_ok, 0.0)
+    out = _nan_query_rows(q, out, row_ok)
     lse = None
     if need_lse:
         lse = _scores(q, k, mask, scale).logsumexp(dim=-1)
     return out, lse
+
+
+def _nan_query_rows(q, out, row_ok):
+    """``out`` with NaN in the rows whose query holds a NaN and that have an allowed key
+    (``row_ok [B or 1, 1, Sq, 1]``, None: every row). SDPA's fused CPU kernel returns zeros for
+    such a row when it runs without an explicit mask (causal or none); the rule is NaN. One
+    reduction over q finds them (a NaN makes its row's sum NaN; so do values overflowing both
+    ways, whose scores overflow too): O(B Hq Sq D), as much as reading q once."""
+    bad = q.detach().sum(dim=-1, keepdim=True).isnan()  # [B, Hq, Sq, 1]
+    if row_ok is not None:
+        bad = bad & row_ok
+    if runs_eagerly() and not bool(bad.any()):  # CPU tensors: the check costs no sync
+        return out
+    return out.masked_fill(bad, float("nan"))
 
 
 def _expand_kv(x: torch.Tensor, heads_q: int) -> torch.Tensor:
@@ -176,9 +208,11 @@ def _softcap_forward(q, k, v, key_padding_mask, causal, scale, window, softcap):
     mask = _mask(q, k, causal, key_padding_mask, window)
     s = _scores(q, k, mask, scale, softcap)  # [B, Hq, Sq, Sk]
     lse = s.logsumexp(dim=-1)  # -inf for rows with no allowed key
-    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1))
+    empty = (lse == float("-inf")).unsqueeze(-1)  # [B, Hq, Sq, 1]
+    p = torch.exp(s - torch.where(empty, 0.0, lse.unsqueeze(-1)))
     out = torch.matmul(p, _expand_kv(v, q.shape[1]).float())
-    return out.to(q.dtype), lse
+    # A row with no allowed key is zeros even where the values it may not see are NaN (0 * NaN).
+    return out.masked_fill(empty, 0.0).to(q.dtype), lse
 
 
 def _cpu_forward(q, k, v, key_padding_mask, causal, scale, window=None, softcap=None):
@@ -294,15 +328,31 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     # grad_lse is ignored: the public API returns lse as a constant (documented).
+    forbid_double_backward(OP)
     q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
     args = (q, k, v, out, lse, unit_stride(grad_out), key_padding_mask, *ctx.args)
-    # With create_graph the op runs and raises: there is no double backward.
-    dq, dk, dv = run(attention_backward_op, _attention_backward, torch.is_grad_enabled(), *args)
+    dq, dk, dv = run(attention_backward_op, _attention_backward, False, *args)
     return dq, dk, dv, *([None] * (1 + len(ctx.args)))  # mask + options
 
 
 attention_op.register_autograd(_backward, setup_context=_setup_context)
 _Attention = autograd_function("_Attention", _attention, _setup_context, _backward)
+
+
+class NoDoubleBackward(torch.autograd.Function):
+    """Identity on an output differentiated by SDPA's own backward (the eager CPU path), whose
+    backward refuses ``create_graph=True`` naming the public op: SDPA's CPU backward has no
+    derivative, so the second backward would fail naming aten's internals."""
+
+    @staticmethod
+    def forward(ctx, out: torch.Tensor, op: str) -> torch.Tensor:
+        ctx.op = op
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        forbid_double_backward(ctx.op)
+        return grad, None
 
 
 # ------------------------------------------------------------------------------------------
@@ -374,16 +424,14 @@ def _check_mask(op, mask, batch, seq_k, device):
     return mask.contiguous()
 
 
-def check_scale(op: str, softmax_scale: float | None, dim: int) -> float:
-    """The softmax scale: ``1 / sqrt(dim)`` for None, else a finite float > 0."""
+def check_scale(
+    op: str, softmax_scale: float | None, dim: int | torch.SymInt
+) -> float | torch.SymFloat:
+    """The softmax scale: ``1 / sqrt(dim)`` for None, else a finite real number > 0
+    (:func:`check_real_scalar`: a symbolic one under ``torch.compile(dynamic=True)`` passes)."""
     if softmax_scale is None:
-        return 1.0 / math.sqrt(dim)
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-        raise TypeError(f"{op}: softmax_scale must be a float or None, got {softmax_scale!r}")
-    scale = float(softmax_scale)
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"{op}: softmax_scale must be finite and > 0, got {softmax_scale!r}")
-    return scale
+        return 1.0 / torch.sym_sqrt(dim)  # math.sqrt for an int, symbolic for a SymInt
+    return check_real_scalar(op, "softmax_scale", softmax_scale, positive=True)
 
 
 def check_options(
@@ -392,9 +440,9 @@ def check_options(
     sliding_window: int | None,
     softcap: float | None,
     return_lse: bool,
-) -> float | None:
+) -> float | torch.SymFloat | None:
     """Check the flags, ``sliding_window`` (int >= 1, needs ``causal``) and ``softcap`` (finite
-    float > 0); return the softcap as a float (or None)."""
+    real number > 0); return the softcap as a float (a symbolic one passes through) or None."""
     if not isinstance(causal, bool):
         raise TypeError(f"{op}: causal must be a bool, got {causal!r}")
     if not isinstance(return_lse, bool):
@@ -411,12 +459,7 @@ def check_options(
             )
     if softcap is None:
         return None
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-        raise TypeError(f"{op}: softcap must be a float or None, got {softcap!r}")
-    cap = float(softcap)
-    if not math.isfinite(cap) or cap <= 0:
-        raise ValueError(f"{op}: softcap must be finite and > 0, got {softcap!r}")
-    return cap
+    return check_real_scalar(op, "softcap", softcap, positive=True)
 
 
 def check_attention_args(
@@ -434,10 +477,19 @@ def check_attention_args(
 ) -> tuple[float, torch.Tensor | None]:
     """Check the arguments of :func:`attention` as ``op`` (the name errors start with, e.g. a
     wrapper's); return the softmax scale and the contiguous key padding mask (or None)."""
+    scale, _, mask = _checked_args(
+        op, q, k, v, causal, softmax_scale, key_padding_mask, return_lse, sliding_window, softcap
+    )
+    return scale, mask
+
+
+def _checked_args(op, q, k, v, causal, softmax_scale, key_padding_mask, return_lse,
+                  sliding_window, softcap):  # fmt: skip
+    """``(scale, softcap or None, key padding mask or None)`` of checked arguments."""
     _check_qkv(op, q, k, v)
-    check_options(op, causal, sliding_window, softcap, return_lse)
+    cap = check_options(op, causal, sliding_window, softcap, return_lse)
     scale = check_scale(op, softmax_scale, q.shape[3])
-    return scale, _check_mask(op, key_padding_mask, q.shape[0], k.shape[2], q.device)
+    return scale, cap, _check_mask(op, key_padding_mask, q.shape[0], k.shape[2], q.device)
 
 
 def attention(
@@ -461,39 +513,34 @@ def attention(
             uses kv head ``h // (Hq // Hkv)``: GQA/MQA without repeating k/v).
         causal: bottom-right causal mask: query ``i`` attends key ``j`` iff
             ``j <= p = i + Sk - Sq`` (so a decode step ``Sq = 1`` sees every cached key).
-        softmax_scale: defaults to ``1 / sqrt(D)``.
+        softmax_scale: a finite real number > 0 (Python, NumPy or a 0-d tensor; a symbolic
+            one under ``torch.compile(dynamic=True)``); defaults to ``1 / sqrt(D)``.
         key_padding_mask: bool ``[B, Sk]``, True = attend (combinable with ``causal``).
         sliding_window: ``w`` (int >= 1, needs ``causal=True``): query ``i`` attends key ``j``
             iff ``p - w < j <= p``, the last ``w`` keys up to its position (Hugging Face's
             ``sliding_window``). The Triton kernels skip key tiles outside the window.
-        softcap: ``c`` (finite > 0): scores ``c * tanh(scale * q.k / c)`` before the softmax
-            (Gemma-2); the backward includes the tanh derivative. On CPU this runs plain
-            PyTorch (materialised ``[Sq, Sk]`` scores) inside the custom op: SDPA has no
-            softcap.
+        softcap: ``c`` (a finite real number > 0): scores ``c * tanh(scale * q.k / c)``
+            before the softmax (Gemma-2); the backward includes the tanh derivative. On CPU
+            this runs plain PyTorch (materialised ``[Sq, Sk]`` scores) inside the custom op:
+            SDPA has no softcap.
         return_lse: also return ``lse [B, Hq, Sq]`` fp32, the natural log of each row's
             softmax denominator (``-inf`` for a row with no allowed key). It is returned as a
             constant: no gradient flows back through it.
     Returns:
-        ``out [B, Hq, Sq, D]`` in q's dtype (math in fp32); a row with no allowed key is zeros.
-        ``(out, lse)`` when ``return_lse``.
+        ``out [B, Hq, Sq, D]`` in q's dtype (math in fp32). NaN rule: a NaN in a query row, or
+        in a key/value the row attends to, makes the row NaN; a row with no allowed key is
+        zeros whatever its query and the keys/values it may not see hold (its dq is zero and
+        it adds nothing to dk/dv). ``(out, lse)`` when ``return_lse``. Empty ``Sq`` or ``Sk``
+        give zeros whose gradients are zero tensors of the inputs' shapes.
     Raises:
         TypeError / ValueError for bad dtypes, shapes, devices or options (the message starts
         with ``attention:`` and names the bad value); RuntimeError if the requested backend
-        cannot run.
+        cannot run, or when a backward runs with ``create_graph=True`` (no double backward;
+        :func:`fusedops.reference.attention` has one).
     """
-    scale, mask = check_attention_args(
-        OP,
-        q,
-        k,
-        v,
-        causal=causal,
-        softmax_scale=softmax_scale,
-        key_padding_mask=key_padding_mask,
-        return_lse=return_lse,
-        sliding_window=sliding_window,
-        softcap=softcap,
+    scale, cap, mask = _checked_args(
+        OP, q, k, v, causal, softmax_scale, key_padding_mask, return_lse, sliding_window, softcap
     )
-    cap = None if softcap is None else float(softcap)
     backend = resolve_backend(OP, q.device, BACKENDS)
     if backend == "reference":
         result = reference.attention(
@@ -509,6 +556,8 @@ def attention(
         # SDPA directly (its own fused backward when a gradient is needed); the custom op (lse
         # + a materialising fp32 backward) only when the lse is asked for with a gradient.
         out, lse = _sdpa_forward(q, k, v, mask, causal, scale, return_lse, sliding_window)
+        if grad and runs_eagerly():
+            out = NoDoubleBackward.apply(out, OP)
         return (out, lse.float().detach()) if return_lse else out
     out, lse = run(
         attention_op, _attention, grad, q, k, v, mask, causal, scale, sliding_window, cap,

@@ -12,9 +12,11 @@ alignment (query ``t`` sits at key position ``t + L_b - Sq``). The cache is dens
   flash-decoding, the splits combined by their log-sum-exp on the device). The key lengths
   ``cache_seqlens + Sq`` stay on the device: no host sync but the optional index check.
 * ``cpp`` (the ``auto`` choice on CPU) is plain PyTorch with the same semantics: RoPE through
-  :func:`fusedops.apply_rotary`, ``index_put_`` into the cache, then :func:`fusedops.attention`
-  (SDPA, or its plain-PyTorch softcap path) over the first ``max(L_b)`` keys: views of a dense
-  cache, a gather of a paged one, with a per-batch key mask. ``num_splits`` does not apply.
+  :func:`fusedops.apply_rotary`, ``index_put_`` into the cache, then the CPU implementation of
+  :func:`fusedops.attention` (SDPA, or its plain-PyTorch softcap path) over each sequence's
+  ``L_b`` keys: views of a dense cache, a gather of a paged one's blocks; one batched call when
+  every sequence holds the same number of keys, one call per sequence otherwise (slots past
+  ``L_b`` are never read). ``num_splits`` does not apply.
 * ``reference``: :func:`fusedops.reference.attention_with_kvcache`.
 
 The custom op ``fusedops::attention_with_kvcache`` declares ``k_cache`` and ``v_cache`` as
@@ -37,10 +39,17 @@ from fusedops.ops._common import (
     check_same_device,
     check_tensor,
     empty_output,
+    host_index_checks,
     unit_stride,
 )
 from fusedops.ops._dispatch import implementation, needs_grad, run
-from fusedops.ops.attention import check_heads, check_options, check_scale
+from fusedops.ops.attention import (
+    _sdpa_forward,
+    _softcap_forward,
+    check_heads,
+    check_options,
+    check_scale,
+)
 
 OP = "attention_with_kvcache"
 BACKENDS = OpBackends()  # "cpp" is plain PyTorch: no extension op
@@ -71,39 +80,48 @@ class _Layout(NamedTuple):
 
 
 def _slots(k_cache, block_table, pos):
-    """Index tuple of the cache rows of key positions ``pos [B, N]`` (block ids clamped into
-    the cache: only masked positions can read a table entry past a sequence's blocks)."""
+    """Index tuple of the cache rows of key positions ``pos [B, N]`` (every position inside
+    its sequence's blocks: the append's slots)."""
     batch = pos.shape[0]
     if block_table is None:
         rows = torch.arange(batch, device=pos.device).unsqueeze(1)  # [B, 1]
         return rows, pos
     bs = k_cache.shape[1]
     blocks = torch.gather(block_table, 1, torch.div(pos, bs, rounding_mode="floor"))
-    return blocks.clamp(0, k_cache.shape[0] - 1), pos % bs  # clamp: masked slots only
+    return blocks.long(), pos % bs
 
 
-def _keys(k_cache, v_cache, block_table, lens, max_len, left_pad):
-    """``(k, v)`` ``[B, Hkv, max_len, D]``: the first ``L_b`` keys of every sequence, padded
-    after (views of a dense cache, whole blocks of a paged one) or, with ``left_pad``, before
-    them (a gather of single rows)."""
-    if not left_pad and block_table is None:
-        return k_cache[:, :max_len].transpose(1, 2), v_cache[:, :max_len].transpose(1, 2)
-    if not left_pad:  # whole blocks; entries past a sequence's blocks are clamped, then masked
-        bs = k_cache.shape[1]
-        table = block_table[:, : -(-max_len // bs)].clamp(0, k_cache.shape[0] - 1)
-        return tuple(
-            c[table].flatten(1, 2)[:, :max_len].transpose(1, 2) for c in (k_cache, v_cache)
-        )
-    pos = torch.arange(max_len, device=lens.device) - (max_len - lens).unsqueeze(1)
-    pos = torch.minimum(pos.clamp(min=0), (lens - 1).clamp(min=0).unsqueeze(1))  # [B, max_len]
-    index = _slots(k_cache, block_table, pos)
-    return k_cache[index].transpose(1, 2), v_cache[index].transpose(1, 2)
+def _keys(cache, block_table, rows, length):
+    """Key slots ``[0, length)`` of the sequences ``rows`` (a slice of the batch) as
+    ``[len(rows), Hkv, length, D]``: a view of a dense cache, a gather of the sequences' first
+    ``ceil(length / block_size)`` blocks of a paged one. Slots past ``length`` are never read
+    (never-written slots may hold anything, NaN included)."""
+    if block_table is None:
+        return cache[rows, :length].transpose(1, 2)
+    bs = cache.shape[1]
+    table = block_table[rows, : -(-length // bs)].long()  # [n, blocks]
+    return cache[table].flatten(1, 2)[:, :length].transpose(1, 2)
+
+
+def _attend(q, keys, values, causal, scale, sliding_window, softcap, need_lse):
+    """``(out [n, Hq, Sq, D], lse [n, Hq, Sq] or None)`` of ``q [n, Hq, Sq, D]`` over all of
+    ``keys``/``values`` ``[n, Hkv, L, D]`` (bottom-right causal over the L keys): the CPU
+    implementation of :func:`fusedops.attention` (SDPA, or plain PyTorch with a softcap)."""
+    if keys.shape[2] == 0:  # no key: every row is empty
+        lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+        return q.new_zeros(q.shape), lse if need_lse else None
+    if softcap is not None:
+        return _softcap_forward(q, keys, values, None, causal, scale, sliding_window, softcap)
+    return _sdpa_forward(q, keys, values, None, causal, scale, need_lse, sliding_window)
 
 
 def _cpu(q, k_cache, v_cache, k, v, cache_seqlens, block_table, rotary_cos, rotary_sin,
          interleaved, causal, scale, sliding_window, softcap, num_splits, need_lse):  # fmt: skip
     """The ``cpp`` backend on validated, range-checked inputs: ``(out, lse or None)``
-    (``num_splits`` does not apply)."""
+    (``num_splits`` does not apply). Sequences of one length run as one batch over the cache's
+    first ``L`` slots; otherwise each sequence runs over its own ``L_b`` keys (a batch padded to
+    the longest would read the shorter sequences' never-written slots: NaN there would reach
+    their rows through SDPA's masked products)."""
     seq_q = q.shape[1]
     lens = cache_seqlens.long()  # [B]
     if k is not None:
@@ -118,26 +136,21 @@ def _cpu(q, k_cache, v_cache, k, v, cache_seqlens, block_table, rotary_cos, rota
         k_cache.index_put_(index, k)
         v_cache.index_put_(index, v)
         lens = lens + seq_q
-    max_len = int(lens.max()) if lens.numel() else 0
-    # Bottom-right alignment is per sequence: with one query, or equal lengths, keys padded
-    # at the end keep it (the mask carries the rest); otherwise the keys are padded in front.
-    ragged = seq_q > 1 and causal and bool((lens != max_len).any())
-    keys, values = _keys(k_cache, v_cache, block_table, lens, max_len, ragged)
-    j = torch.arange(max_len, device=q.device).unsqueeze(0)  # [1, max_len]
-    if ragged:
-        mask = j >= (max_len - lens).unsqueeze(1)
+    q = q.transpose(1, 2)  # [B, Hq, Sq, D]
+    lengths = lens.tolist()  # CPU tensors: no sync
+    options = (causal, scale, sliding_window, softcap, need_lse)
+    if len(set(lengths)) == 1:
+        every = slice(None)
+        out, lse = _attend(q, _keys(k_cache, block_table, every, lengths[0]),
+                           _keys(v_cache, block_table, every, lengths[0]), *options)  # fmt: skip
     else:
-        mask = j < lens.unsqueeze(1)  # [B, max_len]
-        if seq_q == 1 and causal and sliding_window is not None:
-            mask = mask & (j >= (lens - sliding_window).unsqueeze(1))
-            sliding_window = None
-    window = {} if sliding_window is None else {"sliding_window": sliding_window}
-    cap = {} if softcap is None else {"softcap": softcap}
-    result = fusedops.attention(
-        q.transpose(1, 2), keys, values, causal=causal and seq_q > 1, softmax_scale=scale,
-        key_padding_mask=mask, return_lse=need_lse, **window, **cap,
-    )  # fmt: skip
-    out, lse = result if need_lse else (result, None)
+        parts = [
+            _attend(q[b : b + 1], _keys(k_cache, block_table, slice(b, b + 1), n),
+                    _keys(v_cache, block_table, slice(b, b + 1), n), *options)
+            for b, n in enumerate(lengths)
+        ]  # fmt: skip
+        out = torch.cat([o for o, _ in parts])
+        lse = torch.cat([x for _, x in parts]) if need_lse else None
     return out.transpose(1, 2).contiguous(), lse
 
 
@@ -274,9 +287,10 @@ def _attention_with_kvcache(
     """``(out [B, Sq, Hq, D], lse)`` of validated inputs (stride(-1) == 1, ``cache_seqlens``
     int32 ``[B]``), ``lse [B, Hq, Sq]`` fp32 with ``return_lse``, else empty; writes the new
     k/v into ``k_cache``/``v_cache``. The index checks run first, before any write, when
-    ``check_indices`` and always on the ``cpp`` backend (no device to sync there)."""
+    ``check_indices`` (not while a CUDA graph is being captured: ``host_index_checks``) and
+    always on the ``cpp`` backend (no device to sync there)."""
     impl = implementation(OP, _IMPLEMENTATIONS, backend)
-    if check_indices or backend == "cpp":
+    if host_index_checks(check_indices, q.device) or backend == "cpp":
         lay = _layout_of(q, k_cache, k, block_table, rotary_cos)
         check_kvcache_indices(cache_seqlens, block_table, lay)
     out, lse = impl(
@@ -479,11 +493,13 @@ def attention_with_kvcache(
             table, and the used ``block_table`` entries against ``num_blocks``, before anything
             is written (one host sync on a GPU; it runs inside the custom op, so
             ``torch.compile(fullgraph=True)`` works either way). False skips it on the Triton
-            path (the kernels then leave slots outside the cache unwritten and unread); the CPU
-            and reference paths always check.
+            path (the kernels then leave slots outside the cache unwritten and unread), and so
+            does a CUDA graph capture (the call is capturable after one warm-up); the CPU and
+            reference paths always check.
     Returns:
         ``out [B, Sq, Hq, D]`` in q's dtype (math in fp32; a row with no allowed key is
-        zeros), and ``lse`` when ``return_lse``.
+        zeros, whatever the cache holds past ``L_b``: those slots are never read; NaNs follow
+        :func:`fusedops.attention`'s rule), and ``lse`` when ``return_lse``.
     Raises:
         TypeError / ValueError for bad dtypes, shapes, layouts, devices or options, ValueError
         for ``cache_seqlens + Sq`` past the cache, IndexError for block-table entries or rotary

@@ -29,6 +29,8 @@ from fusedops.ops._common import (
     check_same_device,
     check_tensor,
     empty_output,
+    forbid_double_backward,
+    host_index_checks,
     unit_stride,
 )
 from fusedops.ops._dispatch import (
@@ -40,6 +42,7 @@ from fusedops.ops._dispatch import (
 )
 from fusedops.ops.attention import (
     BACKENDS,
+    NoDoubleBackward,
     _cpu_forward,
     _sdpa_backward,
     _sdpa_forward,
@@ -73,8 +76,14 @@ def _bounds(cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor):
 def _per_sequence(q, k, v, cu_q, cu_k, attend, need_lse):
     """``(out [Tq, Hq, D], lse [Hq, Tq] or None)`` from ``attend(q, k, v)`` on the
     ``[1, H, S, D]`` views of each sequence (``-> (out, lse or None)``), concatenated."""
+    bounds = _bounds(cu_q, cu_k)
+    if not any(end_q > start_q and end_k > start_k for start_q, end_q, start_k, end_k in bounds):
+        # No sequence has both queries and keys: every row is empty, and the zeros stay
+        # connected to k and v too (zero gradients, not None).
+        out, lse = empty_attention(q, k, v, (q.shape[1], q.shape[0]), True)
+        return out, lse if need_lse else None
     outs, lses = [], []
-    for start_q, end_q, start_k, end_k in _bounds(cu_q, cu_k):
+    for start_q, end_q, start_k, end_k in bounds:
         qs = _sequence(q, start_q, end_q)
         if end_q > start_q and end_k == start_k:  # no keys: every row is empty
             o = empty_attention(qs, qs, qs, qs.shape[:3], True)
@@ -167,8 +176,9 @@ def _attention_varlen(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [Tq, Hq, D] in q's dtype, lse [Hq, Tq] fp32)`` of validated inputs (stride(-1)
     == 1, contiguous int32 ``cu_seqlens``). ``check_indices`` checks the boundaries' values first
-    (a device sync on CUDA); on CPU they are always checked (free there)."""
-    if check_indices or q.device.type == "cpu":
+    (a device sync on CUDA; skipped while a CUDA graph is being captured, see
+    ``host_index_checks``); the ``cpp`` backend always checks (it reads them on the host)."""
+    if host_index_checks(check_indices, q.device) or backend == "cpp":
         _check_boundaries(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q,
                           max_seqlen_k)  # fmt: skip
     return implementation(OP, _FORWARD, backend)(
@@ -231,12 +241,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     # grad_lse is ignored: the public API returns lse as a constant (documented).
+    forbid_double_backward(OP)
     q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
     args = (q, k, v, out, lse, unit_stride(grad_out), cu_q, cu_k, *ctx.args)
-    # With create_graph the op runs and raises: there is no double backward.
-    dq, dk, dv = run(
-        attention_varlen_backward_op, _attention_varlen_backward, torch.is_grad_enabled(), *args
-    )
+    dq, dk, dv = run(attention_varlen_backward_op, _attention_varlen_backward, False, *args)
     return dq, dk, dv, *([None] * 10)  # cu_seqlens x2, 6 options, check_indices, backend
 
 
@@ -325,10 +333,13 @@ def attention_varlen(
         return_lse: also return ``lse [Hq, Tq]`` fp32 (flash-attention's layout), a constant.
         check_indices: check the values of ``cu_seqlens`` (start 0, non-decreasing, end at T,
             lengths within ``max_seqlen``). On CUDA this syncs the device; pass False for the
-            sync-free call (the boundaries are then trusted). CPU always checks (free there).
+            sync-free call (the boundaries are then trusted). Skipped while a CUDA graph is
+            being captured (as with False). The CPU (``cpp``) backend always checks: it reads
+            the boundaries on the host anyway.
     Returns:
         ``out [Tq, Hq, D]`` in q's dtype (math in fp32), and ``(out, lse)`` with
-        ``return_lse``. Rows with no allowed key are zeros (lse ``-inf``).
+        ``return_lse``. Rows with no allowed key are zeros (lse ``-inf``); NaNs follow
+        :func:`fusedops.attention`'s rule. A backward with ``create_graph=True`` raises.
     Raises:
         TypeError / ValueError naming the bad argument (messages start with
         ``attention_varlen:``); RuntimeError if the requested backend cannot run.
@@ -362,7 +373,7 @@ def attention_varlen(
         )  # fmt: skip
         return result if return_lse else result[0]
     if q.numel() == 0 or k.numel() == 0:
-        if check_indices or q.device.type == "cpu":
+        if host_index_checks(check_indices, q.device) or backend == "cpp":
             _check_boundaries(cu_q, cu_k, q.shape[0], k.shape[0], max_q, max_k)
         return empty_attention(q, k, v, (q.shape[1], q.shape[0]), return_lse)
     q, k, v = unit_stride(q), unit_stride(k), unit_stride(v)
@@ -376,6 +387,8 @@ def attention_varlen(
             return _sdpa_forward(qs, ks, vs, None, causal, scale, return_lse, sliding_window)
 
         out, lse = _per_sequence(q, k, v, cu_q, cu_k, attend, return_lse)
+        if grad:
+            out = NoDoubleBackward.apply(out, OP)
         return (out, lse.float().detach()) if return_lse else out
     out, lse = run(
         attention_varlen_op, _attention_varlen, grad, q, k, v, cu_q, cu_k, max_q, max_k, causal,
