@@ -182,6 +182,9 @@ def _backward_jobs() -> list[CompileJob]:
     ]
 
 
+GRAD_A_DIVISIBLE = ("grad_ptr", "out_ptr", "part_ptr", "dim", "stride_g", "stride_o", "stride_p")
+
+
 def _grad_a_jobs() -> list[CompileJob]:
     """The embedding backward's sorted kernel summing fp32 coefficient rows into a 16-bit
     grad_a, at every width it runs (its fp32 and atomic configs, fp32 rows in and fp32 out,
@@ -201,8 +204,7 @@ def _grad_a_jobs() -> list[CompileJob]:
                 arch,
                 num_warps=warps,
                 num_stages=1,
-                divisible=("grad_ptr", "out_ptr", "part_ptr", "dim")
-                + ("stride_g", "stride_o", "stride_p"),
+                divisible=GRAD_A_DIVISIBLE,
             )
             for arch in ARCHS
         ]
