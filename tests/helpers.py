@@ -255,3 +255,17 @@ def check_property(
         check(backend, device, case)
 
     run()
+
+
+def capture_after_warmup(step):
+    """One warm-up call of ``step`` on a side stream (Triton compiles there), then ``step``
+    captured in a CUDA graph: returns ``(graph, the captured call's output)``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    return graph, out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from dynamo_helpers import compile_counted, op_backends
-from helpers import KERNEL_CASES, assert_close
+from helpers import KERNEL_CASES, assert_close, capture_after_warmup
 from test_embedding_layernorm import EPS, NUM_POS, make_inputs, reference64, run
 
 import fusedops
@@ -88,14 +88,7 @@ def test_cuda_graph_capture_with_default_checks():
     def step():
         return fusedops.fused_embedding_layernorm(static_ids, *params[:3], tt, *params[3:], EPS)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step()
+    graph, static_out = capture_after_warmup(step)
     for _ in range(2):
         new_ids = torch.randint(0, 50, ids.shape, device=device)
         static_ids.copy_(new_ids)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from dynamo_helpers import compile_counted, op_backends
-from helpers import KERNEL_CASES, assert_close, sinusoid_atol
+from helpers import KERNEL_CASES, assert_close, capture_after_warmup, sinusoid_atol
 from test_factorized_op import D, R, V, _inputs, _oracle
 
 import fusedops
@@ -102,14 +102,7 @@ def test_cuda_graph_capture_with_default_checks():
             static_ids, a, b, hot_ids=hot_ids, hot_rows=hot_rows, sinusoidal=True
         )
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step()
+    graph, static_out = capture_after_warmup(step)
     for _ in range(2):
         new_ids = torch.randint(0, V, ids.shape, device=device)
         static_ids.copy_(new_ids)
